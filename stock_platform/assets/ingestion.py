@@ -1,0 +1,93 @@
+"""Stage `ingestion`: the `prices` asset (validated daily bars) and its quarantine."""
+
+
+import datetime as dt
+
+import dagster as dg
+
+from stock_platform.partitions import partition_dates, trading_days
+from stock_platform.resources import PriceSourceResource, UniverseResource
+from stock_platform.resources.lake import LakeResource
+
+PRICES_TABLE = "prices"
+QUARANTINE_TABLE = "prices_quarantine"
+
+
+def quarantine_frame(parse_rejects, schema_rejects, *, start: dt.date, end: dt.date, source: str, run_id: str):
+    """Rejected rows in the quarantine table's shape; each is filed under a date of the run's range."""
+    import polars as pl
+
+    now = dt.datetime.now(dt.UTC)
+    return pl.concat([
+        parse_rejects.with_columns(stage=pl.lit("parse")),
+        schema_rejects.with_columns(stage=pl.lit("schema")),
+    ]).with_columns(
+        partition_date=pl.when(pl.col("date").is_between(start, end)).then(pl.col("date")).otherwise(pl.lit(start)),
+        source=pl.lit(source),
+        run_id=pl.lit(run_id),
+        quarantined_at=pl.lit(now).cast(pl.Datetime("us", "UTC")),
+    )
+
+
+def _top_reasons(quarantine, n: int = 5) -> str:
+    import polars as pl
+
+    counts = quarantine.group_by("reason").len().sort("len", descending=True).head(n)
+    return "; ".join(f"{r['len']}x {r['reason']}" for r in counts.iter_rows(named=True)) or "-"
+
+
+@dg.asset(
+    partitions_def=trading_days,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    group_name="ingestion",
+    kinds={"polars", "deltalake"},
+    description="Validated daily OHLCV bars for the universe. Rows that break the prices contract go to the "
+    "`prices_quarantine` table with their reason; a multi-day backfill is one vectorised run.",
+)
+def prices(context: dg.AssetExecutionContext, source: PriceSourceResource, lake: LakeResource,
+           universe: UniverseResource) -> dg.MaterializeResult:
+    from stock_platform.lib.quality import dq_score
+    from stock_platform.schemas import prices_schema, split_valid
+
+    dates = partition_dates(context)
+    if not dates:
+        raise dg.Failure(f"partition range {context.partition_key_range} holds no trading day")
+    start, end = dates[0], dates[-1]
+    fetched = source.fetch(universe.tickers, start, end)
+    valid, schema_rejects, _ = split_valid(prices_schema(universe.tickers, dates), fetched.prices)
+    quarantine = quarantine_frame(fetched.rejects, schema_rejects, start=start, end=end,
+                                  source=source.source, run_id=context.run_id)
+    # Replaced for the range even when empty: a clean rerun clears an earlier run's quarantine.
+    lake.replace_dates(QUARANTINE_TABLE, quarantine, start, end, date_column="partition_date")
+
+    if valid.is_empty():
+        if quarantine.is_empty():
+            raise dg.Failure(f"source {source.source!r} returned no rows for {', '.join(universe.tickers)} "
+                             f"between {start} and {end}")
+        raise dg.Failure(
+            f"all {quarantine.height} rows for {start}..{end} failed validation and were quarantined in "
+            f"{lake.table_uri(QUARANTINE_TABLE)}; reasons: {_top_reasons(quarantine)}",
+            metadata={"quarantined_rows": quarantine.height},
+        )
+    version = lake.replace_dates(PRICES_TABLE, valid, start, end)
+
+    expected = len(dates) * len(universe.tickers)
+    if quarantine.height:
+        context.log.warning(f"quarantined {quarantine.height} row(s): {_top_reasons(quarantine)}")
+    if fetched.missing_tickers:
+        context.log.warning(f"no data for ticker(s): {', '.join(fetched.missing_tickers)}")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": valid.height,
+            "dagster/uri": lake.table_uri(PRICES_TABLE),
+            "table_version": version,
+            "date_range": f"{start}..{end}",
+            "trading_days": len(dates),
+            "tickers": valid["ticker"].n_unique(),
+            "coverage": dg.FloatMetadataValue(round(valid.height / expected, 4)),
+            "quarantined_rows": quarantine.height,
+            "dq_score": dg.FloatMetadataValue(round(dq_score(valid.height, quarantine.height), 4)),
+            "missing_tickers": ", ".join(fetched.missing_tickers) or "-",
+            "source": source.source,
+        }
+    )

@@ -1,0 +1,16 @@
+"""Jobs, schedules and sensors."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+# Every daily asset, with its checks, in dependency order: what a daily run or a backfill executes.
+daily_assets_job = dg.define_asset_job(
+    "daily_assets",
+    selection=dg.AssetSelection.groups("ingestion"),
+    description="Daily trading-day partitions of the daily assets (with their blocking checks).",
+)
+
+jobs = [daily_assets_job]
+schedules: list[dg.ScheduleDefinition] = []
+sensors: list[dg.SensorDefinition] = []

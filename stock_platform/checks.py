@@ -1,0 +1,70 @@
+"""Asset checks built from schemas.py. Blocking: a failed ERROR check stops downstream assets."""
+
+
+import dagster as dg
+
+from stock_platform.assets.ingestion import PRICES_TABLE, QUARANTINE_TABLE, prices
+from stock_platform.partitions import partition_dates, trading_days
+from stock_platform.resources import UniverseResource
+from stock_platform.resources.lake import LakeResource
+
+# Below this share of valid rows the check warns (it does not block: the stored rows are valid).
+MIN_DQ_SCORE = 0.99
+_MAX_TABLE_ROWS = 25
+
+
+def _markdown(df) -> str:
+    """A small polars frame as a markdown table (first rows only)."""
+    rows = df.head(_MAX_TABLE_ROWS)
+    header = "| " + " | ".join(rows.columns) + " |\n|" + "---|" * len(rows.columns) + "\n"
+    body = "".join("| " + " | ".join(str(v) for v in r) + " |\n" for r in rows.iter_rows())
+    more = f"\n… {df.height - rows.height} more rows" if df.height > rows.height else ""
+    return header + body + more
+
+
+@dg.asset_check(
+    asset=prices,
+    name="prices_schema",
+    blocking=True,
+    partitions_def=trading_days,
+    description="Stored rows satisfy the pandera prices contract (prices > 0, OHLC ordering, volume >= 0, unique "
+    "(ticker, date), trading days of the partition, tickers of the universe). Reports quarantined rows and the "
+    f"DQ score per partition; warns below {MIN_DQ_SCORE:.0%}.",
+)
+def prices_schema_check(context: dg.AssetCheckExecutionContext, lake: LakeResource,
+                        universe: UniverseResource) -> dg.AssetCheckResult:
+    import polars as pl
+
+    from stock_platform.lib.quality import dq_by_date, dq_score
+    from stock_platform.schemas import failure_cases, prices_schema
+
+    dates = partition_dates(context)
+    start, end = dates[0], dates[-1]
+    stored = lake.read(PRICES_TABLE, start, end) if lake.exists(PRICES_TABLE) else pl.DataFrame()
+    if stored.is_empty():
+        return dg.AssetCheckResult(passed=False, description=f"no rows stored for {start}..{end}",
+                                   metadata={"rows_checked": 0})
+    cases = failure_cases(prices_schema(universe.tickers, dates), stored)
+    quarantined = (lake.read(QUARANTINE_TABLE, start, end, date_column="partition_date", columns=["partition_date"])
+                   if lake.exists(QUARANTINE_TABLE) else pl.DataFrame({"partition_date": []}, schema={"partition_date": pl.Date}))
+    per_day = dq_by_date(stored["date"], quarantined["partition_date"])
+    score = dq_score(stored.height, quarantined.height)
+    worst = per_day.filter(pl.col("quarantined") > 0).sort("dq_score")
+
+    metadata = {
+        "rows_checked": stored.height,
+        "failed_rows": int(cases["index"].n_unique()) if not cases.is_empty() else 0,
+        "quarantined_rows": quarantined.height,
+        "dq_score": dg.FloatMetadataValue(round(score, 4)),
+        "min_partition_dq_score": dg.FloatMetadataValue(round(float(per_day["dq_score"].min()), 4)),
+        "partitions_with_quarantine": worst.height,
+        "dq_by_partition": dg.MetadataValue.md(_markdown(worst if worst.height else per_day.head(5))),
+    }
+    if not cases.is_empty():
+        metadata["failure_cases"] = dg.MetadataValue.md(_markdown(cases))
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
+                                   description=f"{metadata['failed_rows']} stored row(s) break the prices contract")
+    if score < MIN_DQ_SCORE:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata=metadata,
+                                   description=f"{quarantined.height} row(s) quarantined: DQ score {score:.2%}")
+    return dg.AssetCheckResult(passed=True, metadata=metadata)

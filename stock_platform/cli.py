@@ -1,0 +1,196 @@
+"""The `stock-platform` command.
+
+    stock-platform demo [--tickers AAPL,MSFT] [--years 2] [--source demo] [--home DIR]
+
+`demo` materializes every asset for a universe on the offline demo market inside a real Dagster
+instance under STOCK_PLATFORM_HOME (runs, materializations and checks show in `dagster dev` afterwards),
+then prints a summary. Partitions already materialized for the same universe are not run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from stock_platform.settings import SOURCES, SettingsError, parse_tickers
+
+QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+
+@dataclass
+class StageReport:
+    asset: str
+    rows: int
+    partitions: str
+    checks: str
+    seconds: float
+    note: str = ""
+
+
+def _apply_demo_environment(args: argparse.Namespace) -> None:
+    """Turn the demo's options into the environment settings.py reads (before anything loads it)."""
+    if args.home:
+        os.environ["STOCK_PLATFORM_HOME"] = str(Path(args.home).expanduser().resolve())
+    if args.tickers:
+        os.environ["STOCK_PLATFORM_TICKERS"] = ",".join(parse_tickers(args.tickers, where="--tickers"))
+    if args.source:
+        os.environ["STOCK_PLATFORM_SOURCE"] = args.source
+    if args.files_dir:
+        os.environ["STOCK_PLATFORM_FILES_DIR"] = args.files_dir
+    from stock_platform.settings import load_settings
+
+    settings = load_settings()
+    settings.dagster_home.mkdir(parents=True, exist_ok=True)
+    instance_yaml = settings.dagster_home / "dagster.yaml"
+    if not instance_yaml.exists():
+        # The embedded instance: SQLite storage in this folder (the default), no telemetry.
+        instance_yaml.write_text("telemetry:\n  enabled: false\n")
+    os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
+
+
+def demo_range(years: float, end: dt.date | None = None) -> tuple[dt.date, dt.date]:
+    """The last `years` of trading days ending at the last session before `end` (default: before today)."""
+    from stock_platform.lib.calendar import trading_days
+
+    end = end or dt.date.today() - dt.timedelta(days=1)
+    sessions = trading_days(end - dt.timedelta(days=int(round(years * 365.25))), end)
+    if not sessions:
+        raise SettingsError(f"--years {years}: no trading day in range")
+    return sessions[0], sessions[-1]
+
+
+def _step_errors(result) -> str:
+    messages = [e.event_specific_data.error.message.strip() for e in result.all_events
+                if e.event_type_value == "STEP_FAILURE" and e.event_specific_data.error]
+    return "\n".join(messages) or "run failed (see the run in the Dagster UI)"
+
+
+def run_daily_stage(instance, defs, start: dt.date, end: dt.date, tickers: list[str], *, force: bool = False):
+    """Materialize the daily assets for [start, end] as one single-run backfill; skip when up to date."""
+    import dagster as dg
+
+    from stock_platform.assets.ingestion import PRICES_TABLE
+    from stock_platform.partitions import trading_days
+
+    keys = trading_days.get_partition_keys_in_range(dg.PartitionKeyRange(start.isoformat(), end.isoformat()))
+    lake = defs.resources["lake"]
+    done = instance.get_materialized_partitions(dg.AssetKey("prices"))
+    stored = set()
+    if lake.exists(PRICES_TABLE):
+        stored = set(lake.read(PRICES_TABLE, start, end, columns=["ticker"])["ticker"].unique())
+    todo = keys if force or not set(tickers) <= stored else [k for k in keys if k not in done]
+    started = time.perf_counter()
+    result = None
+    if todo:
+        job = defs.resolve_job_def("daily_assets")
+        result = job.execute_in_process(
+            instance=instance,
+            run_config=QUIET_LOGS,
+            raise_on_error=False,
+            tags={"dagster/asset_partition_range_start": todo[0], "dagster/asset_partition_range_end": todo[-1],
+                  "stock_platform/launched_by": "demo"},
+        )
+        if not result.success:
+            raise RuntimeError(_step_errors(result))
+    seconds = time.perf_counter() - started
+    return keys, todo, result, seconds
+
+
+def _check_summary(instance, asset: str, result) -> str:
+    import dagster as dg
+
+    if result is not None:
+        evals = [e for e in result.get_asset_check_evaluations() if e.asset_key == dg.AssetKey(asset)]
+        passed = sum(e.passed for e in evals)
+        return f"{passed}/{len(evals)} passed" if evals else "-"
+    record = instance.get_latest_asset_check_evaluation_record(dg.AssetCheckKey(dg.AssetKey(asset), f"{asset}_schema"))
+    if record is None:
+        return "-"
+    return "passed (earlier run)" if record.event.asset_check_evaluation.passed else "FAILED (earlier run)"
+
+
+def print_summary(reports: list[StageReport], total: float) -> None:
+    header = ("asset", "rows", "partitions", "checks", "time")
+    rows = [(r.asset, f"{r.rows:,}", r.partitions, r.checks, f"{r.seconds:.1f} s" + (f" ({r.note})" if r.note else ""))
+            for r in reports]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = "  ".join("{:<%d}" % w for w in widths)
+    print()
+    print(line.format(*header))
+    print(line.format(*("-" * w for w in widths)))
+    for r in rows:
+        print(line.format(*r))
+    print(f"\ntotal {total:.1f} s")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    try:
+        _apply_demo_environment(args)
+        import dagster as dg
+
+        from stock_platform.definitions import defs
+        from stock_platform.settings import get_settings
+
+        settings = get_settings()
+        start, end = demo_range(args.years, dt.date.fromisoformat(args.end) if args.end else None)
+        if start < settings.start:
+            raise SettingsError(f"--years {args.years}: starts {start}, before STOCK_PLATFORM_START={settings.start}")
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    tickers = list(settings.tickers)
+    print(f"stock-platform demo: {len(tickers)} tickers ({', '.join(tickers)}), {start} .. {end}, "
+          f"source={settings.source}")
+    print(f"  Dagster instance: {settings.dagster_home}  (open the UI: DAGSTER_HOME={settings.dagster_home} dagster dev)")
+    print(f"  lake: {settings.lake_uri}")
+
+    from stock_platform.assets.ingestion import PRICES_TABLE
+
+    with dg.DagsterInstance.get() as instance:
+        print("[1/1] daily assets: prices (+ blocking schema check) ...", end=" ", flush=True)
+        try:
+            keys, todo, result, seconds = run_daily_stage(instance, defs, start, end, tickers, force=args.force)
+        except RuntimeError as exc:
+            print("FAILED")
+            print(str(exc), file=sys.stderr)
+            return 1
+        print(f"{len(todo)} partition(s) in one run, {seconds:.1f} s" if todo else "up to date")
+        lake = defs.resources["lake"]
+        rows = lake.read(PRICES_TABLE, start, end, columns=["ticker"]).height
+        done = instance.get_materialized_partitions(dg.AssetKey("prices"))
+        reports = [StageReport("prices", rows, f"{sum(k in done for k in keys)}/{len(keys)}",
+                               _check_summary(instance, "prices", result), seconds,
+                               "" if todo else "skipped: up to date")]
+    print_summary(reports, time.perf_counter() - started)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stock-platform", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="materialize every asset on the offline demo market and print a summary")
+    demo.add_argument("--tickers", help="comma-separated tickers (default: STOCK_PLATFORM_TICKERS or 10 large caps)")
+    demo.add_argument("--years", type=float, default=2.0, help="years of history ending yesterday (default 2)")
+    demo.add_argument("--end", help="last day of the range, YYYY-MM-DD (default: yesterday)")
+    demo.add_argument("--source", choices=SOURCES, help="price source (default: STOCK_PLATFORM_SOURCE or demo)")
+    demo.add_argument("--files-dir", help="directory of per-ticker CSV/Parquet files for --source files")
+    demo.add_argument("--home", help="STOCK_PLATFORM_HOME (default ./.stock_platform)")
+    demo.add_argument("--force", action="store_true", help="re-run partitions even when up to date")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""The single entry point Dagster loads: `defs`.
+
+Loading stays fast: heavy libraries (pandera, deltalake, ray, lightgbm, mlflow, yfinance) are imported
+inside the functions that use them.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import dagster as dg
+
+from stock_platform import automation
+from stock_platform.assets.ingestion import prices
+from stock_platform.checks import prices_schema_check
+from stock_platform.resources import PriceSourceResource, UniverseResource
+from stock_platform.resources.lake import LakeResource
+from stock_platform.settings import Settings, get_settings
+
+
+def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    return {
+        "source": PriceSourceResource(
+            source=settings.source, files_dir=str(settings.files_dir) if settings.files_dir else None
+        ),
+        "lake": LakeResource(uri=settings.lake_uri, aws_endpoint_url=settings.aws_endpoint_url),
+        "universe": UniverseResource(tickers=list(settings.tickers)),
+    }
+
+
+defs = dg.Definitions(
+    assets=[prices],
+    asset_checks=[prices_schema_check],
+    jobs=automation.jobs,
+    schedules=automation.schedules,
+    sensors=automation.sensors,
+    resources=build_resources(get_settings()),
+)
+
+# Everything built while loading lives as long as the process. Freezing it keeps the garbage collector
+# from re-scanning ~1M objects of Dagster's on each full collection and at interpreter exit (0.5 s of
+# every run process's shutdown on this machine).
+gc.freeze()

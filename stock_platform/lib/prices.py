@@ -1,0 +1,136 @@
+"""Daily bars in the `prices` schema: canonical column types, and conforming raw source frames to them.
+
+`conform` turns whatever a source produced (strings from a CSV, pandas-derived floats, tz-aware or
+naive timestamps) into the canonical types. Values that cannot be read are not guessed: their rows are
+returned as rejects with a reason naming the column and the value, ready for the quarantine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+
+from stock_platform.lib.calendar import EXCHANGE_TIMEZONE
+
+PRICE_COLUMNS = ("open", "high", "low", "close", "adj_close")
+PRICES_SCHEMA: dict[str, pl.DataType] = {
+    "ticker": pl.Utf8(),
+    "date": pl.Date(),
+    "open": pl.Float64(),
+    "high": pl.Float64(),
+    "low": pl.Float64(),
+    "close": pl.Float64(),
+    "adj_close": pl.Float64(),
+    "volume": pl.Int64(),
+    "dividends": pl.Float64(),
+    "splits": pl.Float64(),
+    "source": pl.Utf8(),
+    "ingested_at": pl.Datetime("us", "UTC"),
+}
+REQUIRED_COLUMNS = ("ticker", "date", "open", "high", "low", "close", "volume")
+# Rejected rows, before the quarantine adds where and when it caught them.
+REJECT_SCHEMA: dict[str, pl.DataType] = {
+    "ticker": pl.Utf8(),
+    "date": pl.Date(),
+    "reason": pl.Utf8(),
+    "record": pl.Utf8(),
+}
+_INT64_MAX = float(2**63 - 1)
+
+
+class PriceDataError(ValueError):
+    """A source frame is unusable as a whole (missing columns, wrong shape); the message says why."""
+
+
+def empty_prices() -> pl.DataFrame:
+    return pl.DataFrame(schema=PRICES_SCHEMA)
+
+
+def empty_rejects() -> pl.DataFrame:
+    return pl.DataFrame(schema=REJECT_SCHEMA)
+
+
+def _to_date(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """Trading date of a date-like column: tz-aware instants are read in New York time."""
+    if dtype == pl.Date:
+        return col
+    if isinstance(dtype, pl.Datetime):
+        if dtype.time_zone is not None:
+            col = col.dt.convert_time_zone(EXCHANGE_TIMEZONE)
+        return col.dt.date()
+    if dtype == pl.Utf8:
+        text = col.str.strip_chars()
+        plain = text.str.to_date("%Y-%m-%d", strict=False)
+        # ISO timestamps with an offset ("2024-01-02T00:00:00-05:00", "...Z") mark an instant.
+        instant = (
+            text.str.replace(r"Z$", "+00:00")
+            .str.to_datetime("%Y-%m-%dT%H:%M:%S%:z", strict=False, time_zone="UTC")
+            .dt.convert_time_zone(EXCHANGE_TIMEZONE)
+            .dt.date()
+        )
+        naive = text.str.to_datetime("%Y-%m-%d %H:%M:%S", strict=False).dt.date()
+        return pl.coalesce(plain, instant, naive)
+    return pl.lit(None, dtype=pl.Date)
+
+
+def conform(raw: pl.DataFrame, *, source: str, origin: str, ingested_at: dt.datetime | None = None
+            ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Cast a source frame to PRICES_SCHEMA; return (typed rows, rejected rows with reasons).
+
+    `origin` names where the frame came from (a file, "yfinance", ...) for error messages. Exact
+    duplicate rows are collapsed (a repeated record is not bad data); everything else is kept for the
+    schema to judge.
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in raw.columns]
+    if missing:
+        raise PriceDataError(f"{origin}: missing column(s) {', '.join(missing)} (has: {', '.join(raw.columns)})")
+    if raw.is_empty():
+        return empty_prices(), empty_rejects()
+    now = ingested_at or dt.datetime.now(dt.UTC)
+
+    parsed: dict[str, pl.Expr] = {
+        "ticker": pl.col("ticker").cast(pl.Utf8).str.strip_chars(),
+        "date": _to_date(pl.col("date"), raw.schema["date"]),
+    }
+    numeric = [c for c in (*PRICE_COLUMNS, "volume", "dividends", "splits") if c in raw.columns]
+    for c in numeric:
+        parsed[c] = pl.col(c).cast(pl.Float64, strict=False)
+
+    # A value that was present but could not be read is a reason to reject its row.
+    problems = [
+        pl.when(pl.col(c).is_not_null() & parsed[c].is_null()).then(
+            pl.format(f"{c}='{{}}' is not {'a date' if c == 'date' else 'a number'}", pl.col(c).cast(pl.Utf8))
+        )
+        for c in ("date", *numeric)
+    ]
+    vol = parsed["volume"]
+    problems += [
+        pl.when(vol.is_nan() | vol.is_infinite()).then(pl.format("volume={} is not finite", vol)),
+        pl.when(vol.is_finite() & (vol.abs() > _INT64_MAX)).then(pl.format("volume={} overflows int64", vol)),
+        pl.when(vol.is_finite() & (vol != vol.round(0))).then(pl.format("volume={} is not a whole number", vol)),
+    ]
+    reason = pl.concat_str(problems, separator="; ", ignore_nulls=True)
+
+    if "adj_close" not in raw.columns:
+        parsed["adj_close"] = parsed["close"]  # no adjustment information: the close is all we know
+    parsed.setdefault("dividends", pl.lit(0.0))
+    parsed.setdefault("splits", pl.lit(0.0))
+    parsed["volume"] = pl.when(vol.is_finite() & (vol.abs() <= _INT64_MAX)).then(vol).cast(pl.Int64)
+    parsed["source"] = pl.col("source").cast(pl.Utf8) if "source" in raw.columns else pl.lit(source)
+    if "ingested_at" in raw.columns and isinstance(raw.schema["ingested_at"], pl.Datetime):
+        tz = raw.schema["ingested_at"].time_zone
+        ing = pl.col("ingested_at").cast(pl.Datetime("us", tz))
+        parsed["ingested_at"] = ing.dt.convert_time_zone("UTC") if tz else ing.dt.replace_time_zone("UTC")
+    else:
+        parsed["ingested_at"] = pl.lit(now)
+
+    frame = raw.with_columns(_reason=pl.when(reason != "").then(reason))
+    rejects = frame.filter(pl.col("_reason").is_not_null()).select(
+        ticker=parsed["ticker"],
+        date=parsed["date"],
+        reason=pl.col("_reason"),
+        record=pl.struct(pl.exclude("_reason").cast(pl.Utf8)).struct.json_encode(),
+    ).cast(REJECT_SCHEMA)
+    good = frame.filter(pl.col("_reason").is_null()).select(**parsed).select(list(PRICES_SCHEMA)).cast(PRICES_SCHEMA)
+    return good.unique(maintain_order=True), rejects

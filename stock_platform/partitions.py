@@ -1,0 +1,42 @@
+"""Partitions: `trading_days` (NYSE sessions) and `model_weeks`."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import dagster as dg
+
+from stock_platform.lib.calendar import EXCHANGE_TIMEZONE, nyse_holidays
+from stock_platform.settings import get_settings
+
+_settings = get_settings()
+
+
+def _trading_days(start: dt.date) -> dg.TimeWindowPartitionsDefinition:
+    # Weekday windows (Mon..Fri); NYSE holidays are excluded by Dagster itself. end_offset=1 makes
+    # today's partition exist during the day, so the 18:00 close schedule can fill it.
+    last = dt.date.today() + dt.timedelta(days=400)
+    return dg.TimeWindowPartitionsDefinition(
+        start=start.isoformat(),
+        fmt="%Y-%m-%d",
+        cron_schedule="0 0 * * 1-5",
+        timezone=EXCHANGE_TIMEZONE,
+        end_offset=1,
+        exclusions=[dt.datetime.combine(d, dt.time()) for d in nyse_holidays(start, last)],
+    )
+
+
+trading_days = _trading_days(_settings.start)
+
+# Weeks start on Monday; a model trained on data up to the end of its week serves the next week.
+model_weeks = dg.WeeklyPartitionsDefinition(
+    start_date=(_settings.start - dt.timedelta(days=_settings.start.weekday())).isoformat(),
+    day_offset=1,
+    timezone=EXCHANGE_TIMEZONE,
+)
+
+
+def partition_dates(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> list[dt.date]:
+    """The trading days a (possibly multi-partition, single-run) execution covers."""
+    keys = trading_days.get_partition_keys_in_range(context.partition_key_range)
+    return [dt.date.fromisoformat(k) for k in keys]

@@ -1,0 +1,239 @@
+"""Price source adapters: `demo` (offline synthetic market), `yfinance`, `files`.
+
+Every source returns `FetchResult`: rows conformed to the prices schema, plus rows that could not be
+read (with a reason) and notes such as tickers with no data. Validation against the pandera contract
+happens in the `prices` asset, the same way for every source.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from stock_platform.lib.calendar import EXCHANGE_TIMEZONE
+from stock_platform.settings import SOURCES, validate_ticker
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+# Column names as exported by common tools (Yahoo, brokers, pandas-datareader), lowercased.
+_COLUMN_ALIASES = {
+    "date": "date", "datetime": "date", "timestamp": "date",
+    "open": "open", "high": "high", "low": "low", "close": "close",
+    "adj close": "adj_close", "adj_close": "adj_close", "adjclose": "adj_close", "adjusted_close": "adj_close",
+    "volume": "volume", "dividends": "dividends", "stock splits": "splits", "splits": "splits",
+    "ticker": "ticker", "symbol": "ticker",
+}
+
+
+class SourceError(RuntimeError):
+    """A source could not deliver (unknown ticker, empty answer, unreadable file, network failure)."""
+
+
+@dataclass
+class FetchResult:
+    prices: pl.DataFrame
+    rejects: pl.DataFrame
+    missing_tickers: list[str] = field(default_factory=list)
+
+
+def _rename_columns(frame: pl.DataFrame, origin: str) -> pl.DataFrame:
+    mapping: dict[str, str] = {}
+    for col in frame.columns:
+        target = _COLUMN_ALIASES.get(col.strip().lower())
+        if target is None:
+            continue
+        if target in mapping.values():
+            raise SourceError(f"{origin}: more than one column maps to {target!r} ({', '.join(frame.columns)})")
+        mapping[col] = target
+    return frame.select([pl.col(c).alias(t) for c, t in mapping.items()])
+
+
+def _conform_all(frames: list[tuple[pl.DataFrame, str, str, dt.datetime | None]]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    from stock_platform.lib.prices import conform, empty_prices, empty_rejects
+
+    goods, bads = [empty_prices()], [empty_rejects()]
+    for frame, source, origin, ingested_at in frames:
+        good, bad = conform(frame, source=source, origin=origin, ingested_at=ingested_at)
+        goods.append(good)
+        bads.append(bad)
+    return pl.concat(goods), pl.concat(bads)
+
+
+# --------------------------------------------------------------------------------------------- demo
+def fetch_demo(tickers: list[str], start: dt.date, end: dt.date, seed: int) -> FetchResult:
+    from stock_platform.lib.demo_market import generate
+
+    good, bad = _conform_all([(generate(tickers, start, end, seed=seed), "demo", "demo", None)])
+    return FetchResult(good, bad)
+
+
+# -------------------------------------------------------------------------------------------- files
+def find_ticker_file(files_dir: Path, ticker: str) -> Path | None:
+    """The CSV or Parquet file for `ticker` in `files_dir` (name matched case-insensitively)."""
+    validate_ticker(ticker)
+    wanted = {f"{ticker}.csv".lower(), f"{ticker}.parquet".lower()}
+    matches = sorted(p for p in files_dir.iterdir() if p.is_file() and p.name.lower() in wanted)
+    if len(matches) > 1:
+        raise SourceError(f"files source: both {matches[0].name} and {matches[1].name} exist for ticker {ticker!r}")
+    return matches[0] if matches else None
+
+
+def read_ticker_file(path: Path, ticker: str) -> pl.DataFrame:
+    """One ticker's file as raw columns (strings for CSV), renamed to the prices names, with `ticker`."""
+    try:
+        if path.suffix.lower() == ".parquet":
+            frame = pl.read_parquet(path)
+        else:
+            frame = pl.read_csv(path, infer_schema=False, null_values=["", "null", "NULL", "None"])
+    except Exception as exc:  # noqa: BLE001 - polars raises several types for unreadable files
+        raise SourceError(f"files source: cannot read {path}: {exc}") from None
+    frame = _rename_columns(frame, str(path))
+    if "ticker" in frame.columns:
+        frame = frame.drop("ticker")  # the file name is authoritative
+    return frame.with_columns(ticker=pl.lit(ticker))
+
+
+def fetch_files(files_dir: Path, tickers: list[str], start: dt.date, end: dt.date) -> FetchResult:
+    if not files_dir.is_dir():
+        raise SourceError(f"files source: {files_dir} is not a directory")
+    frames, missing = [], []
+    for ticker in tickers:
+        path = find_ticker_file(files_dir, ticker)
+        if path is None:
+            missing.append(ticker)
+            continue
+        mtime = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC)
+        frames.append((read_ticker_file(path, ticker), "files", str(path), mtime))
+    if not frames:
+        raise SourceError(f"files source: no CSV or Parquet file for any of {', '.join(tickers)} in {files_dir}")
+    good, bad = _conform_all(frames)
+    in_range = pl.col("date").is_between(start, end)
+    # Rows whose date could not be read stay in the rejects: they may belong to this range.
+    return FetchResult(good.filter(in_range), bad.filter(in_range | pl.col("date").is_null()), missing)
+
+
+# ----------------------------------------------------------------------------------------- yfinance
+_YF_FIELDS = {"Open": "open", "High": "high", "Low": "low", "Close": "close", "Adj Close": "adj_close",
+              "Volume": "volume", "Dividends": "dividends", "Stock Splits": "splits"}
+
+
+def yfinance_to_polars(frame: pd.DataFrame, tickers: list[str]) -> pl.DataFrame:
+    """Reshape yfinance output (yf.download or Ticker.history) into long rows of raw columns.
+
+    Handles MultiIndex columns in either level order (['Price', 'Ticker'] or, with group_by='ticker',
+    ['Ticker', 'Price']), flat columns for a single ticker, and tz-naive or tz-aware indexes.
+    Rows where every price is missing are dropped: yf.download pads tickers to a common index.
+    """
+    import pandas as pd
+
+    if frame is None or frame.empty:
+        return pl.DataFrame(schema={"ticker": pl.Utf8, "date": pl.Datetime("us")})
+    index = frame.index
+    if isinstance(index, pd.DatetimeIndex) and index.tz is not None:
+        # Daily bars are stamped at midnight exchange time; keep the calendar date of that instant.
+        index = index.tz_convert(EXCHANGE_TIMEZONE).tz_localize(None)
+    dates = pd.DatetimeIndex(index).normalize()
+
+    if isinstance(frame.columns, pd.MultiIndex):
+        names = list(frame.columns.names)
+        price_level = names.index("Price") if "Price" in names else (0 if set(frame.columns.get_level_values(0)) & set(_YF_FIELDS) else 1)
+        ticker_level = 1 - price_level
+        per_ticker = {t: frame.xs(t, axis=1, level=ticker_level) for t in frame.columns.get_level_values(ticker_level).unique()}
+    else:
+        if len(tickers) != 1:
+            raise SourceError(f"yfinance: flat columns but {len(tickers)} tickers requested")
+        per_ticker = {tickers[0]: frame}
+
+    parts = []
+    for ticker, sub in per_ticker.items():
+        cols = {_YF_FIELDS[c]: sub[c].to_numpy() for c in sub.columns if c in _YF_FIELDS}
+        part = pl.DataFrame({"date": dates.to_numpy(), **cols}).with_columns(ticker=pl.lit(str(ticker)))
+        prices = [c for c in ("open", "high", "low", "close") if c in part.columns]
+        part = part.filter(~pl.all_horizontal(pl.col(prices).is_null() | pl.col(prices).is_nan()))
+        parts.append(part)
+    return pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame()
+
+
+_YF_NO_DATA = {"YFTickerMissingError", "YFPricesMissingError", "YFTzMissingError"}
+
+
+def _is_transient(exc: BaseException) -> bool:
+    name = type(exc).__name__
+    return name in {"YFRateLimitError", "ConnectionError", "Timeout", "ReadTimeout", "ConnectTimeout",
+                    "HTTPError", "TimeoutError", "ChunkedEncodingError"} or isinstance(exc, (ConnectionError, TimeoutError))
+
+
+def _with_retries(call, *, what: str, retries: int, backoff: float):
+    for attempt in range(retries + 1):
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - yfinance and requests raise many types
+            if not _is_transient(exc) or attempt == retries:
+                raise SourceError(f"yfinance: {what} failed after {attempt + 1} attempt(s): {type(exc).__name__}: {exc}") from exc
+            delay = backoff * 2**attempt
+            log.warning("yfinance: %s: %s; retrying in %.1f s", what, type(exc).__name__, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def fetch_yfinance(tickers: list[str], start: dt.date, end: dt.date, *, retries: int = 4, backoff: float = 1.0) -> FetchResult:
+    import yfinance as yf
+
+    ingested_at = dt.datetime.now(dt.UTC)
+    end_exclusive = (end + dt.timedelta(days=1)).isoformat()
+
+    def download(symbols: list[str]):
+        return yf.download(symbols, start=start.isoformat(), end=end_exclusive, auto_adjust=False, actions=True,
+                           progress=False, threads=False, group_by="column")
+
+    raw = yfinance_to_polars(_with_retries(lambda: download(tickers), what=f"download {','.join(tickers)}",
+                                           retries=retries, backoff=backoff), tickers)
+    got = set(raw["ticker"].unique()) if "ticker" in raw.columns else set()
+    frames = [raw] if got else []
+    missing = []
+    for ticker in (t for t in tickers if t not in got):
+        # A ticker missing from the batch answer: ask for it alone (a clearer answer, its own retries).
+        try:
+            hist = _with_retries(
+                lambda t=ticker: yf.Ticker(t).history(start=start.isoformat(), end=end_exclusive, auto_adjust=False,
+                                                      actions=True, raise_errors=True),
+                what=f"history {ticker}", retries=retries, backoff=backoff)
+        except SourceError as exc:
+            if type(exc.__cause__).__name__ not in _YF_NO_DATA:
+                raise
+            log.warning("yfinance: no data for %s: %s", ticker, exc.__cause__)
+            hist = None
+        one = yfinance_to_polars(hist, [ticker])
+        if one.is_empty():
+            missing.append(ticker)
+        else:
+            frames.append(one)
+    if not frames:
+        raise SourceError(f"yfinance returned no data for {', '.join(tickers)} between {start} and {end} "
+                          "(unknown or delisted tickers, or no trading in the range)")
+    good, bad = _conform_all([(pl.concat(frames, how="diagonal_relaxed"), "yfinance", "yfinance", ingested_at)])
+    return FetchResult(good, bad, missing)
+
+
+def fetch(source: str, tickers: list[str], start: dt.date, end: dt.date, *, files_dir: str | None = None,
+          seed: int = 7, retries: int = 4, backoff: float = 1.0) -> FetchResult:
+    """Daily bars for `tickers` in [start, end] from `source`."""
+    tickers = [validate_ticker(t) for t in tickers]
+    if source == "demo":
+        return fetch_demo(tickers, start, end, seed)
+    if source == "files":
+        if not files_dir:
+            raise SourceError("files source: files_dir is not set (STOCK_PLATFORM_FILES_DIR)")
+        return fetch_files(Path(files_dir), tickers, start, end)
+    if source == "yfinance":
+        return fetch_yfinance(tickers, start, end, retries=retries, backoff=backoff)
+    raise SourceError(f"unknown source {source!r} (choose from {', '.join(SOURCES)})")

@@ -1,0 +1,112 @@
+"""Pandera (polars) schemas: the data contracts the asset checks and the quarantine enforce.
+
+pandera is imported inside the functions: it costs ~0.3 s, which loading the definitions must not pay.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from stock_platform.lib.prices import PRICE_COLUMNS, PRICES_SCHEMA, REJECT_SCHEMA, empty_rejects
+from stock_platform.settings import TICKER_PATTERN
+
+if TYPE_CHECKING:
+    import pandera.polars as pa
+
+
+def _finite(pa_mod, column: str):
+    return pa_mod.Check(
+        lambda data: data.lazyframe.select(pl.col(data.key).is_finite()),
+        name="finite",
+        error=f"{column} must be finite",
+    )
+
+
+def _row_check(pa_mod, name: str, expr: pl.Expr, error: str):
+    # Null comparisons count as failures here (fill_null(False)): a row we cannot judge is not valid.
+    return pa_mod.Check(lambda data: data.lazyframe.select(expr.fill_null(False)), name=name, error=error)
+
+
+def prices_schema(tickers: Sequence[str], dates: Sequence[dt.date]) -> pa.DataFrameSchema:
+    """The `prices` contract for a universe and the trading days of a partition range."""
+    import pandera.polars as pa
+
+    price = [pa.Check.gt(0, error="price must be > 0")]
+    columns = {
+        "ticker": pa.Column(
+            pl.Utf8,
+            [pa.Check.str_matches(TICKER_PATTERN, error="malformed ticker"),
+             pa.Check.isin(list(tickers), error="ticker not in the universe")],
+        ),
+        "date": pa.Column(pl.Date, pa.Check.isin(list(dates), error="not a trading day of the partition")),
+        **{c: pa.Column(pl.Float64, [*price, _finite(pa, c)]) for c in PRICE_COLUMNS},
+        "volume": pa.Column(pl.Int64, pa.Check.ge(0, error="volume must be >= 0")),
+        "dividends": pa.Column(pl.Float64, [pa.Check.ge(0), _finite(pa, "dividends")]),
+        "splits": pa.Column(pl.Float64, [pa.Check.ge(0), _finite(pa, "splits")]),
+        "source": pa.Column(pl.Utf8),
+        "ingested_at": pa.Column(pl.Datetime("us", "UTC")),
+    }
+    assert list(columns) == list(PRICES_SCHEMA), "schema and PRICES_SCHEMA must list the same columns"
+    return pa.DataFrameSchema(
+        columns,
+        checks=[
+            _row_check(pa, "low_le_open_close", pl.col("low") <= pl.min_horizontal("open", "close"),
+                       "low > min(open, close)"),
+            _row_check(pa, "high_ge_open_close", pl.col("high") >= pl.max_horizontal("open", "close"),
+                       "high < max(open, close)"),
+        ],
+        unique=["ticker", "date"],
+        strict=True,
+        name="prices",
+    )
+
+
+def failure_cases(schema: pa.DataFrameSchema, df: pl.DataFrame) -> pl.DataFrame:
+    """Validate lazily; return pandera's failure cases (empty when the frame is valid)."""
+    import pandera.errors as pae
+
+    try:
+        schema.validate(df, lazy=True)
+    except pae.SchemaErrors as exc:
+        return exc.failure_cases
+    return pl.DataFrame(schema={"failure_case": pl.Utf8, "schema_context": pl.Utf8, "column": pl.Utf8,
+                                "check": pl.Utf8, "check_number": pl.Int32, "index": pl.Int32})
+
+
+def split_valid(schema: pa.DataFrameSchema, df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Split `df` into (valid rows, rejected rows with reasons, failure cases).
+
+    Every row pandera flags is rejected with all the rules it broke; the rest pass untouched. Failure
+    cases that name no row (a wrong column type, a missing column) cannot be split off: they raise.
+    """
+    cases = failure_cases(schema, df)
+    if cases.is_empty():
+        return df, empty_rejects(), cases
+    whole = cases.filter(pl.col("index").is_null())
+    if not whole.is_empty():
+        problems = "; ".join(f"{r['column']}: {r['check']} ({r['failure_case']})" for r in whole.iter_rows(named=True))
+        raise ValueError(f"{schema.name}: the frame as a whole breaks the schema: {problems}")
+    label = pl.when(pl.col("check") == "multiple_fields_uniqueness").then(pl.lit("duplicate (ticker, date) with different values"))
+    label = label.when(pl.col("column").is_null()).then(pl.col("check"))
+    label = label.otherwise(pl.format("{}: {} (value: {})", pl.col("column"), pl.col("check"), pl.col("failure_case")))
+    reasons = (
+        cases.with_columns(reason=label)
+        .group_by("index")
+        .agg(pl.col("reason").unique(maintain_order=True).str.join("; "))
+        .rename({"index": "_row"})
+        .with_columns(pl.col("_row").cast(pl.UInt32))
+    )
+    indexed = df.with_row_index("_row")
+    bad = indexed.join(reasons, on="_row", how="inner").sort("_row")
+    valid = indexed.join(reasons, on="_row", how="anti").drop("_row")
+    rejects = bad.select(
+        pl.col("ticker").cast(pl.Utf8),
+        pl.col("date").cast(pl.Date),
+        "reason",
+        record=pl.struct(pl.exclude("_row", "reason").cast(pl.Utf8)).struct.json_encode(),
+    ).cast(REJECT_SCHEMA)
+    return valid, rejects, cases

@@ -1,0 +1,196 @@
+"""Environment variables -> typed settings, read and validated in one place.
+
+Every variable of DESIGN.md is read here and nowhere else. A bad value fails at start with a
+`SettingsError` that names the variable and the value. Defaults live under `STOCK_PLATFORM_HOME`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+TICKER_PATTERN = r"^[A-Z0-9][A-Z0-9.\-^=]{0,14}$"
+_TICKER_RE = re.compile(TICKER_PATTERN)
+# Table and object names that reach a file path or a URI: lowercase identifiers only.
+_IDENTIFIER_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[A-Za-z0-9_.\-/]*)?$")
+
+SOURCES = ("demo", "yfinance", "files")
+DEFAULT_TICKERS = ("AAPL", "MSFT", "AMZN", "GOOGL", "META", "NVDA", "JPM", "XOM", "JNJ", "PG")
+DEFAULT_START = dt.date(2015, 1, 2)
+
+
+class SettingsError(ValueError):
+    """A configuration value is invalid; the message names the variable and the value."""
+
+
+def validate_ticker(ticker: str, *, where: str = "ticker") -> str:
+    """Return `ticker` if it is a safe symbol (no path or SQL characters), else raise."""
+    if not isinstance(ticker, str) or not _TICKER_RE.fullmatch(ticker):
+        raise SettingsError(f"{where}: {ticker!r} is not a valid ticker (expected {TICKER_PATTERN})")
+    return ticker
+
+
+def validate_identifier(name: str, *, where: str = "name") -> str:
+    """Return `name` if it is a safe lowercase identifier for a table, file or column."""
+    if not isinstance(name, str) or not _IDENTIFIER_RE.fullmatch(name):
+        raise SettingsError(f"{where}: {name!r} is not a valid identifier (lowercase letters, digits, _)")
+    return name
+
+
+def parse_tickers(value: str, *, where: str = "STOCK_PLATFORM_TICKERS") -> tuple[str, ...]:
+    tickers = [t.strip().upper() for t in value.split(",") if t.strip()]
+    if not tickers:
+        raise SettingsError(f"{where}={value!r}: no tickers given")
+    for t in tickers:
+        validate_ticker(t, where=where)
+    # keep the order given, drop repeats
+    return tuple(dict.fromkeys(tickers))
+
+
+def validate_storage_uri(value: str, *, where: str) -> str:
+    """A local directory path or an `s3://bucket/prefix` URI (returned normalised)."""
+    value = value.strip()
+    if value.startswith("s3://"):
+        if not _S3_URI_RE.fullmatch(value) or ".." in value:
+            raise SettingsError(f"{where}={value!r}: not a valid s3://bucket/prefix URI")
+        return value.rstrip("/")
+    if "://" in value:
+        raise SettingsError(f"{where}={value!r}: only local paths and s3:// URIs are supported")
+    if not value or "\x00" in value:
+        raise SettingsError(f"{where}={value!r}: empty or invalid path")
+    return str(Path(value).expanduser().resolve())
+
+
+_SQL_URL_RE = re.compile(r"^(sqlite|postgresql)(\+[a-z0-9_]+)?://.*$")
+
+
+def _validate_sql_url(value: str, *, where: str) -> str:
+    # A cheap syntactic check at start (SQLAlchemy is imported only when the warehouse is used).
+    if not _SQL_URL_RE.fullmatch(value.strip()):
+        raise SettingsError(f"{where}={value!r}: expected a sqlite:// or postgresql:// SQLAlchemy URL")
+    return value.strip()
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    source: str
+    tickers: tuple[str, ...]
+    start: dt.date
+    files_dir: Path | None
+    lake_uri: str
+    landing_uri: str
+    warehouse_url: str
+    mlflow_tracking_uri: str
+    ray_address: str | None
+    dagster_home: Path
+    aws_endpoint_url: str | None
+    env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def storage_options(self) -> dict[str, str]:
+        """Options for delta-rs / object_store when the lake or landing zone is on S3."""
+        opts: dict[str, str] = {}
+        if self.aws_endpoint_url:
+            opts["AWS_ENDPOINT_URL"] = self.aws_endpoint_url
+            if self.aws_endpoint_url.startswith("http://"):
+                opts["AWS_ALLOW_HTTP"] = "true"
+        for key in ("AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            if self.env.get(key):
+                opts[key] = self.env[key]
+        opts.setdefault("AWS_REGION", self.env.get("AWS_DEFAULT_REGION", "us-east-1"))
+        return opts
+
+    def check_warehouse_reachable(self) -> None:
+        """Connect once to the warehouse; raise a SettingsError naming the URL when it fails."""
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            engine = create_engine(self.warehouse_url)
+        except (ArgumentError, ImportError) as exc:
+            raise SettingsError(f"STOCK_PLATFORM_WAREHOUSE_URL: cannot use this URL ({exc})") from None
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:  # noqa: BLE001 - any driver error means unreachable
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SettingsError(
+                f"STOCK_PLATFORM_WAREHOUSE_URL={engine.url.render_as_string(hide_password=True)!r}: "
+                f"unreachable ({first_line})"
+            ) from None
+        finally:
+            engine.dispose()
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read the environment (or `env`) into validated Settings."""
+    env = dict(os.environ if env is None else env)
+
+    home = Path(env.get("STOCK_PLATFORM_HOME") or "./.stock_platform").expanduser().resolve()
+
+    source = env.get("STOCK_PLATFORM_SOURCE", "demo").strip().lower()
+    if source not in SOURCES:
+        raise SettingsError(f"STOCK_PLATFORM_SOURCE={source!r}: unknown source (choose from {', '.join(SOURCES)})")
+
+    tickers = parse_tickers(env["STOCK_PLATFORM_TICKERS"]) if env.get("STOCK_PLATFORM_TICKERS") else DEFAULT_TICKERS
+
+    start_raw = env.get("STOCK_PLATFORM_START", DEFAULT_START.isoformat())
+    try:
+        start = dt.date.fromisoformat(start_raw.strip())
+    except ValueError:
+        raise SettingsError(f"STOCK_PLATFORM_START={start_raw!r}: not a date (expected YYYY-MM-DD)") from None
+    if not dt.date(1990, 1, 1) <= start <= dt.date.today():
+        raise SettingsError(f"STOCK_PLATFORM_START={start_raw!r}: must be between 1990-01-01 and today")
+
+    files_dir = None
+    if env.get("STOCK_PLATFORM_FILES_DIR"):
+        files_dir = Path(validate_storage_uri(env["STOCK_PLATFORM_FILES_DIR"], where="STOCK_PLATFORM_FILES_DIR"))
+        if not files_dir.is_dir():
+            raise SettingsError(f"STOCK_PLATFORM_FILES_DIR={str(files_dir)!r}: not a directory")
+    if source == "files" and files_dir is None:
+        raise SettingsError("STOCK_PLATFORM_FILES_DIR is required when STOCK_PLATFORM_SOURCE='files'")
+
+    lake_uri = validate_storage_uri(env.get("STOCK_PLATFORM_LAKE_URI") or str(home / "lake"), where="STOCK_PLATFORM_LAKE_URI")
+    landing_uri = validate_storage_uri(
+        env.get("STOCK_PLATFORM_LANDING_URI") or str(home / "landing"), where="STOCK_PLATFORM_LANDING_URI"
+    )
+    warehouse_url = _validate_sql_url(
+        env.get("STOCK_PLATFORM_WAREHOUSE_URL") or f"sqlite:///{home / 'warehouse.db'}",
+        where="STOCK_PLATFORM_WAREHOUSE_URL",
+    )
+    mlflow_uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+
+    ray_address = env.get("RAY_ADDRESS") or None
+    dagster_home = Path(env.get("DAGSTER_HOME") or home / "dagster").expanduser().resolve()
+
+    endpoint = env.get("AWS_ENDPOINT_URL") or None
+    if endpoint and not re.fullmatch(r"https?://[A-Za-z0-9.\-]+(:\d{1,5})?/?", endpoint):
+        raise SettingsError(f"AWS_ENDPOINT_URL={endpoint!r}: expected http(s)://host[:port]")
+
+    return Settings(
+        home=home,
+        source=source,
+        tickers=tickers,
+        start=start,
+        files_dir=files_dir,
+        lake_uri=lake_uri,
+        landing_uri=landing_uri,
+        warehouse_url=warehouse_url,
+        mlflow_tracking_uri=mlflow_uri,
+        ray_address=ray_address,
+        dagster_home=dagster_home,
+        aws_endpoint_url=endpoint,
+        env=env,
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read from the environment once."""
+    return load_settings()
