@@ -18,11 +18,11 @@ if TYPE_CHECKING:
     import pandera.polars as pa
 
 
-def _finite(pa_mod, column: str):
+def _finite(pa_mod):
     return pa_mod.Check(
         lambda data: data.lazyframe.select(pl.col(data.key).is_finite()),
         name="finite",
-        error=f"{column} must be finite",
+        error="must be finite",
     )
 
 
@@ -43,10 +43,10 @@ def prices_schema(tickers: Sequence[str], dates: Sequence[dt.date]) -> pa.DataFr
              pa.Check.isin(list(tickers), error="ticker not in the universe")],
         ),
         "date": pa.Column(pl.Date, pa.Check.isin(list(dates), error="not a trading day of the partition")),
-        **{c: pa.Column(pl.Float64, [*price, _finite(pa, c)]) for c in PRICE_COLUMNS},
+        **{c: pa.Column(pl.Float64, [*price, _finite(pa)]) for c in PRICE_COLUMNS},
         "volume": pa.Column(pl.Int64, pa.Check.ge(0, error="volume must be >= 0")),
-        "dividends": pa.Column(pl.Float64, [pa.Check.ge(0), _finite(pa, "dividends")]),
-        "splits": pa.Column(pl.Float64, [pa.Check.ge(0), _finite(pa, "splits")]),
+        "dividends": pa.Column(pl.Float64, [pa.Check.ge(0), _finite(pa)]),
+        "splits": pa.Column(pl.Float64, [pa.Check.ge(0), _finite(pa)]),
         "source": pa.Column(pl.Utf8),
         "ingested_at": pa.Column(pl.Datetime("us", "UTC")),
     }
@@ -91,8 +91,10 @@ def split_valid(schema: pa.DataFrameSchema, df: pl.DataFrame) -> tuple[pl.DataFr
         problems = "; ".join(f"{r['column']}: {r['check']} ({r['failure_case']})" for r in whole.iter_rows(named=True))
         raise ValueError(f"{schema.name}: the frame as a whole breaks the schema: {problems}")
     label = pl.when(pl.col("check") == "multiple_fields_uniqueness").then(pl.lit("duplicate (ticker, date) with different values"))
-    label = label.when(pl.col("column").is_null()).then(pl.col("check"))
-    label = label.otherwise(pl.format("{}: {} (value: {})", pl.col("column"), pl.col("check"), pl.col("failure_case")))
+    label = label.when(pl.col("schema_context") == "DataFrameSchema").then(pl.col("check"))
+    label = label.otherwise(
+        pl.format("{}: {} (value: {})", pl.col("column"), pl.col("check"), pl.col("failure_case").fill_null("null"))
+    )
     reasons = (
         cases.with_columns(reason=label)
         .group_by("index")

@@ -56,7 +56,7 @@ def prices(context: dg.AssetExecutionContext, source: PriceSourceResource, lake:
     fetched = source.fetch(universe.tickers, start, end)
     valid, schema_rejects, _ = split_valid(prices_schema(universe.tickers, dates), fetched.prices)
     quarantine = quarantine_frame(fetched.rejects, schema_rejects, start=start, end=end,
-                                  source=source.source, run_id=context.run_id)
+                                  source=source.source, run_id=context.run.run_id)
     # Replaced for the range even when empty: a clean rerun clears an earlier run's quarantine.
     lake.replace_dates(QUARANTINE_TABLE, quarantine, start, end, date_column="partition_date")
 

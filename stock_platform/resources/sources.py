@@ -141,7 +141,8 @@ def yfinance_to_polars(frame: pd.DataFrame, tickers: list[str]) -> pl.DataFrame:
     if isinstance(index, pd.DatetimeIndex) and index.tz is not None:
         # Daily bars are stamped at midnight exchange time; keep the calendar date of that instant.
         index = index.tz_convert(EXCHANGE_TIMEZONE).tz_localize(None)
-    dates = pd.DatetimeIndex(index).normalize()
+    # yfinance 1.x indexes are datetime64[s], which polars does not take: hand it microseconds.
+    dates = pd.DatetimeIndex(index).normalize().to_numpy().astype("datetime64[us]")
 
     if isinstance(frame.columns, pd.MultiIndex):
         names = list(frame.columns.names)
@@ -156,7 +157,7 @@ def yfinance_to_polars(frame: pd.DataFrame, tickers: list[str]) -> pl.DataFrame:
     parts = []
     for ticker, sub in per_ticker.items():
         cols = {_YF_FIELDS[c]: sub[c].to_numpy() for c in sub.columns if c in _YF_FIELDS}
-        part = pl.DataFrame({"date": dates.to_numpy(), **cols}).with_columns(ticker=pl.lit(str(ticker)))
+        part = pl.DataFrame({"date": dates, **cols}).with_columns(ticker=pl.lit(str(ticker)))
         prices = [c for c in ("open", "high", "low", "close") if c in part.columns]
         part = part.filter(~pl.all_horizontal(pl.col(prices).is_null() | pl.col(prices).is_nan()))
         parts.append(part)

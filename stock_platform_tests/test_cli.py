@@ -1,0 +1,48 @@
+"""`stock-platform demo` end to end, as a user runs it (a subprocess with its own environment)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import dagster as dg
+import polars as pl
+import pytest
+
+
+def demo(home, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STOCK_PLATFORM_", "DAGSTER_HOME"))}
+    return subprocess.run([sys.executable, "-W", "ignore", "-m", "stock_platform.cli", "demo", "--home", str(home), *args],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.slow
+def test_demo_runs_in_a_real_instance_and_a_second_run_changes_nothing(tmp_path):
+    args = ("--tickers", "AAPL,MSFT", "--years", "0.1", "--end", "2025-06-30")
+    first = demo(tmp_path, *args)
+    assert first.returncode == 0, first.stderr
+    assert "partition(s) in one run" in first.stdout
+    row = next(line for line in first.stdout.splitlines() if line.startswith("prices"))
+    assert "1/1 passed" in row
+    lake = pl.read_delta(str(tmp_path / "lake" / "prices"))
+    assert set(lake["ticker"]) == {"AAPL", "MSFT"}
+    n_days = lake["date"].n_unique()
+    assert lake.height == 2 * n_days and f"{n_days}/{n_days}" in row
+
+    second = demo(tmp_path, *args)
+    assert second.returncode == 0, second.stderr
+    assert "up to date" in second.stdout
+    assert pl.read_delta(str(tmp_path / "lake" / "prices")).equals(lake)
+
+    # the runs are in the instance under STOCK_PLATFORM_HOME, where `dagster dev` finds them
+    with dg.DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
+        runs = instance.get_runs()
+        assert len(runs) == 1 and runs[0].tags["stock_platform/launched_by"] == "demo"
+        assert len(instance.get_materialized_partitions(dg.AssetKey("prices"))) == n_days
+
+
+def test_demo_refuses_a_bad_ticker_with_a_clear_message(tmp_path):
+    out = demo(tmp_path, "--tickers", "AAPL,../../etc")
+    assert out.returncode == 2
+    assert "--tickers: '../../ETC' is not a valid ticker" in out.stderr

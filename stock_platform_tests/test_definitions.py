@@ -1,0 +1,63 @@
+"""Snapshot tests of what Dagster loads: asset specs, partitions, checks, jobs; and load cost."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import dagster as dg
+
+from stock_platform.definitions import defs
+from stock_platform.partitions import trading_days
+
+HEAVY = ("pandera", "deltalake", "ray", "lightgbm", "mlflow", "yfinance", "pandas", "polars", "sqlalchemy")
+
+
+def test_asset_specs():
+    graph = defs.resolve_asset_graph()
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {"prices"}
+    node = graph.get(dg.AssetKey("prices"))
+    assert node.group_name == "ingestion"
+    assert node.partitions_def == trading_days
+    assert node.backfill_policy == dg.BackfillPolicy.single_run()
+    assert set(node.kinds) >= {"polars", "deltalake"}
+
+
+def test_checks_are_blocking_and_partitioned():
+    [checks_def] = [c for c in defs.asset_checks]
+    [spec] = list(checks_def.check_specs)
+    assert spec.key == dg.AssetCheckKey(dg.AssetKey("prices"), "prices_schema")
+    assert spec.blocking is True
+    assert checks_def.partitions_def == trading_days
+
+
+def test_jobs_and_resources():
+    job = defs.resolve_job_def("daily_assets")
+    assert job.partitions_def == trading_days
+    assert set(defs.resources) == {"source", "lake", "universe"}
+
+
+def _python(code: str, env: dict | None = None) -> str:
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, **(env or {})})
+    return out.stdout
+
+
+def test_loading_definitions_imports_no_heavy_library():
+    loaded = json.loads(_python(
+        "import sys, json, stock_platform.definitions; "
+        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    ))
+    assert loaded == []
+
+
+def test_dagster_validates_the_code_location(tmp_path):
+    out = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "dagster"), "definitions", "validate", "-m",
+         "stock_platform.definitions"],
+        capture_output=True, text=True, env={**os.environ, "DAGSTER_HOME": str(tmp_path)}, cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "All code locations passed validation" in out.stdout + out.stderr

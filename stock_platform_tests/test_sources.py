@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import polars as pl
+import pytest
+import yfinance
+
+from stock_platform.lib.calendar import trading_days
+from stock_platform.lib.prices import PRICES_SCHEMA
+from stock_platform.resources import PriceSourceResource
+from stock_platform.resources.sources import SourceError, yfinance_to_polars
+from stock_platform.schemas import failure_cases, prices_schema
+from stock_platform_tests import yf_fixtures
+
+JAN = ["2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05"]
+START, END = dt.date(2024, 1, 2), dt.date(2024, 1, 5)
+
+
+def assert_valid(df: pl.DataFrame, tickers: list[str]) -> None:
+    assert dict(df.schema) == PRICES_SCHEMA
+    cases = failure_cases(prices_schema(tickers, trading_days(START, END)), df)
+    assert cases.is_empty(), cases
+
+
+# ----------------------------------------------------------------------------------------------- demo
+def test_demo_source_validates(demo_source):
+    result = demo_source.fetch(["AAPL", "MSFT"], START, END)
+    assert result.rejects.is_empty() and result.missing_tickers == []
+    assert result.prices.height == 8
+    assert_valid(result.prices, ["AAPL", "MSFT"])
+
+
+# ---------------------------------------------------------------------------------------------- files
+def _yahoo_csv(path, dates=JAN, adj=True, lower=False):
+    header = ["Date", "Open", "High", "Low", "Close", *(["Adj Close"] if adj else []), "Volume"]
+    if lower:
+        header = [h.lower() for h in header]
+    lines = [",".join(header)]
+    for i, d in enumerate(dates):
+        c = 100 + i
+        lines.append(",".join(map(str, [d, c - 0.5, c + 1, c - 1, c, *([c * 0.99] if adj else []), 1000 + i])))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_files_source_reads_csv_exports_and_parquet(tmp_path):
+    _yahoo_csv(tmp_path / "AAPL.csv")                       # Yahoo export
+    _yahoo_csv(tmp_path / "msft.CSV", adj=False, lower=True)  # lower-case names, no Adj Close
+    pl.DataFrame({"Date": [dt.date(2024, 1, d) for d in (2, 3, 4, 5)], "Open": [1.0] * 4, "High": [2.0] * 4,
+                  "Low": [0.5] * 4, "Close": [1.5] * 4, "Volume": [10] * 4}).write_parquet(tmp_path / "XOM.parquet")
+    src = PriceSourceResource(source="files", files_dir=str(tmp_path))
+    result = src.fetch(["AAPL", "MSFT", "XOM"], START, END)
+    assert result.rejects.is_empty()
+    assert_valid(result.prices, ["AAPL", "MSFT", "XOM"])
+    assert result.prices.group_by("ticker").len().sort("ticker")["len"].to_list() == [4, 4, 4]
+    msft = result.prices.filter(pl.col("ticker") == "MSFT")
+    assert (msft["adj_close"] == msft["close"]).all()  # no Adj Close: the close is the adjusted price
+    assert set(result.prices["source"]) == {"files"}
+
+
+def test_files_source_filters_the_range_and_reports_missing_tickers(tmp_path):
+    _yahoo_csv(tmp_path / "AAPL.csv", dates=["2023-12-29", *JAN, "2024-01-08"])
+    result = PriceSourceResource(source="files", files_dir=str(tmp_path)).fetch(["AAPL", "MSFT"], START, END)
+    assert result.prices["date"].min() == START and result.prices["date"].max() == END
+    assert result.missing_tickers == ["MSFT"]
+
+
+def test_files_source_without_any_file_names_the_directory(tmp_path):
+    with pytest.raises(SourceError, match=f"no CSV or Parquet file for any of AAPL in {tmp_path}"):
+        PriceSourceResource(source="files", files_dir=str(tmp_path)).fetch(["AAPL"], START, END)
+
+
+def test_files_source_unreadable_file_names_it(tmp_path):
+    (tmp_path / "AAPL.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(SourceError, match="cannot read .*AAPL.parquet"):
+        PriceSourceResource(source="files", files_dir=str(tmp_path)).fetch(["AAPL"], START, END)
+
+
+def test_files_source_missing_column_names_file_and_column(tmp_path):
+    (tmp_path / "AAPL.csv").write_text("Date,Open,High,Close,Volume\n2024-01-02,1,2,1.5,10\n")
+    with pytest.raises(ValueError, match=r"AAPL.csv: missing column\(s\) low"):
+        PriceSourceResource(source="files", files_dir=str(tmp_path)).fetch(["AAPL"], START, END)
+
+
+def test_files_source_refuses_unsafe_ticker_before_touching_the_path(tmp_path):
+    with pytest.raises(ValueError, match="not a valid ticker"):
+        PriceSourceResource(source="files", files_dir=str(tmp_path)).fetch(["../../etc/passwd"], START, END)
+
+
+# ------------------------------------------------------------------------------------------- yfinance
+@pytest.mark.parametrize("group_by", ["column", "ticker"])
+def test_yfinance_multiindex_download_shapes(group_by):
+    frame = yf_fixtures.download_frame(["AAPL", "MSFT"], JAN, group_by=group_by, missing={"MSFT": ["2024-01-05"]})
+    assert list(frame.columns.names) == (["Price", "Ticker"] if group_by == "column" else ["Ticker", "Price"])
+    long = yfinance_to_polars(frame, ["AAPL", "MSFT"])
+    assert long.height == 7  # MSFT's NaN-padded day is absent, not a bad row
+    assert set(long.columns) >= {"ticker", "date", "open", "high", "low", "close", "adj_close", "volume",
+                                 "dividends", "splits"}
+
+
+def test_yfinance_single_ticker_history_shape_is_tz_aware():
+    frame = yf_fixtures.history_frame("AAPL", JAN)
+    assert str(frame.index.tz) == "America/New_York"
+    long = yfinance_to_polars(frame, ["AAPL"])
+    assert long["date"].dt.date().to_list() == [dt.date.fromisoformat(d) for d in JAN]
+
+
+@pytest.fixture
+def fake_yf(monkeypatch):
+    """Replace yfinance's network calls with fixture answers (real output shapes), recording calls."""
+    state = {"download_calls": 0, "fail_first": 0, "history": {}, "download": None}
+
+    def download(tickers, **kwargs):
+        state["download_calls"] += 1
+        assert kwargs["auto_adjust"] is False and kwargs["actions"] is True
+        if state["download_calls"] <= state["fail_first"]:
+            raise yfinance.exceptions.YFRateLimitError()
+        return state["download"]
+
+    class FakeTicker:
+        def __init__(self, ticker):
+            self.ticker = ticker
+
+        def history(self, **kwargs):
+            answer = state["history"].get(self.ticker)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer if answer is not None else pd.DataFrame()
+
+    monkeypatch.setattr(yfinance, "download", download)
+    monkeypatch.setattr(yfinance, "Ticker", FakeTicker)
+    return state
+
+
+def test_yfinance_source_validates_and_keeps_adjustment_columns(fake_yf):
+    fake_yf["download"] = yf_fixtures.download_frame(["AAPL", "MSFT"], JAN)
+    result = PriceSourceResource(source="yfinance").fetch(["AAPL", "MSFT"], START, END)
+    assert_valid(result.prices, ["AAPL", "MSFT"])
+    assert result.prices.height == 8 and set(result.prices["source"]) == {"yfinance"}
+    aapl = result.prices.filter(pl.col("ticker") == "AAPL").sort("date")
+    assert aapl["adj_close"].to_list() == pytest.approx([v * 0.98 for v in aapl["close"]])
+
+
+def test_yfinance_retries_rate_limits_with_backoff(fake_yf):
+    fake_yf["fail_first"] = 2
+    fake_yf["download"] = yf_fixtures.download_frame(["AAPL"], JAN)
+    src = PriceSourceResource(source="yfinance", retry_backoff_seconds=0.01)
+    assert src.fetch(["AAPL"], START, END).prices.height == 4
+    assert fake_yf["download_calls"] == 3
+
+
+def test_yfinance_gives_up_after_retries_with_a_clear_error(fake_yf):
+    fake_yf["fail_first"] = 99
+    src = PriceSourceResource(source="yfinance", retries=2, retry_backoff_seconds=0.01)
+    with pytest.raises(SourceError, match=r"download AAPL failed after 3 attempt\(s\): YFRateLimitError"):
+        src.fetch(["AAPL"], START, END)
+
+
+def test_yfinance_missing_ticker_is_asked_alone_and_reported(fake_yf):
+    fake_yf["download"] = yf_fixtures.download_frame(["AAPL"], JAN)
+    fake_yf["history"]["NOPE"] = yfinance.exceptions.YFPricesMissingError("NOPE", "possibly delisted")
+    fake_yf["history"]["MSFT"] = yf_fixtures.history_frame("MSFT", JAN)
+    result = PriceSourceResource(source="yfinance").fetch(["AAPL", "MSFT", "NOPE"], START, END)
+    assert result.missing_tickers == ["NOPE"]
+    assert sorted(result.prices["ticker"].unique()) == ["AAPL", "MSFT"]
+
+
+def test_yfinance_empty_answer_for_every_ticker_is_an_error(fake_yf):
+    fake_yf["download"] = pd.DataFrame()
+    with pytest.raises(SourceError, match="yfinance returned no data for AAPL between 2024-01-02 and 2024-01-05"):
+        PriceSourceResource(source="yfinance").fetch(["AAPL"], START, END)
+
+
+def test_unknown_source_is_refused():
+    with pytest.raises(ValueError, match="unknown source 'bloomberg'"):
+        PriceSourceResource(source="bloomberg")

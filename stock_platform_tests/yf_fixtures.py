@@ -1,0 +1,56 @@
+"""Frames in the exact shapes yfinance 1.x returns (read from its parsing code; see DESIGN.md).
+
+`yf.download([...], auto_adjust=False, actions=True)`: MultiIndex columns named ['Price', 'Ticker'] with
+the price level sorted ('Adj Close', 'Close', 'Dividends', 'High', 'Low', 'Open', 'Stock Splits',
+'Volume'); `group_by='ticker'` swaps the levels; index 'Date', tz-naive datetime64[s]; tickers padded to
+the union of dates with NaN. `Ticker.history()`: flat columns, tz-aware America/New_York index.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+FIELDS = ["Adj Close", "Close", "Dividends", "High", "Low", "Open", "Stock Splits", "Volume"]
+
+
+def _bars(ticker: str, dates: pd.DatetimeIndex, base: float) -> pd.DataFrame:
+    n = len(dates)
+    close = base + np.arange(n, dtype=float)
+    return pd.DataFrame(
+        {
+            "Open": close - 0.5, "High": close + 1.0, "Low": close - 1.0, "Close": close,
+            "Adj Close": close * 0.98, "Volume": np.full(n, 1_000_000 + len(ticker), dtype="int64"),
+            "Dividends": np.zeros(n), "Stock Splits": np.zeros(n),
+        },
+        index=dates,
+    )
+
+
+def download_frame(tickers: list[str], dates: list[str], *, group_by: str = "column",
+                   missing: dict[str, list[str]] | None = None) -> pd.DataFrame:
+    """What yf.download(tickers, auto_adjust=False, actions=True, group_by=...) returns."""
+    index = pd.DatetimeIndex(pd.to_datetime(dates)).astype("datetime64[s]")
+    index.name = "Date"
+    frames = {}
+    for i, t in enumerate(tickers):
+        bars = _bars(t, index, 100.0 * (i + 1))
+        for day in (missing or {}).get(t, []):
+            bars.loc[pd.Timestamp(day)] = np.nan  # yfinance pads absent days with NaN
+        frames[t] = bars
+    wide = pd.concat(frames, axis=1)  # columns (Ticker, Price)
+    wide.columns.names = ["Ticker", "Price"]
+    if group_by == "ticker":
+        return wide
+    wide = wide.swaplevel(0, 1, axis=1).sort_index(axis=1, level=0, sort_remaining=False)
+    wide = wide[[(f, t) for f in FIELDS for t in tickers]]
+    wide.columns = pd.MultiIndex.from_tuples(wide.columns, names=["Price", "Ticker"])
+    return wide
+
+
+def history_frame(ticker: str, dates: list[str]) -> pd.DataFrame:
+    """What yf.Ticker(t).history(auto_adjust=False, actions=True) returns."""
+    index = pd.DatetimeIndex(pd.to_datetime(dates)).tz_localize("America/New_York")
+    index.name = "Date"
+    bars = _bars(ticker, index, 50.0)
+    return bars[["Open", "High", "Low", "Close", "Adj Close", "Volume", "Dividends", "Stock Splits"]]
