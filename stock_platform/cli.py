@@ -138,6 +138,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from stock_platform.settings import get_settings
 
         settings = get_settings()
+        settings.check_warehouse_reachable()
         start, end = demo_range(args.years, dt.date.fromisoformat(args.end) if args.end else None)
         if start < settings.start:
             raise SettingsError(f"--years {args.years}: starts {start}, before STOCK_PLATFORM_START={settings.start}")
@@ -188,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    import dagster as dg
+
+    # single-run backfill policies and partitioned checks are deliberate choices (DESIGN.md)
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -10,7 +10,7 @@ import datetime as dt
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -96,20 +96,6 @@ class Settings:
     ray_address: str | None
     dagster_home: Path
     aws_endpoint_url: str | None
-    env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
-
-    def storage_options(self) -> dict[str, str]:
-        """Options for delta-rs / object_store when the lake or landing zone is on S3."""
-        opts: dict[str, str] = {}
-        if self.aws_endpoint_url:
-            opts["AWS_ENDPOINT_URL"] = self.aws_endpoint_url
-            if self.aws_endpoint_url.startswith("http://"):
-                opts["AWS_ALLOW_HTTP"] = "true"
-        for key in ("AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-            if self.env.get(key):
-                opts[key] = self.env[key]
-        opts.setdefault("AWS_REGION", self.env.get("AWS_DEFAULT_REGION", "us-east-1"))
-        return opts
 
     def check_warehouse_reachable(self) -> None:
         """Connect once to the warehouse; raise a SettingsError naming the URL when it fails."""
@@ -191,7 +177,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ray_address=ray_address,
         dagster_home=dagster_home,
         aws_endpoint_url=endpoint,
-        env=env,
     )
 
 

@@ -46,3 +46,12 @@ def test_demo_refuses_a_bad_ticker_with_a_clear_message(tmp_path):
     out = demo(tmp_path, "--tickers", "AAPL,../../etc")
     assert out.returncode == 2
     assert "--tickers: '../../ETC' is not a valid ticker" in out.stderr
+
+
+def test_demo_fails_at_start_on_an_unreachable_warehouse(tmp_path):
+    env_url = "postgresql://nobody@127.0.0.1:1/none"
+    out = subprocess.run([sys.executable, "-W", "ignore", "-m", "stock_platform.cli", "demo", "--home", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "STOCK_PLATFORM_WAREHOUSE_URL": env_url})
+    assert out.returncode == 2
+    assert "STOCK_PLATFORM_WAREHOUSE_URL='postgresql+psycopg2://nobody@127.0.0.1:1/none': unreachable" in out.stderr
