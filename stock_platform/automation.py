@@ -7,7 +7,7 @@ import dagster as dg
 # Every daily asset, with its checks, in dependency order: what a daily run or a backfill executes.
 daily_assets_job = dg.define_asset_job(
     "daily_assets",
-    selection=dg.AssetSelection.groups("ingestion"),
+    selection=dg.AssetSelection.groups("ingestion", "lake"),
     description="Daily trading-day partitions of the daily assets (with their blocking checks).",
 )
 

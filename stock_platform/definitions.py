@@ -7,15 +7,22 @@ inside the functions that use them.
 from __future__ import annotations
 
 import gc
+import os
 
 import dagster as dg
 
 from stock_platform import automation
 from stock_platform.assets.ingestion import prices
+from stock_platform.assets.lake import price_snapshots
 from stock_platform.checks import prices_schema_check
 from stock_platform.resources import PriceSourceResource, UniverseResource
 from stock_platform.resources.lake import LakeResource
+from stock_platform.resources.warehouse import WarehouseResource
 from stock_platform.settings import Settings, get_settings
+
+
+def _from_env(variable: str, default: str) -> str | dg.EnvVar:
+    return dg.EnvVar(variable) if os.environ.get(variable) else default
 
 
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
@@ -25,11 +32,13 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         ),
         "lake": LakeResource(uri=settings.lake_uri, aws_endpoint_url=settings.aws_endpoint_url),
         "universe": UniverseResource(tickers=list(settings.tickers)),
+        # The URL may hold a password: Dagster shows the variable's name, never its value.
+        "warehouse": WarehouseResource(url=_from_env("STOCK_PLATFORM_WAREHOUSE_URL", settings.warehouse_url)),
     }
 
 
 defs = dg.Definitions(
-    assets=[prices],
+    assets=[prices, price_snapshots],
     asset_checks=[prices_schema_check],
     jobs=automation.jobs,
     schedules=automation.schedules,

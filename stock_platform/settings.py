@@ -70,16 +70,20 @@ def validate_storage_uri(value: str, *, where: str) -> str:
 _SQL_URL_RE = re.compile(r"^(sqlite|postgresql)(\+[a-z0-9_]+)?://.*$")
 
 
+def normalize_sql_url(value: str) -> str:
+    """One Postgres driver for everything (dagster-postgres needs psycopg2): SQLAlchemy 2.1 would
+    otherwise pick psycopg 3 for a plain postgresql:// URL."""
+    if value.startswith("postgresql://"):
+        return "postgresql+psycopg2://" + value.removeprefix("postgresql://")
+    return value
+
+
 def _validate_sql_url(value: str, *, where: str) -> str:
     # A cheap syntactic check at start (SQLAlchemy is imported only when the warehouse is used).
     value = value.strip()
     if not _SQL_URL_RE.fullmatch(value):
         raise SettingsError(f"{where}={value!r}: expected a sqlite:// or postgresql:// SQLAlchemy URL")
-    # One Postgres driver for everything (dagster-postgres needs psycopg2); SQLAlchemy 2.1 would
-    # otherwise pick psycopg 3 for a plain postgresql:// URL.
-    if value.startswith("postgresql://"):
-        value = "postgresql+psycopg2://" + value.removeprefix("postgresql://")
-    return value
+    return normalize_sql_url(value)
 
 
 @dataclass(frozen=True)

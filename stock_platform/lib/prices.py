@@ -28,6 +28,8 @@ PRICES_SCHEMA: dict[str, pl.DataType] = {
     "source": pl.Utf8(),
     "ingested_at": pl.Datetime("us", "UTC"),
 }
+# price_snapshots: the prices columns plus the soft-delete flag (see lib/snapshots.py).
+SNAPSHOT_SCHEMA: dict[str, pl.DataType] = {**PRICES_SCHEMA, "_is_deleted": pl.Boolean()}
 REQUIRED_COLUMNS = ("ticker", "date", "open", "high", "low", "close", "volume")
 # Rejected rows, before the quarantine adds where and when it caught them.
 REJECT_SCHEMA: dict[str, pl.DataType] = {

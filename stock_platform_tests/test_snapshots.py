@@ -1,0 +1,193 @@
+"""price_snapshots semantics on real Delta tables, locally and on S3 (a moto server): upserts with
+precombine, soft deletes, time travel, incremental reads, concurrent writers, a writer killed mid-merge."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import polars as pl
+import pytest
+
+from stock_platform.assets.lake import PRECOMBINE, SNAPSHOT_KEYS, SNAPSHOT_TABLE, ensure_snapshot_table
+from stock_platform.lib.snapshots import MergeCounts, precombine
+from stock_platform.resources.lake import LakeError, LakeResource
+from stock_platform_tests.lake_writer import batch
+
+D1, D2, D3 = dt.date(2024, 3, 4), dt.date(2024, 3, 5), dt.date(2024, 3, 6)
+
+
+def upsert(lake: LakeResource, rows: pl.DataFrame):
+    ensure_snapshot_table(lake)
+    start, end = rows["date"].min(), rows["date"].max()
+    return lake.upsert(SNAPSHOT_TABLE, rows, keys=SNAPSHOT_KEYS, order_by=PRECOMBINE, prune=("date", start, end))
+
+
+def one(rows: pl.DataFrame, ticker: str, day: dt.date) -> dict:
+    return rows.filter(pl.col("ticker") == ticker, pl.col("date") == day).row(0, named=True)
+
+
+def test_precombine_keeps_the_newest_record_per_key():
+    t = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    rows = pl.DataFrame({"ticker": ["A", "A", "A", "B"], "date": [D1] * 4, "close": [1.0, 3.0, 2.0, 9.0],
+                         "ingested_at": [t, t + dt.timedelta(hours=2), t + dt.timedelta(hours=1), t]})
+    out = precombine(rows, ("ticker", "date"), "ingested_at").sort("ticker")
+    assert out["close"].to_list() == [3.0, 9.0]
+
+
+def test_insert_update_older_ignored_soft_delete_undelete(any_lake):
+    lake = any_lake
+    first = upsert(lake, batch(3, D1, D2))
+    assert first.counts == MergeCounts(inserted=6, updated=0, deleted=0, undeleted=0, unchanged=0)
+    v1 = first.version
+
+    # a newer record with a different close updates; the same values again (even newer) do not
+    newer = batch(1, D1, D1, hours_later=1, close_bump=0.5)
+    r = upsert(lake, newer)
+    assert r.counts == MergeCounts(inserted=0, updated=1, deleted=0, undeleted=0, unchanged=0)
+    assert upsert(lake, batch(1, D1, D1, hours_later=2, close_bump=0.5)).committed is False
+
+    # an older record with other values changes nothing and writes no commit
+    older = upsert(lake, batch(1, D1, D1, hours_later=-1, close_bump=7.0))
+    assert older.committed is False and older.version == r.version
+    assert one(lake.snapshot(SNAPSHOT_TABLE), "T000", D1)["close"] == pytest.approx(one(newer, "T000", D1)["close"])
+
+    # soft delete: flagged, kept with its last values, hidden from the snapshot
+    delete = batch(1, D2, D2, hours_later=3).with_columns(_is_deleted=pl.lit(True), close=pl.lit(None, pl.Float64))
+    r = upsert(lake, delete)
+    assert r.counts.deleted == 1
+    assert "T000" not in lake.snapshot(SNAPSHOT_TABLE, start=D2, end=D2)["ticker"].to_list()
+    kept = one(lake.snapshot(SNAPSHOT_TABLE, include_deleted=True), "T000", D2)
+    assert kept["_is_deleted"] is True and kept["close"] is not None
+    # deleting a key that does not exist does nothing
+    assert upsert(lake, batch(1, D3, D3, hours_later=3).with_columns(_is_deleted=pl.lit(True))).committed is False
+
+    # a newer upsert undeletes
+    r = upsert(lake, batch(1, D2, D2, hours_later=4))
+    assert r.counts.undeleted == 1
+    assert "T000" in lake.snapshot(SNAPSHOT_TABLE, start=D2, end=D2)["ticker"].to_list()
+    assert lake.snapshot(SNAPSHOT_TABLE).height == 6
+    assert lake.table(SNAPSHOT_TABLE).version() > v1
+
+
+def test_replaying_a_batch_three_times_adds_no_rows_and_no_version(any_lake):
+    rows = batch(4, D1, D3)
+    first = upsert(any_lake, rows)
+    for _ in range(3):
+        again = upsert(any_lake, rows)
+        assert again.committed is False and again.version == first.version
+        assert again.counts.unchanged == rows.height
+    assert any_lake.snapshot(SNAPSHOT_TABLE).height == rows.height
+
+
+def test_time_travel_returns_the_values_before_a_correction(any_lake):
+    v_before = upsert(any_lake, batch(2, D1, D2)).version
+    # timestamps resolve by the commit file's modification time: S3 gives it to the second
+    time.sleep(1.1)
+    moment = dt.datetime.now(dt.UTC)
+    time.sleep(1.1)
+    correction = batch(1, D2, D2, hours_later=1, close_bump=1.25)
+    v_after = upsert(any_lake, correction).version
+    now = one(any_lake.snapshot(SNAPSHOT_TABLE), "T000", D2)["close"]
+    then = one(any_lake.snapshot(SNAPSHOT_TABLE, as_of=v_before), "T000", D2)["close"]
+    at_time = one(any_lake.snapshot(SNAPSHOT_TABLE, as_of=moment), "T000", D2)["close"]
+    assert now == pytest.approx(then + 1.25) and at_time == then
+    assert v_after == v_before + 1
+    history = any_lake.history(SNAPSHOT_TABLE)
+    assert history["version"].to_list()[:2] == [v_after, v_before]
+    assert set(history["operation"]) >= {"MERGE"}
+
+
+def test_incremental_read_returns_exactly_the_changed_keys(any_lake):
+    cursor = upsert(any_lake, batch(4, D1, D3)).version
+    upsert(any_lake, batch(1, D1, D1, hours_later=1, close_bump=0.1))                      # T000 D1 updated
+    upsert(any_lake, batch(3, D2, D2, hours_later=1, close_bump=0.2).filter(pl.col("ticker") == "T002"))  # T002 D2
+    upsert(any_lake, batch(1, D3, D3, hours_later=1).with_columns(_is_deleted=pl.lit(True)))  # T000 D3 deleted
+    upsert(any_lake, batch(4, D1, D3, hours_later=-5))                                       # older: nothing
+    changed = any_lake.changed_keys(SNAPSHOT_TABLE, cursor)
+    assert changed.select("ticker", "date").rows() == [("T000", D1), ("T000", D3), ("T002", D2)]
+    assert changed.filter(pl.col("date") == D3)["_is_deleted"].to_list() == [True]
+    latest = any_lake.table(SNAPSHOT_TABLE).version()
+    assert any_lake.changed_keys(SNAPSHOT_TABLE, latest).is_empty()
+
+
+def _writer(lake: LakeResource, start: dt.date, end: dt.date, **extra) -> subprocess.Popen:
+    args = [sys.executable, "-W", "ignore", "-m", "stock_platform_tests.lake_writer", "--uri", lake.uri,
+            "--start", start.isoformat(), "--end", end.isoformat()]
+    if lake.aws_endpoint_url:
+        args += ["--endpoint", lake.aws_endpoint_url]
+    for key, value in extra.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+
+
+def _finish(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_four_concurrent_writers_on_different_dates_all_land(any_lake):
+    ensure_snapshot_table(any_lake)
+    days = [dt.date(2024, 4, d) for d in (1, 2, 3, 4)]
+    procs = [_writer(any_lake, d, d, tickers=20) for d in days]
+    results = [_finish(p) for p in procs]
+    assert all(r["inserted"] == 20 for r in results)
+    snap = any_lake.snapshot(SNAPSHOT_TABLE)
+    assert snap.height == 80 and sorted(snap["date"].unique()) == days
+    assert sorted(r["version"] for r in results) == [1, 2, 3, 4]  # four commits after the create
+
+
+@pytest.mark.parametrize("newest_first", [True, False])
+def test_two_writers_on_the_same_date_resolve_to_the_newest_record(any_lake, newest_first):
+    ensure_snapshot_table(any_lake)
+    upsert(any_lake, batch(10, D1, D1))
+    specs = [dict(hours_later=2, close_bump=2.0), dict(hours_later=1, close_bump=1.0)]
+    if not newest_first:
+        specs.reverse()
+    procs = [_writer(any_lake, D1, D1, tickers=10, **spec) for spec in specs]
+    for p in procs:
+        _finish(p)
+    base = batch(10, D1, D1)
+    snap = any_lake.snapshot(SNAPSHOT_TABLE).sort("ticker")
+    assert snap["close"].to_list() == pytest.approx((base.sort("ticker")["close"] + 2.0).to_list())
+
+
+def test_writer_killed_mid_merge_leaves_the_previous_version_and_a_rerun_completes(any_lake):
+    upsert(any_lake, batch(5, D1, D1))
+    before_version = any_lake.table(SNAPSHOT_TABLE).version()
+    before = any_lake.snapshot(SNAPSHOT_TABLE)
+    start, end = dt.date(2023, 1, 3), dt.date(2023, 12, 29)
+    proc = _writer(any_lake, start, end, tickers=400)
+    assert proc.stdout.readline().strip() == "merging"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the writer must die mid-merge for this test to mean anything"
+
+    # readable, at the version before the killed merge, with the same rows
+    assert any_lake.table(SNAPSHOT_TABLE).version() == before_version
+    assert any_lake.snapshot(SNAPSHOT_TABLE).equals(before)
+
+    result = _finish(_writer(any_lake, start, end, tickers=400))
+    assert result["version"] == before_version + 1 and result["inserted"] == 400 * 250
+    assert any_lake.snapshot(SNAPSHOT_TABLE).height == before.height + 400 * 250
+
+
+def test_vacuum_refuses_a_retention_shorter_than_consumers_need(lake):
+    upsert(lake, batch(2, D1, D1))
+    with pytest.raises(LakeError, match="shorter than the configured 720 h"):
+        lake.vacuum(SNAPSHOT_TABLE, retention_hours=1)
+    assert lake.vacuum(SNAPSHOT_TABLE, dry_run=True) == []
+
+
+def test_unknown_table_is_a_clear_error(lake):
+    with pytest.raises(LakeError, match="lake table 'nope' does not exist"):
+        lake.snapshot("nope")
+    with pytest.raises(Exception, match="not a valid identifier"):
+        lake.table_uri("../escape")
