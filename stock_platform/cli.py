@@ -1,6 +1,7 @@
 """The `stock-platform` command.
 
     stock-platform demo [--tickers AAPL,MSFT] [--years 2] [--source demo] [--home DIR]
+    stock-platform snapshot [--tickers AAPL] [--as-of VERSION|TIMESTAMP] [--history] [--changes-since V]
 
 `demo` materializes every asset for a universe on the offline demo market inside a real Dagster
 instance under STOCK_PLATFORM_HOME (runs, materializations and checks show in `dagster dev` afterwards),
@@ -205,6 +206,57 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _as_of(value: str | None):
+    if value is None:
+        return None
+    if value.isdigit():
+        return int(value)
+    try:
+        stamp = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise SettingsError(f"--as-of {value!r}: expected a version number or an ISO timestamp") from None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """Print the price snapshot (optionally as of a version/timestamp), its history, or its changes."""
+    if args.home:  # before anything reads the settings
+        os.environ["STOCK_PLATFORM_HOME"] = str(Path(args.home).expanduser().resolve())
+    import polars as pl
+
+    from stock_platform.assets.lake import SNAPSHOT_TABLE
+    from stock_platform.resources.lake import LakeError, LakeResource
+    from stock_platform.settings import get_settings
+
+    try:
+        settings = get_settings()
+        tickers = list(parse_tickers(args.tickers, where="--tickers")) if args.tickers else None
+        as_of = _as_of(args.as_of)
+        start = dt.date.fromisoformat(args.start) if args.start else None
+        end = dt.date.fromisoformat(args.end) if args.end else None
+    except (SettingsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    lake = LakeResource(uri=settings.lake_uri, aws_endpoint_url=settings.aws_endpoint_url)
+    pl.Config.set_tbl_rows(args.rows)
+    pl.Config.set_tbl_cols(14)
+    pl.Config.set_tbl_width_chars(220)
+    try:
+        if args.history:
+            print(lake.history(SNAPSHOT_TABLE, args.rows))
+        elif args.changes_since is not None:
+            print(lake.changed_keys(SNAPSHOT_TABLE, args.changes_since))
+        else:
+            snap = lake.snapshot(SNAPSHOT_TABLE, as_of=as_of, include_deleted=args.include_deleted,
+                                 start=start, end=end, tickers=tickers)
+            print(f"{SNAPSHOT_TABLE} @ {'latest' if as_of is None else as_of}: {snap.height:,} rows")
+            print(snap.tail(args.rows))
+    except LakeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stock-platform", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -217,6 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--home", help="STOCK_PLATFORM_HOME (default ./.stock_platform)")
     demo.add_argument("--force", action="store_true", help="re-run partitions even when up to date")
     demo.set_defaults(func=cmd_demo)
+
+    snap = sub.add_parser("snapshot", help="print the price snapshot table, its history or its changes")
+    snap.add_argument("--tickers", help="comma-separated tickers to show")
+    snap.add_argument("--start", help="first date, YYYY-MM-DD")
+    snap.add_argument("--end", help="last date, YYYY-MM-DD")
+    snap.add_argument("--as-of", help="time travel: a table version number or an ISO timestamp")
+    snap.add_argument("--include-deleted", action="store_true", help="show soft-deleted rows too")
+    snap.add_argument("--history", action="store_true", help="list the table's commits instead")
+    snap.add_argument("--changes-since", type=int, metavar="VERSION", help="keys changed after VERSION")
+    snap.add_argument("--rows", type=int, default=20, help="rows to print (default 20)")
+    snap.add_argument("--home", help="STOCK_PLATFORM_HOME (default ./.stock_platform)")
+    snap.set_defaults(func=cmd_snapshot)
     return parser
 
 

@@ -11,10 +11,14 @@ import polars as pl
 import pytest
 
 
-def demo(home, *args: str) -> subprocess.CompletedProcess:
+def cli(home, command: str, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STOCK_PLATFORM_", "DAGSTER_HOME"))}
-    return subprocess.run([sys.executable, "-W", "ignore", "-m", "stock_platform.cli", "demo", "--home", str(home), *args],
-                          capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run([sys.executable, "-W", "ignore", "-m", "stock_platform.cli", command, "--home", str(home),
+                           *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def demo(home, *args: str) -> subprocess.CompletedProcess:
+    return cli(home, "demo", *args)
 
 
 @pytest.mark.slow
@@ -34,6 +38,17 @@ def test_demo_runs_in_a_real_instance_and_a_second_run_changes_nothing(tmp_path)
     assert second.returncode == 0, second.stderr
     assert "up to date" in second.stdout
     assert pl.read_delta(str(tmp_path / "lake" / "prices")).equals(lake)
+
+    snap_row = next(line for line in first.stdout.splitlines() if line.startswith("price_snapshots"))
+    assert f"{n_days}/{n_days}" in snap_row
+
+    # the snapshot command reads the same lake: latest rows, history, and a clear error for a bad version
+    snap = cli(tmp_path, "snapshot", "--tickers", "MSFT", "--rows", "3")
+    assert snap.returncode == 0 and f"price_snapshots @ latest: {n_days} rows" in snap.stdout
+    history = cli(tmp_path, "snapshot", "--history")
+    assert history.returncode == 0 and "MERGE" in history.stdout and "CREATE TABLE" in history.stdout
+    bad = cli(tmp_path, "snapshot", "--as-of", "999")
+    assert bad.returncode == 1 and "has no version 999 (latest is 1" in bad.stderr
 
     # the runs are in the instance under STOCK_PLATFORM_HOME, where `dagster dev` finds them
     with dg.DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:

@@ -17,12 +17,14 @@ HEAVY = ("pandera", "deltalake", "ray", "lightgbm", "mlflow", "yfinance", "panda
 
 def test_asset_specs():
     graph = defs.resolve_asset_graph()
-    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {"prices"}
-    node = graph.get(dg.AssetKey("prices"))
-    assert node.group_name == "ingestion"
-    assert node.partitions_def == trading_days
-    assert node.backfill_policy == dg.BackfillPolicy.single_run()
-    assert set(node.kinds) >= {"polars", "deltalake"}
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {"prices", "price_snapshots"}
+    for key, group in [("prices", "ingestion"), ("price_snapshots", "lake")]:
+        node = graph.get(dg.AssetKey(key))
+        assert node.group_name == group
+        assert node.partitions_def == trading_days
+        assert node.backfill_policy == dg.BackfillPolicy.single_run()
+        assert "deltalake" in node.kinds
+    assert graph.get(dg.AssetKey("price_snapshots")).parent_keys == {dg.AssetKey("prices")}
 
 
 def test_checks_are_blocking_and_partitioned():
@@ -36,7 +38,16 @@ def test_checks_are_blocking_and_partitioned():
 def test_jobs_and_resources():
     job = defs.resolve_job_def("daily_assets")
     assert job.partitions_def == trading_days
-    assert set(defs.resources) == {"source", "lake", "universe"}
+    assert set(defs.resources) == {"source", "lake", "universe", "warehouse"}
+
+
+def test_warehouse_url_from_the_environment_is_not_shown_in_config():
+    out = _python(
+        "from stock_platform.definitions import defs; import dagster as dg; "
+        "print(type(defs.resources['warehouse'].url).__name__)",
+        env={"STOCK_PLATFORM_WAREHOUSE_URL": "postgresql://u:secret@db/w"},
+    )
+    assert out.strip() == "EnvVar"
 
 
 def _python(code: str, env: dict | None = None) -> str:

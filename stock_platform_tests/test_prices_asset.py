@@ -12,6 +12,7 @@ from stock_platform.automation import daily_assets_job
 from stock_platform.checks import prices_schema_check
 from stock_platform.partitions import trading_days
 from stock_platform.resources import PriceSourceResource
+from stock_platform_tests.helpers import failure_message, materialization_metadata, run_range as run
 
 CHECK_KEY = dg.AssetCheckKey(dg.AssetKey("prices"), "prices_schema")
 
@@ -36,20 +37,8 @@ def make_defs(source, lake, universe) -> dg.Definitions:
     )
 
 
-def run(defs, instance, start: str, end: str, job: str = "daily_assets"):
-    return defs.resolve_job_def(job).execute_in_process(
-        instance=instance, raise_on_error=False,
-        tags={"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end},
-    )
-
-
 def check_evaluations(result):
     return [e for e in result.get_asset_check_evaluations() if e.check_name == "prices_schema"]
-
-
-def failure_message(result) -> str:
-    return "\n".join(e.event_specific_data.error.message for e in result.all_events
-                     if e.event_type_value == "STEP_FAILURE")
 
 
 def test_two_year_backfill_is_one_run_and_reruns_are_idempotent(instance, demo_source, lake, universe):
@@ -69,9 +58,8 @@ def test_two_year_backfill_is_one_run_and_reruns_are_idempotent(instance, demo_s
     first = lake.read(PRICES_TABLE)
     assert first.height == 502 * 3
     assert first.select(pl.struct("ticker", "date").is_unique().all()).item()
-    [mat] = [m for m in result.asset_materializations_for_node("prices")][:1]
-    assert mat.metadata["dagster/row_count"].value == 502 * 3
-    assert mat.metadata["dq_score"].value == 1.0
+    meta = materialization_metadata(result, "prices")
+    assert meta["dagster/row_count"] == 502 * 3 and meta["dq_score"] == 1.0
 
     # a month inside the range again, then one day: identical table, no duplicates
     assert run(defs, instance, "2024-02-01", "2024-02-29").success

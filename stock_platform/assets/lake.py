@@ -36,9 +36,10 @@ def price_snapshots(context: dg.AssetExecutionContext, lake: LakeResource,
 
     dates = partition_dates(context)
     start, end = dates[0], dates[-1]
-    batch = lake.read(PRICES_TABLE, start, end).with_columns(_is_deleted=pl.lit(False))
+    batch = (lake.read(PRICES_TABLE, start, end) if lake.exists(PRICES_TABLE) else pl.DataFrame())
     if batch.is_empty():
         raise dg.Failure(f"no prices stored for {start}..{end}: materialize `prices` for these partitions first")
+    batch = batch.with_columns(_is_deleted=pl.lit(False))
     ensure_snapshot_table(lake)
     result = lake.upsert(SNAPSHOT_TABLE, batch, keys=SNAPSHOT_KEYS, order_by=PRECOMBINE, prune=("date", start, end))
     # Mirror the whole range (not only this commit's changes): a rerun heals a warehouse write that failed.

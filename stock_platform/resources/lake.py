@@ -94,11 +94,19 @@ class LakeResource(dg.ConfigurableResource):
     def table(self, name: str, version: int | str | dt.datetime | None = None) -> DeltaTable:
         from deltalake import DeltaTable
 
-        if not self.exists(name):
-            raise LakeError(f"lake table {name!r} does not exist at {self.table_uri(name)}")
-        table = DeltaTable(self.table_uri(name), storage_options=self.storage_options())
+        from deltalake.exceptions import TableNotFoundError
+
+        try:
+            table = DeltaTable(self.table_uri(name), storage_options=self.storage_options())
+        except TableNotFoundError:
+            raise LakeError(f"lake table {name!r} does not exist at {self.table_uri(name)}") from None
         if version is not None:
-            table.load_as_version(version)
+            latest = table.version()
+            try:
+                table.load_as_version(version)
+            except Exception as exc:  # noqa: BLE001 - delta-rs raises a generic DeltaError
+                raise LakeError(f"lake table {name!r} has no version {version!r} "
+                                f"(latest is {latest}; older history may be vacuumed): {exc}") from None
         return table
 
     # --------------------------------------------------------------------------------------- writes
@@ -173,8 +181,8 @@ class LakeResource(dg.ConfigurableResource):
                                 prune=date_range_sql(prune[0], prune[1], prune[2], alias="t") if prune else None)
         source = batch.to_arrow()
 
-        def merge() -> tuple[int, dict]:
-            table = self.table(name)
+        def merge():
+            table = self.table(name)  # re-read on every attempt: a retry plans against the new version
             before = table.version()
             metrics = (
                 table.merge(source, predicate=clauses.on, source_alias="s", target_alias="t")
@@ -183,13 +191,13 @@ class LakeResource(dg.ConfigurableResource):
                 .when_not_matched_insert_all(predicate=clauses.insert_when)
                 .execute()
             )
-            return before, metrics
+            return table, before, metrics
 
-        before, metrics = self._retry_conflicts(merge)
-        after = self.table(name).version()
+        table, before, metrics = self._retry_conflicts(merge)
+        after = table.version()  # the merge moved this object to the version it committed
         if after == before:
             return UpsertResult(after, False, count_changes(pl.DataFrame(), batch.height), metrics)
-        commit = pl.DataFrame(self.table(name).load_cdf(starting_version=after, ending_version=after))
+        commit = pl.DataFrame(table.load_cdf(starting_version=after, ending_version=after))
         return UpsertResult(after, True, count_changes(commit, batch.height), metrics)
 
     def _retry_conflicts(self, write: Callable[[], T]) -> T:

@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
+from stock_platform.settings import TICKER_PATTERN
+
 if TYPE_CHECKING:
     import polars as pl
     from sqlalchemy import Engine, MetaData, Table
 
-_BATCH_ROWS = 2_000  # x 11 columns stays under SQLite's 32,766 bound parameters
+_BATCH_ROWS = 50_000  # rows per executemany call (bounds memory)
 
 
 def _metadata() -> MetaData:
@@ -74,16 +76,18 @@ class WarehouseResource(dg.ConfigurableResource):
             missing = [c.name for c in table.columns if c.name not in rows.columns]
             if missing:
                 raise ValueError(f"warehouse {name}: rows lack column(s) {', '.join(missing)}")
-            insert = _insert(engine)
-            keys = [c.name for c in table.primary_key.columns]
+            if "ticker" in rows.columns:
+                import polars as pl
+
+                bad = rows.filter(~pl.col("ticker").str.contains(TICKER_PATTERN))["ticker"].unique().to_list()
+                if bad:
+                    raise ValueError(f"warehouse {name}: invalid ticker(s) {bad!r} (expected {TICKER_PATTERN})")
+            rows = rows.select([c.name for c in table.columns])
             with engine.begin() as conn:  # one transaction: all rows or none
-                for chunk in rows.select([c.name for c in table.columns]).iter_slices(_BATCH_ROWS):
-                    stmt = insert(table).values(chunk.to_dicts())
-                    stmt = stmt.on_conflict_do_update(
-                        index_elements=keys,
-                        set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys},
-                    )
-                    conn.execute(stmt)
+                if engine.dialect.name == "postgresql":
+                    _copy_upsert(conn, table, rows)
+                else:
+                    _executemany_upsert(conn, table, rows)
             return rows.height
         finally:
             engine.dispose()
@@ -145,14 +149,61 @@ class WarehouseResource(dg.ConfigurableResource):
         return {"upserted": self.upsert("stock_price", live), "deleted": self.delete("stock_price", gone)}
 
 
-def _insert(engine: Engine):
-    if engine.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif engine.dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:  # settings.py only lets these two through
-        raise ValueError(f"unsupported warehouse dialect {engine.dialect.name!r}")
-    return insert
+def _executemany_upsert(conn, table: Table, rows: pl.DataFrame) -> None:
+    """SQLite: one INSERT .. ON CONFLICT statement run by the driver's executemany over plain tuples.
+
+    Dates and datetimes are rendered as the text SQLAlchemy's SQLite types store and parse back
+    ("YYYY-MM-DD", "YYYY-MM-DD HH:MM:SS.ffffff" in UTC); everything travels as bound parameters.
+    """
+    import polars as pl
+
+    quote = conn.dialect.identifier_preparer.quote
+    cols = [c.name for c in table.columns]
+    keys = ", ".join(quote(c.name) for c in table.primary_key.columns)
+    updates = ", ".join(f"{quote(c.name)} = excluded.{quote(c.name)}" for c in table.columns if not c.primary_key)
+    sql = (f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in cols)}) "
+           f"VALUES ({', '.join('?' for _ in cols)}) ON CONFLICT ({keys}) DO UPDATE SET {updates}")
+    text = rows.with_columns(
+        [pl.col(c).dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%d %H:%M:%S%.6f")
+         for c, t in rows.schema.items() if isinstance(t, pl.Datetime)]
+        + [pl.col(c).dt.strftime("%Y-%m-%d") for c, t in rows.schema.items() if t == pl.Date]
+    )
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        for chunk in text.iter_slices(_BATCH_ROWS):
+            cursor.executemany(sql, chunk.rows())
+    finally:
+        cursor.close()
+
+
+def _copy_upsert(conn, table: Table, rows: pl.DataFrame) -> None:
+    """Postgres: COPY the rows into a temporary table, then one INSERT .. SELECT .. ON CONFLICT.
+
+    Row-by-row executemany runs at ~6k rows/s here; COPY is two orders of magnitude faster. The
+    identifiers come from the table definition in code, quoted by the dialect; values never enter SQL.
+    """
+    import io
+
+    quote = conn.dialect.identifier_preparer.quote
+    target = quote(table.name)
+    temp = quote(f"_load_{table.name}")
+    cols = ", ".join(quote(c.name) for c in table.columns)
+    keys = ", ".join(quote(c.name) for c in table.primary_key.columns)
+    updates = ", ".join(f"{quote(c.name)} = EXCLUDED.{quote(c.name)}" for c in table.columns
+                        if not c.primary_key)
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(f"CREATE TEMP TABLE {temp} (LIKE {target} INCLUDING DEFAULTS) ON COMMIT DROP")
+        for chunk in rows.iter_slices(_BATCH_ROWS):
+            buffer = io.StringIO()
+            chunk.write_csv(buffer, include_header=False, datetime_format="%Y-%m-%dT%H:%M:%S%.6f%:z")
+            buffer.seek(0)
+            cursor.copy_expert(f"COPY {temp} ({cols}) FROM STDIN WITH (FORMAT csv)", buffer)
+        cursor.execute(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {temp} "
+                       f"ON CONFLICT ({keys}) DO UPDATE SET {updates}")
+        cursor.execute(f"DROP TABLE {temp}")
+    finally:
+        cursor.close()
 
 
 def _conform_read(df: pl.DataFrame, table: Table) -> pl.DataFrame:
