@@ -17,6 +17,12 @@ snapshots_only = dg.define_asset_job("snapshots_only", selection=dg.AssetSelecti
 
 
 @pytest.fixture
+def lake(any_lake):
+    """Every test here runs on a local lake and on S3 (moto server)."""
+    return any_lake
+
+
+@pytest.fixture
 def defs(demo_source, lake, universe, tmp_path):
     return dg.Definitions(
         assets=[prices, price_snapshots], asset_checks=[prices_schema_check], jobs=[daily_assets_job, snapshots_only],

@@ -6,7 +6,8 @@ first use; no hand-run SQL. Identifiers are fixed in code, values always travel 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -59,20 +60,24 @@ class WarehouseResource(dg.ConfigurableResource):
                 conn.execute("PRAGMA busy_timeout=30000")
         return engine
 
-    def table(self, engine: Engine, name: str) -> Table:
+    @contextmanager
+    def _open(self, name: str) -> Iterator[tuple[Engine, Table]]:
+        """An engine and table `name`, created on first use; the engine is disposed afterwards."""
         md = _metadata()
         if name not in md.tables:
             raise KeyError(f"unknown warehouse table {name!r} (known: {', '.join(md.tables)})")
-        md.create_all(engine, tables=[md.tables[name]], checkfirst=True)
-        return md.tables[name]
+        engine = self.engine()
+        try:
+            md.create_all(engine, tables=[md.tables[name]], checkfirst=True)
+            yield engine, md.tables[name]
+        finally:
+            engine.dispose()
 
     def upsert(self, name: str, rows: pl.DataFrame) -> int:
         """Insert or update `rows` (columns named like the table's) by primary key; return rows written."""
         if rows.is_empty():
             return 0
-        engine = self.engine()
-        try:
-            table = self.table(engine, name)
+        with self._open(name) as (engine, table):
             missing = [c.name for c in table.columns if c.name not in rows.columns]
             if missing:
                 raise ValueError(f"warehouse {name}: rows lack column(s) {', '.join(missing)}")
@@ -88,9 +93,7 @@ class WarehouseResource(dg.ConfigurableResource):
                     _copy_upsert(conn, table, rows)
                 else:
                     _executemany_upsert(conn, table, rows)
-            return rows.height
-        finally:
-            engine.dispose()
+        return rows.height
 
     def delete(self, name: str, keys: pl.DataFrame) -> int:
         """Delete rows by primary key (`keys` holds the key columns); return rows deleted."""
@@ -98,46 +101,33 @@ class WarehouseResource(dg.ConfigurableResource):
 
         if keys.is_empty():
             return 0
-        engine = self.engine()
-        try:
-            table = self.table(engine, name)
+        with self._open(name) as (engine, table):
             key_cols = [c.name for c in table.primary_key.columns]
             deleted = 0
             with engine.begin() as conn:
                 for chunk in keys.select(key_cols).iter_slices(500):
                     cond = or_(*(and_(*(table.c[k] == v for k, v in row.items())) for row in chunk.to_dicts()))
                     deleted += conn.execute(table.delete().where(cond)).rowcount
-            return deleted
-        finally:
-            engine.dispose()
+        return deleted
 
     def read(self, name: str, where: dict[str, Any] | None = None) -> pl.DataFrame:
         import polars as pl
         from sqlalchemy import select
 
-        engine = self.engine()
-        try:
-            table = self.table(engine, name)
+        with self._open(name) as (engine, table):
             query = select(table)
             for col, value in (where or {}).items():
                 query = query.where(table.c[col] == value)
             with engine.connect() as conn:
                 result = conn.execute(query.order_by(*table.primary_key.columns)).all()
-            df = pl.DataFrame([tuple(r) for r in result], schema=[c.name for c in table.columns], orient="row")
-            return _conform_read(df, table)
-        finally:
-            engine.dispose()
+        df = pl.DataFrame([tuple(r) for r in result], schema=[c.name for c in table.columns], orient="row")
+        return _conform_read(df, table)
 
     def count(self, name: str) -> int:
         from sqlalchemy import func, select
 
-        engine = self.engine()
-        try:
-            table = self.table(engine, name)
-            with engine.connect() as conn:
-                return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
-        finally:
-            engine.dispose()
+        with self._open(name) as (engine, table), engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
 
     # -------------------------------------------------------------------------------- price mirror
     def sync_prices(self, snapshot_rows: pl.DataFrame) -> dict[str, int]:
