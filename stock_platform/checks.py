@@ -4,6 +4,7 @@
 import dagster as dg
 
 from stock_platform.assets.ingestion import PRICES_TABLE, QUARANTINE_TABLE, prices
+from stock_platform.assets.ml import FEATURES_TABLE, features
 from stock_platform.partitions import partition_dates, trading_days
 from stock_platform.resources import UniverseResource
 from stock_platform.resources.lake import LakeResource
@@ -67,4 +68,33 @@ def prices_schema_check(context: dg.AssetCheckExecutionContext, lake: LakeResour
     if score < MIN_DQ_SCORE:
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata=metadata,
                                    description=f"{quarantined.height} row(s) quarantined: DQ score {score:.2%}")
+    return dg.AssetCheckResult(passed=True, metadata=metadata)
+
+
+@dg.asset_check(
+    asset=features,
+    name="features_schema",
+    blocking=True,
+    partitions_def=trading_days,
+    description="Stored features satisfy the pandera features contract: no inf/NaN, nulls only in warm-up rows, "
+    "RSI/stochastics/ADX in [0, 100], OBV ratio in [-1, 1], Bollinger bands ordered, 52-week distances signed "
+    "right, unique (ticker, date).",
+)
+def features_schema_check(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
+    from stock_platform.schemas import failure_cases, features_schema
+
+    dates = partition_dates(context)
+    stored = lake.read(FEATURES_TABLE, dates[0], dates[-1])
+    cases = failure_cases(features_schema(dates), stored)
+    metadata = {
+        "rows_checked": stored.height,
+        "warm_rows": int(stored["warm"].sum()) if stored.height else 0,
+        "failed_rows": int(cases["index"].n_unique()) if not cases.is_empty() else 0,
+    }
+    if stored.is_empty():
+        return dg.AssetCheckResult(passed=False, metadata=metadata, description=f"no features stored for {dates[0]}..{dates[-1]}")
+    if not cases.is_empty():
+        metadata["failure_cases"] = dg.MetadataValue.md(_markdown(cases))
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
+                                   description=f"{metadata['failed_rows']} feature row(s) break the contract")
     return dg.AssetCheckResult(passed=True, metadata=metadata)

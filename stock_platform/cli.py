@@ -77,8 +77,9 @@ def _daily_assets() -> list[tuple[str, str]]:
     """(asset key, lake table) of the daily assets the demo materializes, in dependency order."""
     from stock_platform.assets.ingestion import PRICES_TABLE
     from stock_platform.assets.lake import SNAPSHOT_TABLE
+    from stock_platform.assets.ml import FEATURES_TABLE
 
-    return [("prices", PRICES_TABLE), ("price_snapshots", SNAPSHOT_TABLE)]
+    return [("prices", PRICES_TABLE), ("price_snapshots", SNAPSHOT_TABLE), ("features", FEATURES_TABLE)]
 
 
 def run_daily_stage(instance, defs, start: dt.date, end: dt.date, tickers: list[str], *, force: bool = False):

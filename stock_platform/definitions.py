@@ -14,7 +14,8 @@ import dagster as dg
 from stock_platform import automation
 from stock_platform.assets.ingestion import prices
 from stock_platform.assets.lake import price_snapshots
-from stock_platform.checks import prices_schema_check
+from stock_platform.assets.ml import features
+from stock_platform.checks import features_schema_check, prices_schema_check
 from stock_platform.resources import PriceSourceResource, UniverseResource
 from stock_platform.resources.lake import LakeResource
 from stock_platform.resources.warehouse import WarehouseResource
@@ -38,8 +39,8 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
 
 
 defs = dg.Definitions(
-    assets=[prices, price_snapshots],
-    asset_checks=[prices_schema_check],
+    assets=[prices, price_snapshots, features],
+    asset_checks=[prices_schema_check, features_schema_check],
     jobs=automation.jobs,
     schedules=automation.schedules,
     sensors=automation.sensors,

@@ -112,3 +112,51 @@ def split_valid(schema: pa.DataFrameSchema, df: pl.DataFrame) -> tuple[pl.DataFr
         record=pl.struct(pl.exclude("_row", "reason").cast(pl.Utf8)).struct.json_encode(),
     ).cast(REJECT_SCHEMA)
     return valid, rejects, cases
+
+
+def features_schema(dates: Sequence[dt.date]) -> pa.DataFrameSchema:
+    """The `features` contract: finite values, nulls only in warm-up rows, indicator ranges, ordered bands."""
+    import pandera.polars as pa
+
+    from stock_platform.lib.indicators import feature_columns
+
+    def finite_or_null(name: str):
+        return pa.Check(lambda data: data.lazyframe.select(pl.col(data.key).is_finite() | pl.col(data.key).is_null()),
+                        name="finite", error="must be finite (no inf/NaN)")
+
+    bounded = {c: (0, 100) for c in ("rsi_14", "stoch_k_14", "stoch_d_3", "plus_di_14", "minus_di_14", "adx_14")}
+    bounded |= {"obv_ratio_20": (-1, 1), "day_of_week": (1, 5)}
+    nonneg = ("atr_14", "atr_pct", "rvol_20", "bb_width", "dist_52w_low")
+    columns = {
+        "ticker": pa.Column(pl.Utf8, pa.Check.str_matches(TICKER_PATTERN, error="malformed ticker")),
+        "date": pa.Column(pl.Date, pa.Check.isin(list(dates), error="not a trading day of the partition")),
+    }
+    for c in feature_columns():
+        if c == "day_of_week":
+            columns[c] = pa.Column(pl.Int8, pa.Check.in_range(1, 5), nullable=False)
+            continue
+        checks = [finite_or_null(c)]
+        if c in bounded:
+            checks.append(pa.Check.in_range(*bounded[c]))
+        if c in nonneg:
+            checks.append(pa.Check.ge(0))
+        if c == "dist_52w_high":
+            checks.append(pa.Check.le(0))
+        columns[c] = pa.Column(pl.Float64, checks, nullable=True)
+    columns["warm"] = pa.Column(pl.Boolean)
+    tol = 1e-9
+    return pa.DataFrameSchema(
+        columns,
+        checks=[
+            _row_check(pa, "nulls_only_in_warm_up",
+                       ~pl.col("warm") | pl.all_horizontal(pl.col(feature_columns()).is_not_null()),
+                       "a warm row has a null feature"),
+            _row_check(pa, "bands_ordered",
+                       pl.col("bb_lower").is_null() | ((pl.col("bb_lower") <= pl.col("bb_mid") + tol)
+                                                       & (pl.col("bb_mid") <= pl.col("bb_upper") + tol)),
+                       "Bollinger bands out of order"),
+        ],
+        unique=["ticker", "date"],
+        strict=True,
+        name="features",
+    )

@@ -17,22 +17,24 @@ HEAVY = ("pandera", "deltalake", "ray", "lightgbm", "mlflow", "yfinance", "panda
 
 def test_asset_specs():
     graph = defs.resolve_asset_graph()
-    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {"prices", "price_snapshots"}
-    for key, group in [("prices", "ingestion"), ("price_snapshots", "lake")]:
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {"prices", "price_snapshots", "features"}
+    for key, group in [("prices", "ingestion"), ("price_snapshots", "lake"), ("features", "ml")]:
         node = graph.get(dg.AssetKey(key))
         assert node.group_name == group
         assert node.partitions_def == trading_days
         assert node.backfill_policy == dg.BackfillPolicy.single_run()
         assert "deltalake" in node.kinds
     assert graph.get(dg.AssetKey("price_snapshots")).parent_keys == {dg.AssetKey("prices")}
+    assert graph.get(dg.AssetKey("features")).parent_keys == {dg.AssetKey("price_snapshots")}
 
 
 def test_checks_are_blocking_and_partitioned():
-    [checks_def] = [c for c in defs.asset_checks]
-    [spec] = list(checks_def.check_specs)
-    assert spec.key == dg.AssetCheckKey(dg.AssetKey("prices"), "prices_schema")
-    assert spec.blocking is True
-    assert checks_def.partitions_def == trading_days
+    specs = {spec.key: (spec, checks_def) for checks_def in defs.asset_checks for spec in checks_def.check_specs}
+    assert set(specs) == {dg.AssetCheckKey(dg.AssetKey("prices"), "prices_schema"),
+                          dg.AssetCheckKey(dg.AssetKey("features"), "features_schema")}
+    for spec, checks_def in specs.values():
+        assert spec.blocking is True
+        assert checks_def.partitions_def == trading_days
 
 
 def test_jobs_and_resources():

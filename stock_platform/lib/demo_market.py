@@ -8,9 +8,9 @@ The model, per ticker i and trading day t (log total returns r):
 
     r[i,t] = mu + m[i,t] + beta[i] * f[t] + sigma[i,t] * z[i,t]
     m[i,t] = -REVERSAL * (r[i,t-1] + ... + r[i,t-5])          # the known predictable component
-    sigma^2[i,t] = w[i] + a * (sigma[i,t-1] z[i,t-1])^2 + b * sigma^2[i,t-1]    # GARCH(1,1)
+    sigma^2[i,t] = min(w[i] + a * (sigma[i,t-1] z[i,t-1])^2 + b * sigma^2[i,t-1], (4 vol[i])^2)  # GARCH(1,1)
 
-with f a market factor (GARCH too) and z Student-t(5) innovations scaled to unit variance (fat tails,
+with f a market factor (GARCH too) and z Student-t(5) innovations scaled to unit variance and clipped at 8 (fat tails,
 volatility clustering). `m` is a weak five-day reversal: its information coefficient against the next
 return is about REVERSAL * sqrt(5) ~ 0.09. It is observable at t-1's close from adjusted closes, see
 `true_signal`, so later stages can prove they learn it (and nothing more).
@@ -38,10 +38,12 @@ REVERSAL_DAYS = 5
 _MU = 0.0003
 _GARCH_A, _GARCH_B = 0.08, 0.90
 _T_DOF = 5.0
+_VOL_CAP = 4.0
 
 
 def _student_t(rng: np.random.Generator, n: int) -> np.ndarray:
-    return rng.standard_t(_T_DOF, n) / np.sqrt(_T_DOF / (_T_DOF - 2.0))
+    # clipped at 8 sd: fat tails without the odd 20-sigma day that makes no sense for a large cap
+    return np.clip(rng.standard_t(_T_DOF, n) / np.sqrt(_T_DOF / (_T_DOF - 2.0)), -8.0, 8.0)
 
 
 def generate(
@@ -96,8 +98,9 @@ def generate(
     prev_eps, prev_f_eps = np.zeros(k), 0.0
 
     for t in range(n):
-        var = w + _GARCH_A * prev_eps**2 + _GARCH_B * var
-        f_var = f_w + _GARCH_A * prev_f_eps**2 + _GARCH_B * f_var
+        # conditional variance capped at 4x the ticker's base volatility (no runaway GARCH episodes)
+        var = np.minimum(w + _GARCH_A * prev_eps**2 + _GARCH_B * var, (_VOL_CAP * base_vol) ** 2)
+        f_var = min(f_w + _GARCH_A * prev_f_eps**2 + _GARCH_B * f_var, (_VOL_CAP * 0.01) ** 2)
         sigma = np.sqrt(var)
         f_eps = np.sqrt(f_var) * f_z[t]
         eps = sigma * draws["z"][:, t]

@@ -136,6 +136,7 @@ class LakeResource(dg.ConfigurableResource):
                       date_column: str = "date") -> int:
         """Atomically replace the rows with `date_column` in [start, end] by `df`; return the new version.
 
+        The table is partitioned by `date_column`, so a replace rewrites only the range's partitions.
         Rows of `df` outside the range are refused (they would survive a later replace of their range).
         """
         import polars as pl
@@ -145,7 +146,7 @@ class LakeResource(dg.ConfigurableResource):
         if not outside.is_empty():
             raise LakeError(f"lake table {name}: {outside.height} row(s) outside {start}..{end}, "
                             f"e.g. {outside.row(0, named=True)}")
-        self.ensure_table(name, dict(df.schema))
+        self.ensure_table(name, dict(df.schema), partition_by=[date_column])
         predicate = date_range_sql(date_column, start, end)
 
         def write() -> int:

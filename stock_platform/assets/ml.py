@@ -1,0 +1,60 @@
+"""Stage `ml`: `features` (technical indicators, no look-ahead)."""
+
+import dagster as dg
+
+from stock_platform.assets.lake import SNAPSHOT_TABLE, price_snapshots
+from stock_platform.partitions import partition_dates, trading_days
+from stock_platform.resources.lake import LakeResource
+
+FEATURES_TABLE = "features"
+# Sessions read before a partition: the indicators' LOOKBACK (252 rows) plus room for a few missing days.
+LOOKBACK_SESSIONS = 272
+
+
+def lookback_start(start):
+    """The first session of the window a partition starting at `start` reads."""
+    import datetime as dt
+
+    from stock_platform.lib.calendar import trading_days as sessions
+
+    window = sessions(start - dt.timedelta(days=LOOKBACK_SESSIONS * 2), start)
+    return window[-(LOOKBACK_SESSIONS + 1)] if len(window) > LOOKBACK_SESSIONS else window[0]
+
+
+@dg.asset(
+    deps=[price_snapshots],
+    partitions_def=trading_days,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    group_name="ml",
+    kinds={"polars", "deltalake"},
+    description="Technical indicators per (ticker, date) from split/dividend-adjusted snapshot prices, computed for "
+    "all tickers in one polars pass. A value at date d uses only rows up to d's close (at most 252 of them); rows "
+    "without enough history have `warm = false` and nulls where an indicator is undefined.",
+)
+def features(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+    import polars as pl
+
+    from stock_platform.lib.indicators import LOOKBACK, compute_features, feature_columns
+
+    dates = partition_dates(context)
+    start, end = dates[0], dates[-1]
+    read_from = lookback_start(start)
+    history = lake.snapshot(SNAPSHOT_TABLE, start=read_from, end=end) if lake.exists(SNAPSHOT_TABLE) else None
+    if history is None or history.filter(pl.col("date") >= start).is_empty():
+        raise dg.Failure(f"no price snapshots for {start}..{end}: materialize `price_snapshots` first")
+    table = compute_features(history).filter(pl.col("date").is_between(start, end))
+    version = lake.replace_dates(FEATURES_TABLE, table, start, end)
+    warm = int(table["warm"].sum())
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": table.height,
+            "dagster/uri": lake.table_uri(FEATURES_TABLE),
+            "table_version": version,
+            "warm_rows": warm,
+            "warm_up_rows": table.height - warm,
+            "tickers": table["ticker"].n_unique(),
+            "features": len(feature_columns()),
+            "history_read": f"{read_from}..{end} ({history.height:,} snapshot rows)",
+            "lookback_rows": LOOKBACK,
+        }
+    )

@@ -1,0 +1,86 @@
+"""An independent, straightforward pandas implementation of the indicators: a per-ticker loop.
+
+It is the test oracle for `lib/indicators.py` (same definitions, other code) and the baseline the
+features benchmark compares the polars pass with. Finite-window EMAs use pandas' weighted rolling
+mean with scipy's exponential window (tau = -1/ln(1 - alpha)), the same weights as the polars code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from stock_platform.lib.indicators import EMA_SPANS, LOOKBACK, RETURN_HORIZONS, SMA_WINDOWS, ema_weights
+
+
+def _ema(s: pd.Series, alpha: float) -> pd.Series:
+    n = len(ema_weights(alpha))
+    tau = -1.0 / math.log(1 - alpha)
+    return s.rolling(n, min_periods=n, win_type="exponential").mean(tau=tau, center=n - 1, sym=False)
+
+
+def _div(num: pd.Series, den: pd.Series, when_zero: float) -> pd.Series:
+    out = num / den
+    return out.where(den != 0, when_zero).where(num.notna() & den.notna())
+
+
+def _one_ticker(g: pd.DataFrame) -> pd.DataFrame:
+    f = g["adj_close"] / g["close"]
+    h, lo, c = g["high"] * f, g["low"] * f, g["adj_close"]
+    v = g["volume"].astype(float) / g["splits"].where(g["splits"] > 0, 1.0).cumprod()
+    r = pd.DataFrame({"ticker": g["ticker"].values, "date": g["date"].values}, index=g.index)
+    for k in RETURN_HORIZONS:
+        r[f"ret_{k}d"] = c / c.shift(k) - 1
+        r[f"logret_{k}d"] = np.log(c / c.shift(k))
+    for n in SMA_WINDOWS:
+        r[f"sma_{n}"] = c.rolling(n, min_periods=n).mean()
+        r[f"dist_sma_{n}"] = c / r[f"sma_{n}"] - 1
+    for n in EMA_SPANS:
+        r[f"ema_{n}"] = _ema(c, 2 / (n + 1))
+        r[f"dist_ema_{n}"] = c / r[f"ema_{n}"] - 1
+    prev = c.shift(1)
+    gain, loss = (c - prev).clip(lower=0), (prev - c).clip(lower=0)
+    avg_gain, avg_loss = _ema(gain, 1 / 14), _ema(loss, 1 / 14)
+    r["rsi_14"] = _div(100 * avg_gain, avg_gain + avg_loss, 50.0)
+    r["macd"] = _ema(c, 2 / 13) - _ema(c, 2 / 27)
+    r["macd_signal"] = _ema(r["macd"], 2 / 10)
+    r["macd_hist"] = r["macd"] - r["macd_signal"]
+    r["macd_hist_pct"] = r["macd_hist"] / c
+    std20 = c.rolling(20, min_periods=20).std(ddof=0)
+    r["bb_mid"] = r["sma_20"]
+    r["bb_upper"], r["bb_lower"] = r["bb_mid"] + 2 * std20, r["bb_mid"] - 2 * std20
+    r["bb_pctb"] = _div(c - r["bb_lower"], r["bb_upper"] - r["bb_lower"], 0.5)
+    r["bb_width"] = (r["bb_upper"] - r["bb_lower"]) / r["bb_mid"]
+    tr = pd.concat([h - lo, (h - prev).abs(), (lo - prev).abs()], axis=1).max(axis=1)
+    r["atr_14"] = _ema(tr, 1 / 14)
+    r["atr_pct"] = r["atr_14"] / c
+    up, down = h - h.shift(1), lo.shift(1) - lo
+    pdm = pd.Series(np.where((up > down) & (up > 0), up, 0.0), index=g.index)
+    mdm = pd.Series(np.where((down > up) & (down > 0), down, 0.0), index=g.index)
+    r["plus_di_14"] = _div(100 * _ema(pdm, 1 / 14), r["atr_14"], 0.0)
+    r["minus_di_14"] = _div(100 * _ema(mdm, 1 / 14), r["atr_14"], 0.0)
+    dx = _div(100 * (r["plus_di_14"] - r["minus_di_14"]).abs(), r["plus_di_14"] + r["minus_di_14"], 0.0)
+    r["adx_14"] = _ema(dx, 1 / 14)
+    hh, ll = h.rolling(14, min_periods=14).max(), lo.rolling(14, min_periods=14).min()
+    r["stoch_k_14"] = _div(100 * (c - ll), hh - ll, 50.0)
+    r["stoch_d_3"] = r["stoch_k_14"].rolling(3, min_periods=3).mean()
+    flow = pd.Series(np.select([c > prev, c < prev], [v, -v], 0.0), index=g.index)
+    r["obv_ratio_20"] = _div(flow.rolling(20, min_periods=20).sum(), v.rolling(20, min_periods=20).sum(), 0.0)
+    r["rvol_20"] = r["logret_1d"].rolling(20, min_periods=20).std() * math.sqrt(252)
+    logv = np.log(v + 1)
+    r["volume_z_20"] = _div(logv - logv.rolling(20, min_periods=20).mean(), logv.rolling(20, min_periods=20).std(), 0.0)
+    r["dist_52w_high"] = c / h.rolling(LOOKBACK, min_periods=LOOKBACK).max() - 1
+    r["dist_52w_low"] = c / lo.rolling(LOOKBACK, min_periods=LOOKBACK).min() - 1
+    r["day_of_week"] = pd.to_datetime(g["date"]).dt.dayofweek + 1
+    return r
+
+
+def reference_features(prices: pd.DataFrame) -> pd.DataFrame:
+    """Indicators for every row of a pandas prices frame, one ticker at a time."""
+    parts = [_one_ticker(g) for _, g in prices.sort_values(["ticker", "date"]).groupby("ticker", sort=True)]
+    out = pd.concat(parts, ignore_index=True)
+    cols = [c for c in out.columns if c not in ("ticker", "date")]
+    out["warm"] = out[cols].notna().all(axis=1)
+    return out
