@@ -28,7 +28,7 @@ def _div(num: pd.Series, den: pd.Series, when_zero: float) -> pd.Series:
 
 def _one_ticker(g: pd.DataFrame) -> pd.DataFrame:
     f = g["adj_close"] / g["close"]
-    h, lo, c = g["high"] * f, g["low"] * f, g["adj_close"]
+    h, lo, c = g["high"] * f, g["low"] * f, g["close"] * f
     v = g["volume"].astype(float) / g["splits"].where(g["splits"] > 0, 1.0).cumprod()
     r = pd.DataFrame({"ticker": g["ticker"].values, "date": g["date"].values}, index=g.index)
     for k in RETURN_HORIZONS:

@@ -36,13 +36,21 @@ def ema_weights(alpha: float) -> list[float]:
 
 
 def ema(expr: pl.Expr, *, span: int | None = None, alpha: float | None = None) -> pl.Expr:
-    """Finite-window exponential moving average (alpha = 2/(span+1) unless given); null until the window fills."""
+    """Finite-window exponential moving average (alpha = 2/(span+1) unless given); null until the window fills.
+
+    O(n) rather than O(n x window): with d = 1 - alpha and S(t) = sum_k d^k x(t-k) over all history,
+    the window of n rows is S(t) - d^n S(t-n). S comes from polars' ewm_mean (adjust=True), scaled back
+    by its normaliser sum_{k<=t} d^k. Use inside `.over(ticker)`.
+    """
     a = alpha if alpha is not None else 2.0 / (span + 1)
-    weights = ema_weights(a)
-    n = len(weights)
-    # polars' weighted rolling mean does not take nulls: fill them, then keep only complete windows.
+    d = 1.0 - a
+    n = len(ema_weights(a))
+    x = expr.fill_null(0.0)
+    position = pl.int_range(pl.len(), dtype=pl.Int64).cast(pl.Float64)
+    s = x.ewm_mean(alpha=a, adjust=True) * ((1.0 - pl.lit(d).pow(position + 1.0)) / a)
+    window = s - d**n * s.shift(n).fill_null(0.0)
     complete = expr.is_not_null().cast(pl.Int32).rolling_sum(n, min_samples=n) == n
-    return pl.when(complete).then(expr.fill_null(0.0).rolling_mean(n, weights=weights, min_samples=n))
+    return pl.when(complete).then(window / sum(d**k for k in range(n)))
 
 
 def wilder(expr: pl.Expr, n: int) -> pl.Expr:
@@ -78,7 +86,8 @@ def compute_features(prices: pl.DataFrame) -> pl.DataFrame:
     by = "ticker"
     f = pl.col("adj_close") / pl.col("close")
     base = prices.sort(KEYS).with_columns(
-        o=pl.col("open") * f, h=pl.col("high") * f, l=pl.col("low") * f, c=pl.col("adj_close"),
+        # close * f (not adj_close itself): the same rounding as high/low keeps low <= close <= high exact
+        o=pl.col("open") * f, h=pl.col("high") * f, l=pl.col("low") * f, c=pl.col("close") * f,
         v=pl.col("volume").cast(pl.Float64)
         / pl.when(pl.col("splits") > 0).then(pl.col("splits")).otherwise(1.0).cum_prod().over(by),
     )
@@ -127,7 +136,7 @@ def compute_features(prices: pl.DataFrame) -> pl.DataFrame:
         bb_mid=pl.col("sma_20"),
         bb_upper=pl.col("sma_20") + 2 * pl.col("_std20"),
         bb_lower=pl.col("sma_20") - 2 * pl.col("_std20"),
-        stoch_k_14=_safe_div(100 * (c - pl.col("_ll14")), pl.col("_hh14") - pl.col("_ll14"), when_zero=50.0),
+        stoch_k_14=100 * _safe_div(c - pl.col("_ll14"), pl.col("_hh14") - pl.col("_ll14"), when_zero=0.5),
         obv_ratio_20=_safe_div(pl.col("_obv_flow").rolling_sum(20, min_samples=20),
                                v.rolling_sum(20, min_samples=20), when_zero=0.0).over(by),
         rvol_20=(pl.col("logret_1d").rolling_std(20, min_samples=20) * math.sqrt(252)).over(by),
@@ -137,19 +146,20 @@ def compute_features(prices: pl.DataFrame) -> pl.DataFrame:
 
     # --- step 3: indicators of the step-2 series
     df = df.with_columns(
-        rsi_14=_safe_div(100 * pl.col("_avg_gain"), pl.col("_avg_gain") + pl.col("_avg_loss"), when_zero=50.0),
+        # 100 * (x / y), not (100 * x) / y: x <= y then guarantees <= 100 exactly in floating point
+        rsi_14=100 * _safe_div(pl.col("_avg_gain"), pl.col("_avg_gain") + pl.col("_avg_loss"), when_zero=0.5),
         macd_signal=ema(pl.col("macd"), span=9).over(by),
         bb_pctb=_safe_div(c - pl.col("bb_lower"), pl.col("bb_upper") - pl.col("bb_lower"), when_zero=0.5),
         bb_width=(pl.col("bb_upper") - pl.col("bb_lower")) / pl.col("bb_mid"),
         atr_pct=pl.col("atr_14") / c,
-        plus_di_14=_safe_div(100 * pl.col("_pdm14"), pl.col("atr_14"), when_zero=0.0),
-        minus_di_14=_safe_div(100 * pl.col("_mdm14"), pl.col("atr_14"), when_zero=0.0),
+        plus_di_14=100 * _safe_div(pl.col("_pdm14"), pl.col("atr_14"), when_zero=0.0),
+        minus_di_14=100 * _safe_div(pl.col("_mdm14"), pl.col("atr_14"), when_zero=0.0),
         stoch_d_3=pl.col("stoch_k_14").rolling_mean(3, min_samples=3).over(by),
     )
     df = df.with_columns(
         macd_hist=pl.col("macd") - pl.col("macd_signal"),
-        _dx=_safe_div(100 * (pl.col("plus_di_14") - pl.col("minus_di_14")).abs(),
-                      pl.col("plus_di_14") + pl.col("minus_di_14"), when_zero=0.0),
+        _dx=100 * _safe_div((pl.col("plus_di_14") - pl.col("minus_di_14")).abs(),
+                            pl.col("plus_di_14") + pl.col("minus_di_14"), when_zero=0.0),
     )
     df = df.with_columns(
         macd_hist_pct=pl.col("macd_hist") / c,
