@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dagster as dg
 
-DAILY_ASSETS = ("prices", "price_snapshots", "features")
+from stock_platform.partitions import CADENCE_TAG, DAILY_CADENCE
 
-# Every daily asset, with its checks, in dependency order: what a daily run or a backfill executes.
+# Every asset tagged with the daily cadence (partitions.DAILY), with its checks, in dependency order:
+# what a daily run or a backfill of trading days executes.
 daily_assets_job = dg.define_asset_job(
     "daily_assets",
-    selection=dg.AssetSelection.assets(*DAILY_ASSETS),
+    selection=dg.AssetSelection.tag(CADENCE_TAG, DAILY_CADENCE),
     description="Daily trading-day partitions of the daily assets (with their blocking checks).",
 )
 

@@ -27,6 +27,9 @@ def _trading_days(start: dt.date) -> dg.TimeWindowPartitionsDefinition:
 
 
 trading_days = _trading_days(_settings.start)
+# Tag of the assets partitioned by trading day: the daily job and backfills select them by it.
+CADENCE_TAG, DAILY_CADENCE = "stock_platform/cadence", "daily"
+DAILY = {CADENCE_TAG: DAILY_CADENCE}
 
 # Weeks start on Monday; a model trained on data up to the end of its week serves the next week.
 model_weeks = dg.WeeklyPartitionsDefinition(
