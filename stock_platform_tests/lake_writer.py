@@ -1,7 +1,7 @@
 """A writer in its own process, for the concurrency and crash tests: upserts demo bars into a snapshot table.
 
     python -m stock_platform_tests.lake_writer --uri URI [--endpoint URL] --start D --end D
-        [--tickers N] [--hours-later H] [--close-bump X]
+        [--tickers N] [--hours-later H] [--close-bump X] [--dates-per-commit N]
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ def main() -> None:
     p.add_argument("--tickers", type=int, default=5)
     p.add_argument("--hours-later", type=float, default=0)
     p.add_argument("--close-bump", type=float, default=0)
+    p.add_argument("--dates-per-commit", type=int, default=126)
     a = p.parse_args()
-    lake = LakeResource(uri=a.uri, aws_endpoint_url=a.endpoint)
+    lake = LakeResource(uri=a.uri, aws_endpoint_url=a.endpoint, dates_per_commit=a.dates_per_commit)
     ensure_snapshot_table(lake)
     rows = batch(a.tickers, a.start, a.end, a.hours_later, a.close_bump)
     print("merging", flush=True)

@@ -163,7 +163,7 @@ def test_writer_killed_mid_merge_leaves_the_previous_version_and_a_rerun_complet
     before_version = any_lake.table(SNAPSHOT_TABLE).version()
     before = any_lake.snapshot(SNAPSHOT_TABLE)
     start, end = dt.date(2023, 1, 3), dt.date(2023, 12, 29)
-    proc = _writer(any_lake, start, end, tickers=400)
+    proc = _writer(any_lake, start, end, tickers=400, dates_per_commit=1000)  # one large commit
     assert proc.stdout.readline().strip() == "merging"
     time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
@@ -174,7 +174,7 @@ def test_writer_killed_mid_merge_leaves_the_previous_version_and_a_rerun_complet
     assert any_lake.table(SNAPSHOT_TABLE).version() == before_version
     assert any_lake.snapshot(SNAPSHOT_TABLE).equals(before)
 
-    result = _finish(_writer(any_lake, start, end, tickers=400))
+    result = _finish(_writer(any_lake, start, end, tickers=400, dates_per_commit=1000))
     assert result["version"] == before_version + 1 and result["inserted"] == 400 * 250
     assert any_lake.snapshot(SNAPSHOT_TABLE).height == before.height + 400 * 250
 
@@ -191,3 +191,15 @@ def test_unknown_table_is_a_clear_error(lake):
         lake.snapshot("nope")
     with pytest.raises(Exception, match="not a valid identifier"):
         lake.table_uri("../escape")
+
+
+def test_a_long_batch_is_merged_in_date_chunks_with_the_same_result(tmp_path):
+    rows = batch(3, D1, dt.date(2024, 3, 15))  # 10 sessions
+    whole = LakeResource(uri=str(tmp_path / "whole"))
+    chunked = LakeResource(uri=str(tmp_path / "chunked"), dates_per_commit=4)
+    a, b = upsert(whole, rows), upsert(chunked, rows)
+    assert a.counts == b.counts == MergeCounts(inserted=30, updated=0, deleted=0, undeleted=0, unchanged=0)
+    assert (a.version, b.version) == (1, 3)  # one commit vs ceil(10 / 4) commits
+    assert chunked.snapshot(SNAPSHOT_TABLE).equals(whole.snapshot(SNAPSHOT_TABLE))
+    again = upsert(chunked, rows)
+    assert again.committed is False and again.counts.unchanged == 30 and again.version == 3
