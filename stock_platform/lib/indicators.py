@@ -38,19 +38,19 @@ def ema_weights(alpha: float) -> list[float]:
 def ema(expr: pl.Expr, *, span: int | None = None, alpha: float | None = None) -> pl.Expr:
     """Finite-window exponential moving average (alpha = 2/(span+1) unless given); null until the window fills.
 
-    O(n) rather than O(n x window): with d = 1 - alpha and S(t) = sum_k d^k x(t-k) over all history,
-    the window of n rows is S(t) - d^n S(t-n). S comes from polars' ewm_mean (adjust=True), scaled back
-    by its normaliser sum_{k<=t} d^k. Use inside `.over(ticker)`.
+    O(n) rather than O(n x window). With d = 1 - alpha, the recursive average y(t) = d y(t-1) + alpha x(t),
+    y(0) = x(0) (polars' ewm_mean, adjust=False) satisfies y(t) - d^n y(t-n) = alpha * sum_{k<n} d^k x(t-k)
+    (taking y(-1) = x(0)), so the n-row window's weighted mean is (y(t) - d^n y(t-n)) / (1 - d^n).
+    Use inside `.over(ticker)`.
     """
     a = alpha if alpha is not None else 2.0 / (span + 1)
     d = 1.0 - a
     n = len(ema_weights(a))
     x = expr.fill_null(0.0)
-    position = pl.int_range(pl.len(), dtype=pl.Int64).cast(pl.Float64)
-    s = x.ewm_mean(alpha=a, adjust=True) * ((1.0 - pl.lit(d).pow(position + 1.0)) / a)
-    window = s - d**n * s.shift(n).fill_null(0.0)
+    y = x.ewm_mean(alpha=a, adjust=False)
+    window = (y - d**n * y.shift(n, fill_value=x.first())) / (1.0 - d**n)
     complete = expr.is_not_null().cast(pl.Int32).rolling_sum(n, min_samples=n) == n
-    return pl.when(complete).then(window / sum(d**k for k in range(n)))
+    return pl.when(complete).then(window)
 
 
 def wilder(expr: pl.Expr, n: int) -> pl.Expr:
