@@ -5,7 +5,7 @@ import dagster as dg
 
 from stock_platform.assets.ingestion import PRICES_TABLE, QUARANTINE_TABLE, prices
 from stock_platform.assets.ml import FEATURES_TABLE, features
-from stock_platform.partitions import partition_dates, trading_days
+from stock_platform.partitions import daily_check, partition_dates
 from stock_platform.resources import UniverseResource
 from stock_platform.resources.lake import LakeResource
 
@@ -23,11 +23,9 @@ def _markdown(df) -> str:
     return header + body + more
 
 
-@dg.asset_check(
+@daily_check(
     asset=prices,
     name="prices_schema",
-    blocking=True,
-    partitions_def=trading_days,
     description="Stored rows satisfy the pandera prices contract (prices > 0, OHLC ordering, volume >= 0, unique "
     "(ticker, date), trading days of the partition, tickers of the universe). Reports quarantined rows and the "
     f"DQ score per partition; warns below {MIN_DQ_SCORE:.0%}.",
@@ -71,11 +69,9 @@ def prices_schema_check(context: dg.AssetCheckExecutionContext, lake: LakeResour
     return dg.AssetCheckResult(passed=True, metadata=metadata)
 
 
-@dg.asset_check(
+@daily_check(
     asset=features,
     name="features_schema",
-    blocking=True,
-    partitions_def=trading_days,
     description="Stored features satisfy the pandera features contract: no inf/NaN, nulls only in warm-up rows, "
     "RSI/stochastics/ADX in [0, 100], OBV ratio in [-1, 1], Bollinger bands ordered, 52-week distances signed "
     "right, unique (ticker, date).",

@@ -39,6 +39,16 @@ model_weeks = dg.WeeklyPartitionsDefinition(
 )
 
 
+def daily_asset(**kwargs):
+    """`@dg.asset` for an asset partitioned by trading day: one run per backfill, selected by the daily job."""
+    return dg.asset(partitions_def=trading_days, backfill_policy=dg.BackfillPolicy.single_run(), tags=DAILY, **kwargs)
+
+
+def daily_check(*, asset, name: str, description: str):
+    """A blocking `@dg.asset_check` over the same trading-day partitions as its asset."""
+    return dg.asset_check(asset=asset, name=name, blocking=True, partitions_def=trading_days, description=description)
+
+
 def partition_dates(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> list[dt.date]:
     """The trading days a (possibly multi-partition, single-run) execution covers."""
     keys = trading_days.get_partition_keys_in_range(context.partition_key_range)

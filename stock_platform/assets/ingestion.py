@@ -5,7 +5,7 @@ import datetime as dt
 
 import dagster as dg
 
-from stock_platform.partitions import DAILY, partition_dates, trading_days
+from stock_platform.partitions import daily_asset, partition_dates
 from stock_platform.resources import PriceSourceResource, UniverseResource
 from stock_platform.resources.lake import LakeResource
 
@@ -36,10 +36,7 @@ def _top_reasons(quarantine, n: int = 5) -> str:
     return "; ".join(f"{r['len']}x {r['reason']}" for r in counts.iter_rows(named=True)) or "-"
 
 
-@dg.asset(
-    partitions_def=trading_days,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    tags=DAILY,
+@daily_asset(
     group_name="ingestion",
     kinds={"polars", "deltalake"},
     description="Validated daily OHLCV bars for the universe. Rows that break the prices contract go to the "

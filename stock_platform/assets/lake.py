@@ -3,7 +3,7 @@
 import dagster as dg
 
 from stock_platform.assets.ingestion import PRICES_TABLE, prices
-from stock_platform.partitions import DAILY, partition_dates, trading_days
+from stock_platform.partitions import daily_asset, partition_dates
 from stock_platform.resources.lake import LakeResource
 from stock_platform.resources.warehouse import WarehouseResource
 
@@ -20,11 +20,8 @@ def ensure_snapshot_table(lake: LakeResource) -> None:
                       description="price snapshots: upserts on (ticker, date), precombine ingested_at, soft deletes")
 
 
-@dg.asset(
+@daily_asset(
     deps=[prices],
-    partitions_def=trading_days,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    tags=DAILY,
     group_name="lake",
     kinds={"deltalake", "sql"},
     description="Every price record ever accepted, upserted on (ticker, date) with `ingested_at` as the precombine "

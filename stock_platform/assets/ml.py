@@ -3,7 +3,7 @@
 import dagster as dg
 
 from stock_platform.assets.lake import SNAPSHOT_TABLE, price_snapshots
-from stock_platform.partitions import DAILY, partition_dates, trading_days
+from stock_platform.partitions import daily_asset, partition_dates
 from stock_platform.resources.lake import LakeResource
 
 FEATURES_TABLE = "features"
@@ -21,11 +21,8 @@ def lookback_start(start):
     return window[-(LOOKBACK_SESSIONS + 1)] if len(window) > LOOKBACK_SESSIONS else window[0]
 
 
-@dg.asset(
+@daily_asset(
     deps=[price_snapshots],
-    partitions_def=trading_days,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    tags=DAILY,
     group_name="ml",
     kinds={"polars", "deltalake"},
     description="Technical indicators per (ticker, date) from split/dividend-adjusted snapshot prices, computed for "
