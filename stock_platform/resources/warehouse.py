@@ -6,7 +6,7 @@ first use; no hand-run SQL. Identifiers are fixed in code, values always travel 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -217,7 +217,3 @@ def _conform_read(df: pl.DataFrame, table: Table) -> pl.DataFrame:
         else:
             exprs.append(col.cast(pl.Utf8))
     return df.select(exprs)
-
-
-def warehouse_tables() -> Sequence[str]:
-    return list(_metadata().tables)
