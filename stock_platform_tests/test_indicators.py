@@ -152,3 +152,10 @@ def test_a_lookback_window_gives_the_same_values_as_the_full_history():
     # equal up to float rounding (rolling sums accumulate from different first rows)
     for col in feature_columns():
         np.testing.assert_allclose(windowed[col].to_numpy(), full[col].to_numpy(), rtol=1e-9, atol=1e-9, err_msg=col)
+
+
+def test_prices_with_nulls_are_refused_not_zero_filled():
+    rows = bars(np.linspace(10, 20, 30)).with_columns(close=pl.when(pl.int_range(pl.len()) == 5).then(None)
+                                                      .otherwise(pl.col("close")))
+    with pytest.raises(ValueError, match=r"prices have nulls \({'close': 1}\)"):
+        compute_features(rows)

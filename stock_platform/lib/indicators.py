@@ -35,13 +35,14 @@ def ema_weights(alpha: float) -> list[float]:
     return [(1 - alpha) ** k for k in range(n - 1, -1, -1)]
 
 
-def ema(expr: pl.Expr, *, span: int | None = None, alpha: float | None = None) -> pl.Expr:
+def ema(expr: pl.Expr, *, span: int | None = None, alpha: float | None = None, dense: bool = False) -> pl.Expr:
     """Finite-window exponential moving average (alpha = 2/(span+1) unless given); null until the window fills.
 
     O(n) rather than O(n x window). With d = 1 - alpha, the recursive average y(t) = d y(t-1) + alpha x(t),
     y(0) = x(0) (polars' ewm_mean, adjust=False) satisfies y(t) - d^n y(t-n) = alpha * sum_{k<n} d^k x(t-k)
     (taking y(-1) = x(0)), so the n-row window's weighted mean is (y(t) - d^n y(t-n)) / (1 - d^n).
-    Use inside `.over(ticker)`.
+    Use inside `.over(ticker)`. `dense=True` promises `expr` has no nulls: the window is then complete
+    from the n-th row on, which is cheaper to know than counting nulls in every window.
     """
     a = alpha if alpha is not None else 2.0 / (span + 1)
     d = 1.0 - a
@@ -49,13 +50,16 @@ def ema(expr: pl.Expr, *, span: int | None = None, alpha: float | None = None) -
     x = expr.fill_null(0.0)
     y = x.ewm_mean(alpha=a, adjust=False)
     window = (y - d**n * y.shift(n, fill_value=x.first())) / (1.0 - d**n)
-    complete = expr.is_not_null().cast(pl.Int32).rolling_sum(n, min_samples=n) == n
+    if dense:
+        complete = pl.int_range(pl.len()) >= n - 1
+    else:
+        complete = expr.is_not_null().cast(pl.Int32).rolling_sum(n, min_samples=n) == n
     return pl.when(complete).then(window)
 
 
-def wilder(expr: pl.Expr, n: int) -> pl.Expr:
+def wilder(expr: pl.Expr, n: int, *, dense: bool = False) -> pl.Expr:
     """Wilder's smoothing of period n (an EMA with alpha = 1/n)."""
-    return ema(expr, alpha=1.0 / n)
+    return ema(expr, alpha=1.0 / n, dense=dense)
 
 
 def _safe_div(num: pl.Expr, den: pl.Expr, *, when_zero: float) -> pl.Expr:
@@ -84,6 +88,10 @@ def feature_columns() -> list[str]:
 def compute_features(prices: pl.DataFrame) -> pl.DataFrame:
     """Indicators for every (ticker, date) of `prices` (the prices/snapshot columns); one polars pass."""
     by = "ticker"
+    required = ["ticker", "date", "open", "high", "low", "close", "adj_close", "volume", "splits"]
+    nulls = {c: n for c, n in prices.select(pl.col(required).null_count()).row(0, named=True).items() if n}
+    if nulls:
+        raise ValueError(f"compute_features: prices have nulls ({nulls}); validate them first")
     f = pl.col("adj_close") / pl.col("close")
     base = prices.sort(KEYS).with_columns(
         # close * f (not adj_close itself): the same rounding as high/low keeps low <= close <= high exact
@@ -102,7 +110,7 @@ def compute_features(prices: pl.DataFrame) -> pl.DataFrame:
     for n in SMA_WINDOWS:
         step1[f"sma_{n}"] = c.rolling_mean(n, min_samples=n).over(by)
     for n in EMA_SPANS:
-        step1[f"ema_{n}"] = ema(c, span=n).over(by)
+        step1[f"ema_{n}"] = ema(c, span=n, dense=True).over(by)
     up, down = h - h.shift(1), lo.shift(1) - lo
     step1 |= {
         "_tr": pl.max_horizontal(h - lo, (h - prev_c).abs(), (lo - prev_c).abs()).over(by),
@@ -110,8 +118,8 @@ def compute_features(prices: pl.DataFrame) -> pl.DataFrame:
         "_mdm": pl.when((down > up) & (down > 0)).then(down).otherwise(0.0).over(by),
         "_gain": (c - c.shift(1)).clip(lower_bound=0).over(by),
         "_loss": (c.shift(1) - c).clip(lower_bound=0).over(by),
-        "_ema12": ema(c, span=12).over(by),
-        "_ema26": ema(c, span=26).over(by),
+        "_ema12": ema(c, span=12, dense=True).over(by),
+        "_ema26": ema(c, span=26, dense=True).over(by),
         "_std20": c.rolling_std(20, min_samples=20, ddof=0).over(by),
         "_hh14": h.rolling_max(14, min_samples=14).over(by),
         "_ll14": lo.rolling_min(14, min_samples=14).over(by),
@@ -130,9 +138,10 @@ def compute_features(prices: pl.DataFrame) -> pl.DataFrame:
         macd=pl.col("_ema12") - pl.col("_ema26"),
         _avg_gain=wilder(pl.col("_gain"), 14).over(by),
         _avg_loss=wilder(pl.col("_loss"), 14).over(by),
-        atr_14=wilder(pl.col("_tr"), 14).over(by),
-        _pdm14=wilder(pl.col("_pdm"), 14).over(by),
-        _mdm14=wilder(pl.col("_mdm"), 14).over(by),
+        # true range and directional movement are defined from the first row on (no nulls)
+        atr_14=wilder(pl.col("_tr"), 14, dense=True).over(by),
+        _pdm14=wilder(pl.col("_pdm"), 14, dense=True).over(by),
+        _mdm14=wilder(pl.col("_mdm"), 14, dense=True).over(by),
         bb_mid=pl.col("sma_20"),
         bb_upper=pl.col("sma_20") + 2 * pl.col("_std20"),
         bb_lower=pl.col("sma_20") - 2 * pl.col("_std20"),
