@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -16,15 +17,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.postgres
-def test_production_dagster_yaml_runs_partitions_on_postgres(fresh_postgres_db, monkeypatch, demo_source, lake, universe):
+def test_production_dagster_yaml_runs_partitions_on_postgres(fresh_postgres_db, monkeypatch, demo_source, lake, universe,
+                                                             tmp_path):
     url = fresh_postgres_db
+    # the repository's dagster.yaml, in a DAGSTER_HOME of its own (local artefacts such as compute logs go there)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     for key, value in {"DAGSTER_PG_HOST": url.host, "DAGSTER_PG_PORT": str(url.port or 5432),
                        "DAGSTER_PG_USER": url.username or "postgres", "DAGSTER_PG_PASSWORD": url.password or "",
                        "DAGSTER_PG_DB": url.database}.items():
         monkeypatch.setenv(key, value)
     defs = dg.Definitions(assets=[prices], asset_checks=[prices_schema_check], jobs=[daily_assets_job],
                           resources={"source": demo_source, "lake": lake, "universe": universe})
-    with dg.DagsterInstance.from_config(str(REPO)) as instance:
+    with dg.DagsterInstance.from_config(str(home)) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
         result = defs.resolve_job_def("daily_assets").execute_in_process(
