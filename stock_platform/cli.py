@@ -126,7 +126,7 @@ def _step_seconds(instance, result, asset: str) -> float | None:
 def _check_summary(instance, asset: str, result) -> str:
     import dagster as dg
 
-    check_keys = [k for k in instance_check_keys(asset)]
+    check_keys = instance_check_keys(asset)
     if not check_keys:
         return "-"
     if result is not None:
