@@ -15,9 +15,12 @@ from stock_platform import automation
 from stock_platform.assets.ingestion import prices
 from stock_platform.assets.lake import price_snapshots
 from stock_platform.assets.ml import features
+from stock_platform.assets.model import tuned_model
 from stock_platform.checks import features_schema_check, prices_schema_check
 from stock_platform.resources import PriceSourceResource, UniverseResource
 from stock_platform.resources.lake import LakeResource
+from stock_platform.resources.tracking import TrackingResource
+from stock_platform.resources.tuning import TuningResource
 from stock_platform.resources.warehouse import WarehouseResource
 from stock_platform.settings import Settings, get_settings
 
@@ -35,11 +38,14 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         "universe": UniverseResource(tickers=list(settings.tickers)),
         # The URL may hold a password: Dagster shows the variable's name, never its value.
         "warehouse": WarehouseResource(url=_from_env("STOCK_PLATFORM_WAREHOUSE_URL", settings.warehouse_url)),
+        "tuning": TuningResource(address=settings.ray_address, storage_dir=str(settings.home / "ray_results")),
+        "tracking": TrackingResource(tracking_uri=_from_env("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri),
+                                     artifact_location=settings.mlflow_artifact_location),
     }
 
 
 defs = dg.Definitions(
-    assets=[prices, price_snapshots, features],
+    assets=[prices, price_snapshots, features, tuned_model],
     asset_checks=[prices_schema_check, features_schema_check],
     jobs=automation.jobs,
     schedules=automation.schedules,

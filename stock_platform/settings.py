@@ -97,6 +97,7 @@ class Settings:
     landing_uri: str
     warehouse_url: str
     mlflow_tracking_uri: str
+    mlflow_artifact_location: str | None
     ray_address: str | None
     dagster_home: Path
     aws_endpoint_url: str | None
@@ -160,6 +161,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         where="STOCK_PLATFORM_WAREHOUSE_URL",
     )
     mlflow_uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+    # A local store keeps artifacts beside it (MLflow's default is ./mlruns of whatever the working
+    # directory is); a tracking server decides for itself.
+    local_store = mlflow_uri.startswith(("sqlite:", "file:", "/"))
+    artifacts = env.get("MLFLOW_ARTIFACT_LOCATION") or (str(home / "mlartifacts") if local_store else None)
 
     ray_address = env.get("RAY_ADDRESS") or None
     dagster_home = Path(env.get("DAGSTER_HOME") or home / "dagster").expanduser().resolve()
@@ -178,6 +183,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         landing_uri=landing_uri,
         warehouse_url=warehouse_url,
         mlflow_tracking_uri=mlflow_uri,
+        mlflow_artifact_location=artifacts,
         ray_address=ray_address,
         dagster_home=dagster_home,
         aws_endpoint_url=endpoint,

@@ -1,0 +1,238 @@
+"""Forecasting without Dagster: labels, walk-forward folds, scores against the naive baseline, LightGBM trials.
+
+The target is the next trading day's return of the adjusted close. It is computed from prices *after* d and
+joined to the features *at* d; nothing in a feature row may look past d's close (`features` guarantees it,
+`feature_ics` helps catch accidents).
+
+Validation is walk-forward: each fold trains on sessions before its test block, minus a purge (the label's
+horizon: a training row whose label reaches into the test block) and an embargo (more sessions, since
+multi-day features overlap). Every score stands beside the naive random-walk forecast on the same rows
+(tomorrow's close = today's close, i.e. a predicted return of 0).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+KEYS = ("ticker", "date")
+LABEL_HORIZON = 1  # sessions
+# The search space, library-neutral: (kind, low, high, log scale). Ray Tune / the benchmark sample from it.
+SEARCH_SPACE: dict[str, tuple[str, float, float, bool]] = {
+    "num_leaves": ("int", 7, 63, True),
+    "learning_rate": ("float", 0.01, 0.2, True),
+    "min_data_in_leaf": ("int", 50, 2000, True),
+    "feature_fraction": ("float", 0.3, 1.0, False),
+    "bagging_fraction": ("float", 0.5, 1.0, False),
+    "lambda_l1": ("float", 1e-3, 10.0, True),
+    "lambda_l2": ("float", 1e-3, 10.0, True),
+    "n_estimators": ("int", 50, 400, False),  # the most boosting rounds; early stopping picks fewer
+}
+EARLY_STOPPING_ROUNDS = 25
+# An honest daily feature has |IC| of a few hundredths; one built from tomorrow's price has ~1.
+LEAKAGE_IC = 0.3
+
+
+# ------------------------------------------------------------------------------------------- labels
+def next_day_returns(closes: pl.DataFrame, sessions: Sequence[dt.date]) -> pl.DataFrame:
+    """`ticker, date, target_date, label`: the return from d's adjusted close to the next session's.
+
+    Only where the ticker has a bar on the very next session: a gap gives no label, not a multi-day return.
+    """
+    bars = closes.select("ticker", "date", "adj_close")
+    following = pl.DataFrame({"date": sessions[:-1], "target_date": sessions[1:]},
+                             schema={"date": pl.Date, "target_date": pl.Date})
+    return (
+        bars.join(following, on="date")
+        .join(bars.rename({"date": "target_date", "adj_close": "next_close"}), on=["ticker", "target_date"])
+        .select("ticker", "date", "target_date", label=pl.col("next_close") / pl.col("adj_close") - 1)
+        .sort(KEYS)
+    )
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """Rows sorted by date: features `x`, labels `y`, each row's session number `t` (0 = first session)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    t: np.ndarray
+    dates: list[dt.date]  # session number -> date
+    feature_names: list[str]
+    keys: pl.DataFrame  # ticker, date of each row
+
+    @property
+    def sessions(self) -> int:
+        return len(self.dates)
+
+    def rows(self, first: int, last: int) -> np.ndarray:
+        """Row indices of sessions first..last (inclusive); rows are sorted by session."""
+        return np.arange(np.searchsorted(self.t, first, "left"), np.searchsorted(self.t, last, "right"))
+
+
+def training_set(features: pl.DataFrame, labels: pl.DataFrame, feature_names: Sequence[str]) -> TrainingSet:
+    """Warm feature rows with a known label, as float32 arrays sorted by date."""
+    rows = (
+        features.filter(pl.col("warm"))
+        .join(labels.select(*KEYS, "label"), on=list(KEYS))
+        .sort("date", "ticker")
+    )
+    if rows.is_empty():
+        raise ValueError("no warm feature rows with a known next-day return")
+    dates = rows["date"].unique().sort()
+    session = {d: i for i, d in enumerate(dates.to_list())}
+    return TrainingSet(
+        x=rows.select(pl.col(list(feature_names)).cast(pl.Float32)).to_numpy(),
+        y=rows["label"].to_numpy().astype(np.float64),
+        t=rows["date"].replace_strict(session, return_dtype=pl.Int32).to_numpy(),
+        dates=dates.to_list(),
+        feature_names=list(feature_names),
+        keys=rows.select(*KEYS),
+    )
+
+
+# ------------------------------------------------------------------------------------------- folds
+@dataclass(frozen=True)
+class Fold:
+    """Session numbers: train on 0..train_last, test on test_first..test_last."""
+
+    train_last: int
+    test_first: int
+    test_last: int
+
+
+def walk_forward_folds(sessions: int, *, folds: int, test_sessions: int, purge: int = LABEL_HORIZON,
+                       embargo: int = 5, min_train_sessions: int = 60, end: int | None = None) -> list[Fold]:
+    """Expanding-window folds whose test blocks tile the last folds*test_sessions sessions before `end`.
+
+    A fold's training rows stop `purge + embargo` sessions before its test block: a row at the test block's
+    doorstep has a label made of the block's first close, and multi-day features overlap the block.
+    """
+    end = sessions if end is None else end
+    gap = purge + embargo
+    first_test = end - folds * test_sessions
+    if first_test - gap < min_train_sessions:
+        raise ValueError(f"{sessions} sessions of labelled features cannot hold {folds} folds of {test_sessions} "
+                         f"test sessions after {min_train_sessions} training sessions and a gap of {gap}")
+    return [Fold(train_last=s - gap - 1, test_first=s, test_last=s + test_sessions - 1)
+            for s in range(first_test, end, test_sessions)]
+
+
+# ------------------------------------------------------------------------------------------- scores
+def daily_ic(t: np.ndarray, label: np.ndarray, pred: np.ndarray) -> float:
+    """Mean over sessions of the cross-sectional Spearman correlation of prediction and outcome."""
+    frame = pl.DataFrame({"t": t, "y": label, "p": pred})
+    per_day = (
+        frame.group_by("t")
+        .agg(ic=pl.corr("p", "y", method="spearman"), n=pl.len())
+        .filter((pl.col("n") >= 3) & pl.col("ic").is_not_nan() & pl.col("ic").is_not_null())
+    )
+    return float(per_day["ic"].mean()) if per_day.height else 0.0
+
+
+def scores(t: np.ndarray, label: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Model scores beside the naive random walk's (predicted return 0) on the same rows."""
+    err, naive_err = pred - label, label  # naive forecast: return 0
+    mae, naive_mae = float(np.mean(np.abs(err))), float(np.mean(np.abs(naive_err)))
+    moved = label != 0
+    return {
+        "mae": mae,
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "naive_mae": naive_mae,
+        "naive_rmse": float(np.sqrt(np.mean(naive_err**2))),
+        "mase": mae / naive_mae if naive_mae > 0 else math.nan,
+        "hit_rate": float(np.mean(np.sign(pred[moved]) == np.sign(label[moved]))) if moved.any() else math.nan,
+        "up_rate": float(np.mean(label[moved] > 0)) if moved.any() else math.nan,  # always-up baseline
+        "ic": daily_ic(t, label, pred),
+        "rows": float(len(label)),
+    }
+
+
+def feature_ics(data: TrainingSet) -> dict[str, float]:
+    """Each feature's daily IC with the label. |IC| > LEAKAGE_IC is implausible for information known at d's
+    close: the feature most likely peeks at the label."""
+    return {name: daily_ic(data.t, data.y, data.x[:, j]) for j, name in enumerate(data.feature_names)}
+
+
+def params_from_strings(stored: dict[str, str]) -> dict[str, float | int]:
+    """Parameters as MLflow stores them (strings) back to SEARCH_SPACE's types."""
+    return {k: (int(float(stored[k])) if kind == "int" else float(stored[k]))
+            for k, (kind, *_rest) in SEARCH_SPACE.items()}
+
+
+def should_promote(candidate: dict[str, float], champion: dict[str, float] | None) -> tuple[bool, str]:
+    """The champion gate, on one held-out window: beat the naive baseline, then beat the champion (IC)."""
+    if not candidate["mase"] < 1.0:
+        return False, f"MASE {candidate['mase']:.4f} >= 1: no better than the naive random walk"
+    if not candidate["ic"] > 0:
+        return False, f"IC {candidate['ic']:.4f} <= 0: no better than the naive random walk's ranking"
+    if champion is None:
+        return True, "first model that beats the naive baseline"
+    if candidate["ic"] > champion["ic"]:
+        return True, f"IC {candidate['ic']:.4f} > champion's {champion['ic']:.4f}, MASE {candidate['mase']:.4f} < 1"
+    return False, f"IC {candidate['ic']:.4f} <= champion's {champion['ic']:.4f}"
+
+
+# ------------------------------------------------------------------------------------------- LightGBM
+def sample_params(rng: np.random.Generator) -> dict[str, float | int]:
+    """One random point of SEARCH_SPACE (the benchmark's serial runs and tests use it)."""
+    out: dict[str, float | int] = {}
+    for name, (kind, low, high, log) in SEARCH_SPACE.items():
+        u = rng.uniform(math.log(low), math.log(high)) if log else rng.uniform(low, high)
+        value = math.exp(u) if log else u
+        out[name] = int(round(value)) if kind == "int" else float(value)
+    return out
+
+
+def lgb_params(params: dict, threads: int = 1, seed: int = 7) -> dict:
+    keep = {k: v for k, v in params.items() if k != "n_estimators"}
+    return {"objective": "regression", "verbosity": -1, "num_threads": threads, "seed": seed,
+            "bagging_freq": 1, "deterministic": True, "force_row_wise": True, "max_bin": 63, **keep}
+
+
+def fit(params: dict, data: TrainingSet, rows: np.ndarray, *, valid: np.ndarray | None = None,
+        rounds: int | None = None, threads: int = 1):
+    """A LightGBM booster on `rows`; with `valid`, early stopping picks the number of rounds."""
+    import lightgbm as lgb
+
+    train = lgb.Dataset(data.x[rows], data.y[rows], feature_name=data.feature_names, free_raw_data=False)
+    kwargs: dict = {"num_boost_round": int(rounds or params["n_estimators"])}
+    if valid is not None and len(valid):
+        kwargs["valid_sets"] = [lgb.Dataset(data.x[valid], data.y[valid], reference=train)]
+        kwargs["callbacks"] = [lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)]
+    return lgb.train(lgb_params(params, threads), train, **kwargs)
+
+
+def run_trial(params: dict, data: TrainingSet, folds: Sequence[Fold], *,
+              report: Callable[[dict], None] | None = None, threads: int = 1) -> dict:
+    """Walk-forward CV of one parameter set. After each fold, `report` gets the scores so far (ASHA stops
+    poor trials early on them). Early stopping uses the last fifth of each fold's training sessions (after
+    the same purge/embargo gap), never the test block."""
+    started = time.perf_counter()
+    t, y, p, rounds = [], [], [], []
+    for k, fold in enumerate(folds, start=1):
+        gap = fold.test_first - fold.train_last - 1
+        es_first = fold.train_last - max(5, (fold.train_last + 1) // 5) + 1
+        booster = fit(params, data, data.rows(0, es_first - gap - 1), valid=data.rows(es_first, fold.train_last),
+                      threads=threads)
+        rounds.append(booster.best_iteration or booster.current_iteration())
+        test = data.rows(fold.test_first, fold.test_last)
+        t.append(data.t[test]), y.append(data.y[test]), p.append(booster.predict(data.x[test]))
+        result = scores(np.concatenate(t), np.concatenate(y), np.concatenate(p))
+        result |= {"folds_done": k, "rounds": float(np.median(rounds)), "seconds": time.perf_counter() - started}
+        if report is not None:
+            report(result)
+    return result
+
+
+def ray_trainable(config: dict, data: TrainingSet, folds: Sequence[Fold]) -> None:
+    """Ray Tune's function trainable (lives in the package: Ray workers import it by name)."""
+    from ray import tune
+
+    run_trial(config.get("point", config), data, folds, report=tune.report)

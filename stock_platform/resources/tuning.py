@@ -1,0 +1,110 @@
+"""Ray Tune, inside an asset's materialization: a local Ray started for the run, or a cluster joined."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import dagster as dg
+
+if TYPE_CHECKING:
+    from stock_platform.lib.modeling import Fold, TrainingSet
+
+
+def ray_space() -> dict:
+    """SEARCH_SPACE as Ray Tune distributions."""
+    from ray import tune
+
+    from stock_platform.lib.modeling import SEARCH_SPACE
+
+    space = {}
+    for name, (kind, low, high, log) in SEARCH_SPACE.items():
+        if kind == "int":
+            space[name] = tune.lograndint(int(low), int(high) + 1) if log else tune.randint(int(low), int(high) + 1)
+        else:
+            space[name] = tune.loguniform(low, high) if log else tune.uniform(low, high)
+    return space
+
+
+class TuningResource(dg.ConfigurableResource):
+    """Starts a local Ray with `num_cpus` for the duration of a search, or joins the cluster at `address`
+    (RAY_ADDRESS). One trial per CPU; `storage_dir` (absolute) keeps Ray Tune's trial records."""
+
+    num_cpus: int = 2
+    address: str | None = None
+    storage_dir: str
+
+    @contextmanager
+    def ray_session(self) -> Iterator[None]:
+        """Ray up for the block and shut down after it, also when the block raises (no stray workers)."""
+        import ray
+
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no ~/.ray/auth_token for a local, private Ray
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no progress tables on stdout; Dagster logs the result
+        common = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+        if self.address:
+            ray.init(address=self.address, **common)
+        else:  # "local" also overrides a RAY_ADDRESS left in the environment (with num_cpus that would raise)
+            ray.init(address="local", num_cpus=self.num_cpus, **common)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+    def search(self, data: TrainingSet, folds: Sequence[Fold], *, trials: int, time_budget_seconds: float,
+               seed: int, name: str, searcher: str = "optuna") -> list[dict]:
+        """Run the walk-forward CV of `trials` parameter sets under Ray Tune; returns one dict per trial
+        (its params, scores so far, folds done). Call inside `ray_session()`.
+
+        searcher "optuna": Optuna's TPE proposes parameters and ASHA stops trials that score poorly after a
+        fold. searcher "random": random points, every trial runs every fold (the benchmark's fixed workload).
+        """
+        from ray import tune
+        from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+        from ray.tune.search.optuna import OptunaSearch
+
+        from stock_platform.lib.modeling import SEARCH_SPACE, ray_trainable
+
+        light = replace(data, keys=data.keys.head(0))  # trials need the arrays only
+        trainable = tune.with_resources(tune.with_parameters(ray_trainable, data=light, folds=list(folds)),
+                                        {"cpu": 1})
+        if searcher == "optuna":
+            import optuna
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            search_alg = OptunaSearch(seed=seed)
+            scheduler = ASHAScheduler(time_attr="folds_done", max_t=len(folds), grace_period=1, reduction_factor=2)
+        else:
+            search_alg, scheduler = None, FIFOScheduler()
+        tuner = tune.Tuner(
+            trainable,
+            param_space=ray_space() if searcher == "optuna" else _fixed_space(trials, seed),
+            tune_config=tune.TuneConfig(metric="ic", mode="max", num_samples=trials if searcher == "optuna" else 1,
+                                        time_budget_s=time_budget_seconds, search_alg=search_alg,
+                                        scheduler=scheduler, reuse_actors=True),
+            run_config=tune.RunConfig(name=name, storage_path=str(Path(self.storage_dir).resolve()), verbose=0),
+        )
+        results = tuner.fit()
+        out = []
+        for i, result in enumerate(results):
+            config = result.config.get("point", result.config)
+            params = {k: config[k] for k in SEARCH_SPACE}
+            out.append({"trial": i, **params, **(result.metrics or {}),
+                        "error": str(result.error) if result.error else None})
+        return out
+
+
+def _fixed_space(trials: int, seed: int) -> dict:
+    """`trials` random points of the search space as a grid of points (same points as `sample_params`)."""
+    import numpy as np
+    from ray import tune
+
+    from stock_platform.lib.modeling import sample_params
+
+    rng = np.random.default_rng(seed)
+    points = [sample_params(rng) for _ in range(trials)]
+    return {"point": tune.grid_search(points)}
