@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from stock_platform.partitions import CADENCE_TAG, DAILY_CADENCE
+from stock_platform.partitions import CADENCE_TAG, DAILY_CADENCE, model_weeks
 
 # Every asset tagged with the daily cadence (partitions.DAILY), with its checks, in dependency order:
 # what a daily run or a backfill of trading days executes.
@@ -14,6 +14,13 @@ daily_assets_job = dg.define_asset_job(
     description="Daily trading-day partitions of the daily assets (with their blocking checks).",
 )
 
-jobs = [daily_assets_job]
+weekly_retrain_job = dg.define_asset_job(
+    "weekly_retrain",
+    selection=dg.AssetSelection.assets("tuned_model"),
+    partitions_def=model_weeks,
+    description="Tune, train and register the model of a finished week (Ray Tune + LightGBM + MLflow).",
+)
+
+jobs = [daily_assets_job, weekly_retrain_job]
 schedules: list[dg.ScheduleDefinition] = []
 sensors: list[dg.SensorDefinition] = []

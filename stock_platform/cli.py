@@ -1,6 +1,6 @@
 """The `stock-platform` command.
 
-    stock-platform demo [--tickers AAPL,MSFT] [--years 2] [--source demo] [--home DIR]
+    stock-platform demo [--tickers AAPL,MSFT] [--years 3] [--trials 8] [--source demo] [--home DIR]
     stock-platform snapshot [--tickers AAPL] [--as-of VERSION|TIMESTAMP] [--history] [--changes-since V]
 
 `demo` materializes every asset for a universe on the offline demo market inside a real Dagster
@@ -20,6 +20,8 @@ from pathlib import Path
 
 from stock_platform.settings import SOURCES, SettingsError, parse_tickers
 
+# A model needs a year of indicator warm-up, then walk-forward folds and a held-out window.
+MIN_MODEL_YEARS = 1.75
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
@@ -160,6 +162,44 @@ def print_summary(reports: list[StageReport], total: float) -> None:
     print(f"\ntotal {total:.1f} s")
 
 
+def model_week(end: dt.date) -> str:
+    """The model week holding `end`, or the last finished week before it."""
+    from stock_platform.partitions import model_weeks
+
+    keys = [k for k in model_weeks.get_partition_keys() if dt.date.fromisoformat(k) <= end]
+    if not keys:
+        raise SettingsError(f"no finished model week up to {end}")
+    return keys[-1]
+
+
+def run_model_stage(instance, defs, week: str, trials: int, *, force: bool = False):
+    """Materialize `tuned_model` for `week` with a small tuning budget; skip when it already is."""
+    import dagster as dg
+
+    if not force and week in instance.get_materialized_partitions(dg.AssetKey("tuned_model")):
+        return None, 0.0
+    started = time.perf_counter()
+    config = {"ops": {"tuned_model": {"config": {"trials": trials, "time_budget_seconds": 60.0}}}}
+    result = defs.resolve_job_def("weekly_retrain").execute_in_process(
+        instance=instance, partition_key=week, run_config=QUIET_LOGS | config, raise_on_error=False,
+        tags={"stock_platform/launched_by": "demo"})
+    if not result.success:
+        raise RuntimeError(_step_errors(result))
+    return result, time.perf_counter() - started
+
+
+def model_report(instance) -> tuple[dict, str]:
+    """The latest `tuned_model` materialization's metadata and a short text of it."""
+    import dagster as dg
+
+    event = instance.get_latest_materialization_event(dg.AssetKey("tuned_model"))
+    md = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+    text = (f"model {md['model_name']} v{md['model_version']} (week {event.asset_materialization.partition}): "
+            f"{'promoted to champion' if md['promoted'] else 'not promoted'} - {md['gate']}\n"
+            f"held-out final window, model beside the naive random walk:\n{md['holdout_scores']}")
+    return md, text
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
@@ -186,7 +226,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     with dg.DagsterInstance.get() as instance:
         names = ", ".join(asset for asset, _ in _daily_assets())
-        print(f"[1/1] daily assets: {names} (+ blocking checks) ...", end=" ", flush=True)
+        print(f"[1/2] daily assets: {names} (+ blocking checks) ...", end=" ", flush=True)
         try:
             keys, todo, result, seconds = run_daily_stage(instance, defs, start, end, tickers, force=args.force)
         except RuntimeError as exc:
@@ -203,7 +243,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 asset, lake.read(table, start, end, columns=["ticker"]).height,
                 f"{sum(k in done for k in keys)}/{len(keys)}", _check_summary(instance, asset, result),
                 step or 0.0, "" if todo else "skipped: up to date"))
+
+        if args.years < MIN_MODEL_YEARS:
+            print(f"[2/2] tuned_model: skipped: --years {args.years:g} is too short (it needs >= {MIN_MODEL_YEARS} "
+                  "years: one of indicator warm-up, then walk-forward folds and a held-out window)")
+            print_summary(reports, time.perf_counter() - started)
+            return 0
+        week = model_week(end)
+        print(f"[2/2] tuned_model, week {week}: Ray Tune, {args.trials} trials ...", end=" ", flush=True)
+        try:
+            result, seconds = run_model_stage(instance, defs, week, args.trials, force=args.force)
+        except RuntimeError as exc:
+            print("FAILED")
+            print(str(exc), file=sys.stderr)
+            return 1
+        print(f"{seconds:.1f} s" if result else "up to date")
+        md, text = model_report(instance)
+        reports.append(StageReport(
+            "tuned_model", md["dagster/row_count"], f"week {week}", _check_summary(instance, "tuned_model", result),
+            seconds, f"model v{md['model_version']}" + ("" if result else ", skipped: up to date")))
     print_summary(reports, time.perf_counter() - started)
+    print()
+    print(text)
     return 0
 
 
@@ -263,7 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="materialize every asset on the offline demo market and print a summary")
     demo.add_argument("--tickers", help="comma-separated tickers (default: STOCK_PLATFORM_TICKERS or 10 large caps)")
-    demo.add_argument("--years", type=float, default=2.0, help="years of history ending yesterday (default 2)")
+    demo.add_argument("--years", type=float, default=3.0,
+                      help="years of history ending yesterday (default 3: the model needs a year of indicator warm-up)")
+    demo.add_argument("--trials", type=int, default=8, help="Ray Tune trials for the model (default 8)")
     demo.add_argument("--end", help="last day of the range, YYYY-MM-DD (default: yesterday)")
     demo.add_argument("--source", choices=SOURCES, help="price source (default: STOCK_PLATFORM_SOURCE or demo)")
     demo.add_argument("--files-dir", help="directory of per-ticker CSV/Parquet files for --source files")

@@ -27,6 +27,7 @@ def test_demo_runs_in_a_real_instance_and_a_second_run_changes_nothing(tmp_path)
     first = demo(tmp_path, *args)
     assert first.returncode == 0, first.stderr
     assert "partition(s) in one run" in first.stdout
+    assert "tuned_model: skipped: --years 0.1 is too short" in first.stdout
     row = next(line for line in first.stdout.splitlines() if line.startswith("prices"))
     assert "1/1 passed" in row
     lake = pl.read_delta(str(tmp_path / "lake" / "prices"))
@@ -55,6 +56,21 @@ def test_demo_runs_in_a_real_instance_and_a_second_run_changes_nothing(tmp_path)
         runs = instance.get_runs()
         assert len(runs) == 1 and runs[0].tags["stock_platform/launched_by"] == "demo"
         assert len(instance.get_materialized_partitions(dg.AssetKey("prices"))) == n_days
+
+
+@pytest.mark.slow
+def test_demo_trains_a_model_and_shows_it_beside_the_naive_baseline(tmp_path):
+    first = demo(tmp_path, "--tickers", "AAPL,MSFT,XOM,JPM", "--years", "2", "--end", "2025-06-30", "--trials", "2")
+    assert first.returncode == 0, first.stderr
+    row = next(line for line in first.stdout.splitlines() if line.startswith("tuned_model"))
+    assert "week 2025-06-30" in row and "1/1 passed" in row and "model v1" in row
+    assert "| naive random walk |" in first.stdout and "| candidate |" in first.stdout
+    assert "stock_platform_lgbm v1" in first.stdout
+    assert (tmp_path / "mlflow.db").exists() and (tmp_path / "mlartifacts").is_dir()
+
+    second = demo(tmp_path, "--tickers", "AAPL,MSFT,XOM,JPM", "--years", "2", "--end", "2025-06-30", "--trials", "2")
+    assert second.returncode == 0, second.stderr
+    assert "tuned_model, week 2025-06-30: Ray Tune, 2 trials ... up to date" in second.stdout
 
 
 def test_demo_refuses_a_bad_ticker_with_a_clear_message(tmp_path):

@@ -76,8 +76,6 @@ def tuned_model(context: dg.AssetExecutionContext, config: TuningConfig, lake: L
                 tuning: TuningResource, tracking: TrackingResource) -> dg.MaterializeResult:
     import json
 
-    import numpy as np
-
     from stock_platform.lib import modeling as m
 
     end = week_end(context)
@@ -108,10 +106,10 @@ def tuned_model(context: dg.AssetExecutionContext, config: TuningConfig, lake: L
     params = {k: best[k] for k in m.SEARCH_SPACE} | {"n_estimators": max(1, int(best["rounds"]))}
 
     # The gate: candidate and champion parameters refit on the same sessions before the holdout, scored on it.
-    train, holdout = data.rows(0, holdout_first - gap - 1), data.rows(holdout_first, data.sessions - 1)
+    holdout = data.rows(holdout_first, data.sessions - 1)
 
     def holdout_scores(p: dict) -> dict:
-        booster = m.fit(p, data, train, threads=tuning.num_cpus)
+        booster = m.fit(p, data, (0, holdout_first - gap - 1), threads=tuning.num_cpus)
         return m.scores(data.t[holdout], data.y[holdout], booster.predict(data.x[holdout]))
 
     candidate = holdout_scores(params)
@@ -123,7 +121,7 @@ def tuned_model(context: dg.AssetExecutionContext, config: TuningConfig, lake: L
     if leaks:
         promote, reason = False, f"leakage suspected in {sorted(leaks)}: {reason}"
 
-    final = m.fit(params, data, np.arange(len(data.y)), threads=tuning.num_cpus)
+    final = m.fit(params, data, (0, data.sessions - 1), threads=tuning.num_cpus)
     importance = sorted(zip(data.feature_names, final.feature_importance("gain")), key=lambda kv: -kv[1])[:15]
     cv = {k: best[k] for k in ("ic", "mae", "rmse", "naive_mae", "naive_rmse", "mase", "hit_rate", "up_rate")}
     with tracking.run(name, tags={"dagster_run_id": context.run.run_id, "partition": context.partition_key}) as run:

@@ -68,6 +68,11 @@ class TrainingSet:
     keys: pl.DataFrame  # ticker, date of each row
 
     @property
+    def fingerprint(self) -> tuple:
+        """Identifies the data across processes (Ray hands each trial its own copy)."""
+        return (self.x.shape, str(self.dates[0]), str(self.dates[-1]), float(self.y.sum()), float(self.x[-1].sum()))
+
+    @property
     def sessions(self) -> int:
         return len(self.dates)
 
@@ -190,21 +195,43 @@ def sample_params(rng: np.random.Generator) -> dict[str, float | int]:
     return out
 
 
+# Binning is fixed for all trials (feature_pre_filter off, so min_data_in_leaf may vary per trial).
+DATASET_PARAMS = {"max_bin": 63, "feature_pre_filter": False, "verbosity": -1}
+
+
 def lgb_params(params: dict, threads: int = 1, seed: int = 7) -> dict:
     keep = {k: v for k, v in params.items() if k != "n_estimators"}
-    return {"objective": "regression", "verbosity": -1, "num_threads": threads, "seed": seed,
-            "bagging_freq": 1, "deterministic": True, "force_row_wise": True, "max_bin": 63, **keep}
+    return {"objective": "regression", "num_threads": threads, "seed": seed, "bagging_freq": 1,
+            "deterministic": True, "force_row_wise": True, **DATASET_PARAMS, **keep}
 
 
-def fit(params: dict, data: TrainingSet, rows: np.ndarray, *, valid: np.ndarray | None = None,
-        rounds: int | None = None, threads: int = 1):
-    """A LightGBM booster on `rows`; with `valid`, early stopping picks the number of rounds."""
+# Binned LightGBM datasets of the latest training set, by row range: building one (binning 500k rows) costs
+# more than a trial's boosting, and every trial of a search bins the same fold rows. Per process.
+_BINNED: dict[tuple, object] = {}
+
+
+def _binned(data: TrainingSet, first: int, last: int, reference=None):
     import lightgbm as lgb
 
-    train = lgb.Dataset(data.x[rows], data.y[rows], feature_name=data.feature_names, free_raw_data=False)
+    key = (data.fingerprint, first, last, reference is not None)
+    if key not in _BINNED:
+        if _BINNED and next(iter(_BINNED))[0] != data.fingerprint:
+            _BINNED.clear()  # another training set: drop the old one's
+        rows = data.rows(first, last)
+        _BINNED[key] = lgb.Dataset(data.x[rows], data.y[rows], feature_name=data.feature_names,
+                                   params=DATASET_PARAMS, reference=reference, free_raw_data=False).construct()
+    return _BINNED[key]
+
+
+def fit(params: dict, data: TrainingSet, sessions: tuple[int, int], *, valid: tuple[int, int] | None = None,
+        rounds: int | None = None, threads: int = 1):
+    """A LightGBM booster on sessions (first, last); with `valid` sessions, early stopping picks the rounds."""
+    import lightgbm as lgb
+
+    train = _binned(data, *sessions)
     kwargs: dict = {"num_boost_round": int(rounds or params["n_estimators"])}
-    if valid is not None and len(valid):
-        kwargs["valid_sets"] = [lgb.Dataset(data.x[valid], data.y[valid], reference=train)]
+    if valid is not None:
+        kwargs["valid_sets"] = [_binned(data, *valid, reference=train)]
         kwargs["callbacks"] = [lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)]
     return lgb.train(lgb_params(params, threads), train, **kwargs)
 
@@ -219,8 +246,7 @@ def run_trial(params: dict, data: TrainingSet, folds: Sequence[Fold], *,
     for k, fold in enumerate(folds, start=1):
         gap = fold.test_first - fold.train_last - 1
         es_first = fold.train_last - max(5, (fold.train_last + 1) // 5) + 1
-        booster = fit(params, data, data.rows(0, es_first - gap - 1), valid=data.rows(es_first, fold.train_last),
-                      threads=threads)
+        booster = fit(params, data, (0, es_first - gap - 1), valid=(es_first, fold.train_last), threads=threads)
         rounds.append(booster.best_iteration or booster.current_iteration())
         test = data.rows(fold.test_first, fold.test_last)
         t.append(data.t[test]), y.append(data.y[test]), p.append(booster.predict(data.x[test]))

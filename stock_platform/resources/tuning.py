@@ -45,6 +45,8 @@ class TuningResource(dg.ConfigurableResource):
 
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no ~/.ray/auth_token for a local, private Ray
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no progress tables on stdout; Dagster logs the result
+        # no per-result CSV/JSON/TensorBoard files: the trials' scores go to MLflow (and stay in the ResultGrid)
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         common = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
         if self.address:
             ray.init(address=self.address, **common)
