@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from stock_platform.partitions import CADENCE_TAG, DAILY_CADENCE, model_weeks
+from stock_platform.partitions import CADENCE_TAG, DAILY_CADENCE
 
 # Every asset tagged with the daily cadence (partitions.DAILY), with its checks, in dependency order:
 # what a daily run or a backfill of trading days executes.
@@ -17,7 +17,6 @@ daily_assets_job = dg.define_asset_job(
 weekly_retrain_job = dg.define_asset_job(
     "weekly_retrain",
     selection=dg.AssetSelection.assets("tuned_model"),
-    partitions_def=model_weeks,
     description="Tune, train and register the model of a finished week (Ray Tune + LightGBM + MLflow).",
 )
 

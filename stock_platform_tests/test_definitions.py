@@ -10,14 +10,16 @@ import sys
 import dagster as dg
 
 from stock_platform.definitions import defs
-from stock_platform.partitions import trading_days
+from stock_platform.partitions import model_weeks, trading_days
 
-HEAVY = ("pandera", "deltalake", "ray", "lightgbm", "mlflow", "yfinance", "pandas", "polars", "sqlalchemy")
+HEAVY = ("pandera", "deltalake", "ray", "lightgbm", "mlflow", "optuna", "yfinance", "pandas", "polars",
+         "sqlalchemy", "numpy")
 
 
 def test_asset_specs():
     graph = defs.resolve_asset_graph()
-    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {"prices", "price_snapshots", "features"}
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {"prices", "price_snapshots", "features",
+                                                                         "tuned_model"}
     for key, group in [("prices", "ingestion"), ("price_snapshots", "lake"), ("features", "ml")]:
         node = graph.get(dg.AssetKey(key))
         assert node.group_name == group
@@ -26,6 +28,10 @@ def test_asset_specs():
         assert "deltalake" in node.kinds
     assert graph.get(dg.AssetKey("price_snapshots")).parent_keys == {dg.AssetKey("prices")}
     assert graph.get(dg.AssetKey("features")).parent_keys == {dg.AssetKey("price_snapshots")}
+    model = graph.get(dg.AssetKey("tuned_model"))
+    assert model.group_name == "ml" and model.partitions_def == model_weeks
+    assert model.parent_keys == {dg.AssetKey("features")} and {"lightgbm", "ray", "mlflow"} <= model.kinds
+    assert "stock_platform/cadence" not in model.tags  # the daily job must not select the weekly model
 
 
 def test_checks_are_blocking_and_partitioned():
@@ -35,12 +41,21 @@ def test_checks_are_blocking_and_partitioned():
     for spec, checks_def in specs.values():
         assert spec.blocking is True
         assert checks_def.partitions_def == trading_days
+    # the model's leakage check is evaluated by the asset itself (it reuses the training set)
+    [model] = [a for a in defs.assets if dg.AssetKey("tuned_model") in a.keys]
+    [leakage] = model.check_specs
+    assert leakage.key == dg.AssetCheckKey(dg.AssetKey("tuned_model"), "no_leakage") and leakage.blocking
 
 
 def test_jobs_and_resources():
     job = defs.resolve_job_def("daily_assets")
     assert job.partitions_def == trading_days
-    assert set(defs.resources) == {"source", "lake", "universe", "warehouse"}
+    assert {n.name for n in job.nodes_in_topological_order} == {"prices", "prices_prices_schema", "price_snapshots",
+                                                                 "features", "features_features_schema"}
+    retrain = defs.resolve_job_def("weekly_retrain")
+    assert retrain.partitions_def == model_weeks and [n.name for n in retrain.nodes_in_topological_order] == [
+        "tuned_model"]
+    assert set(defs.resources) == {"source", "lake", "universe", "warehouse", "tuning", "tracking"}
 
 
 def test_warehouse_url_from_the_environment_is_not_shown_in_config():

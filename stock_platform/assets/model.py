@@ -86,7 +86,7 @@ def tuned_model(context: dg.AssetExecutionContext, config: TuningConfig, lake: L
     # Layout: [ train ... | fold 1 | ... | fold k ] gap [ holdout ]; every block in sessions.
     gap = m.LABEL_HORIZON + config.embargo_sessions
     holdout_first = data.sessions - config.holdout_sessions
-    room = holdout_first - gap - 60  # 60 sessions: the least a first fold trains on
+    room = holdout_first - 2 * gap - 60  # a gap before the holdout and before each fold; 60: least training
     test_sessions = min(config.test_sessions, room // config.folds)
     if test_sessions < 20:
         raise dg.Failure(f"{data.sessions} sessions of labelled features up to {end} are too few for {config.folds} "
