@@ -2,6 +2,7 @@
 
     stock-platform demo [--tickers AAPL,MSFT] [--years 3] [--trials 8] [--source demo] [--home DIR]
     stock-platform snapshot [--tickers AAPL] [--as-of VERSION|TIMESTAMP] [--history] [--changes-since V]
+    stock-platform report [--start YYYY-MM-DD] [--end YYYY-MM-DD] [--plot FILE.png]
 
 `demo` materializes every asset for a universe on the offline demo market inside a real Dagster
 instance under STOCK_PLATFORM_HOME (runs, materializations and checks show in `dagster dev` afterwards),
@@ -108,6 +109,7 @@ def run_daily_stage(instance, defs, start: dt.date, end: dt.date, tickers: list[
             instance=instance,
             run_config=QUIET_LOGS,
             raise_on_error=False,
+            asset_selection=[dg.AssetKey(asset) for asset, _ in _daily_assets()],
             tags={"dagster/asset_partition_range_start": todo[0], "dagster/asset_partition_range_end": todo[-1],
                   "stock_platform/launched_by": "demo"},
         )
@@ -163,10 +165,10 @@ def print_summary(reports: list[StageReport], total: float) -> None:
 
 
 def model_week(end: dt.date) -> str:
-    """The model week holding `end`, or the last finished week before it."""
+    """The last finished model week that ends on or before `end`."""
     from stock_platform.partitions import model_weeks
 
-    keys = [k for k in model_weeks.get_partition_keys() if dt.date.fromisoformat(k) <= end]
+    keys = [k for k in model_weeks.get_partition_keys() if dt.date.fromisoformat(k) + dt.timedelta(days=6) <= end]
     if not keys:
         raise SettingsError(f"no finished model week up to {end}")
     return keys[-1]
@@ -188,6 +190,24 @@ def run_model_stage(instance, defs, week: str, trials: int, *, force: bool = Fal
     return result, time.perf_counter() - started
 
 
+def run_forecast_stage(instance, defs, first: dt.date, end: dt.date):
+    """Materialize `predictions` and `prediction_evaluation` for the sessions first..end in one run."""
+    import dagster as dg
+
+    from stock_platform.partitions import trading_days
+
+    keys = trading_days.get_partition_keys_in_range(dg.PartitionKeyRange(first.isoformat(), end.isoformat()))
+    started = time.perf_counter()
+    result = defs.resolve_job_def("daily_assets").execute_in_process(
+        instance=instance, run_config=QUIET_LOGS, raise_on_error=False,
+        asset_selection=[dg.AssetKey("predictions"), dg.AssetKey("prediction_evaluation")],
+        tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1],
+              "stock_platform/launched_by": "demo"})
+    if not result.success:
+        raise RuntimeError(_step_errors(result))
+    return keys, result, time.perf_counter() - started
+
+
 def model_report(instance) -> tuple[dict, str]:
     """The latest `tuned_model` materialization's metadata and a short text of it."""
     import dagster as dg
@@ -198,6 +218,43 @@ def model_report(instance) -> tuple[dict, str]:
             f"{'promoted to champion' if md['promoted'] else 'not promoted'} - {md['gate']}\n"
             f"held-out final window, model beside the naive random walk:\n{md['holdout_scores']}")
     return md, text
+
+
+def forecast_report(lake, start: dt.date | None, end: dt.date | None, plot: Path | None = None) -> str:
+    """Out-of-sample forecasts over [start, end] beside the naive random walk (text; optional PNG plot)."""
+    from stock_platform.assets.forecast import EVALUATION_TABLE
+    from stock_platform.lib.evaluation import plot_png, summarize, summary_markdown
+
+    if not lake.exists(EVALUATION_TABLE):
+        return "no evaluated predictions yet (is there a champion model? see tuned_model's gate)"
+    table = lake.read(EVALUATION_TABLE, start, end, date_column="target_date")
+    if table.is_empty():
+        return f"no evaluated predictions for {start or '...'} .. {end or '...'} (is there a champion model?)"
+    lines = [f"out-of-sample forecasts {table['target_date'].min()} .. {table['target_date'].max()}, "
+             f"model versions {sorted(table['model_version'].unique().to_list())}:", summary_markdown(summarize(table))]
+    if plot is not None:
+        plot.write_bytes(plot_png(table))
+        lines.append(f"plot: {plot}")
+    return "\n".join(lines)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Print the evaluation's aggregates over a window (and write the plot)."""
+    if args.home:
+        os.environ["STOCK_PLATFORM_HOME"] = str(Path(args.home).expanduser().resolve())
+    from stock_platform.resources.lake import LakeResource
+    from stock_platform.settings import get_settings
+
+    try:
+        settings = get_settings()
+        start = dt.date.fromisoformat(args.start) if args.start else None
+        end = dt.date.fromisoformat(args.end) if args.end else None
+    except (SettingsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    lake = LakeResource(uri=settings.lake_uri, aws_endpoint_url=settings.aws_endpoint_url)
+    print(forecast_report(lake, start, end, Path(args.plot) if args.plot else None))
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -226,7 +283,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     with dg.DagsterInstance.get() as instance:
         names = ", ".join(asset for asset, _ in _daily_assets())
-        print(f"[1/2] daily assets: {names} (+ blocking checks) ...", end=" ", flush=True)
+        print(f"[1/3] daily assets: {names} (+ blocking checks) ...", end=" ", flush=True)
         try:
             keys, todo, result, seconds = run_daily_stage(instance, defs, start, end, tickers, force=args.force)
         except RuntimeError as exc:
@@ -244,13 +301,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"{sum(k in done for k in keys)}/{len(keys)}", _check_summary(instance, asset, result),
                 step or 0.0, "" if todo else "skipped: up to date"))
 
-        if args.years < MIN_MODEL_YEARS:
-            print(f"[2/2] tuned_model: skipped: --years {args.years:g} is too short (it needs >= {MIN_MODEL_YEARS} "
-                  "years: one of indicator warm-up, then walk-forward folds and a held-out window)")
+        need = MIN_MODEL_YEARS + args.out_of_sample_weeks / 52
+        if args.years < need:
+            print(f"[2/3] tuned_model: skipped: --years {args.years:g} is too short (it needs >= {need:.2f} years: "
+                  "one of indicator warm-up, walk-forward folds, a held-out window, then the forecast weeks)")
             print_summary(reports, time.perf_counter() - started)
             return 0
-        week = model_week(end)
-        print(f"[2/2] tuned_model, week {week}: Ray Tune, {args.trials} trials ...", end=" ", flush=True)
+        # The model is trained up to `--out-of-sample-weeks` before the end; the days after it are forecast.
+        week = model_week(end - dt.timedelta(weeks=args.out_of_sample_weeks))
+        print(f"[2/3] tuned_model, week {week}: Ray Tune, {args.trials} trials ...", end=" ", flush=True)
         try:
             result, seconds = run_model_stage(instance, defs, week, args.trials, force=args.force)
         except RuntimeError as exc:
@@ -262,9 +321,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
         reports.append(StageReport(
             "tuned_model", md["dagster/row_count"], f"week {week}", _check_summary(instance, "tuned_model", result),
             seconds, f"model v{md['model_version']}" + ("" if result else ", skipped: up to date")))
+
+        first = dt.date.fromisoformat(week) + dt.timedelta(days=7)
+        print(f"[3/3] predictions, prediction_evaluation: {first} .. {end} ...", end=" ", flush=True)
+        try:
+            keys, result, seconds = run_forecast_stage(instance, defs, first, end)
+        except RuntimeError as exc:
+            print("FAILED")
+            print(str(exc), file=sys.stderr)
+            return 1
+        print(f"{len(keys)} partition(s) in one run, {seconds:.1f} s")
+        for asset in ("predictions", "prediction_evaluation"):
+            [event] = result.asset_materializations_for_node(asset)[:1] or [None]
+            rows = event.metadata["dagster/row_count"].value if event else 0
+            reports.append(StageReport(asset, rows, f"{len(keys)}/{len(keys)}", _check_summary(instance, asset, result),
+                                       _step_seconds(instance, result, asset) or 0.0))
     print_summary(reports, time.perf_counter() - started)
     print()
     print(text)
+    print()
+    print(forecast_report(lake, first, end))
     return 0
 
 
@@ -327,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--years", type=float, default=3.0,
                       help="years of history ending yesterday (default 3: the model needs a year of indicator warm-up)")
     demo.add_argument("--trials", type=int, default=8, help="Ray Tune trials for the model (default 8)")
+    demo.add_argument("--out-of-sample-weeks", type=int, default=12,
+                      help="weeks at the end that the model does not see and forecasts (default 12)")
     demo.add_argument("--end", help="last day of the range, YYYY-MM-DD (default: yesterday)")
     demo.add_argument("--source", choices=SOURCES, help="price source (default: STOCK_PLATFORM_SOURCE or demo)")
     demo.add_argument("--files-dir", help="directory of per-ticker CSV/Parquet files for --source files")
@@ -345,6 +423,13 @@ def build_parser() -> argparse.ArgumentParser:
     snap.add_argument("--rows", type=int, default=20, help="rows to print (default 20)")
     snap.add_argument("--home", help="STOCK_PLATFORM_HOME (default ./.stock_platform)")
     snap.set_defaults(func=cmd_snapshot)
+
+    report = sub.add_parser("report", help="out-of-sample forecasts beside the naive random walk over a window")
+    report.add_argument("--start", help="first target day, YYYY-MM-DD")
+    report.add_argument("--end", help="last target day, YYYY-MM-DD")
+    report.add_argument("--plot", help="write the equity / error plot to this PNG file")
+    report.add_argument("--home", help="STOCK_PLATFORM_HOME (default ./.stock_platform)")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

@@ -14,6 +14,7 @@ import dagster as dg
 from stock_platform import automation
 from stock_platform.assets.ingestion import prices
 from stock_platform.assets.lake import price_snapshots
+from stock_platform.assets.forecast import prediction_evaluation, predictions, predictions_check
 from stock_platform.assets.ml import features
 from stock_platform.assets.model import tuned_model
 from stock_platform.checks import features_schema_check, prices_schema_check
@@ -45,8 +46,8 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
 
 
 defs = dg.Definitions(
-    assets=[prices, price_snapshots, features, tuned_model],
-    asset_checks=[prices_schema_check, features_schema_check],
+    assets=[prices, price_snapshots, features, tuned_model, predictions, prediction_evaluation],
+    asset_checks=[prices_schema_check, features_schema_check, predictions_check],
     jobs=automation.jobs,
     schedules=automation.schedules,
     sensors=automation.sensors,

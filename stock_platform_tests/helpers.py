@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from pathlib import Path
+
 import dagster as dg
+import polars as pl
+
+from stock_platform.assets.lake import PRECOMBINE, SNAPSHOT_TABLE, ensure_snapshot_table
+from stock_platform.assets.ml import FEATURES_TABLE
+from stock_platform.lib.calendar import trading_days
+from stock_platform.lib.demo_market import generate
+from stock_platform.lib.indicators import compute_features
+from stock_platform.lib.modeling import next_day_returns
+from stock_platform.resources.lake import LakeResource
+from stock_platform.resources.tracking import TrackingResource
+from stock_platform.resources.tuning import TuningResource
+
+START, END = dt.date(2021, 1, 4), dt.date(2024, 6, 28)
 
 
 def run_range(defs: dg.Definitions, instance: dg.DagsterInstance, start: str, end: str, job: str = "daily_assets"):
@@ -22,3 +38,24 @@ def materialization_metadata(result, asset: str) -> dict:
     """Metadata values of the asset's (first) materialization in a run."""
     [event, *_] = result.asset_materializations_for_node(asset)
     return {k: v.value for k, v in event.metadata.items()}
+
+
+def build_lake(root: Path, *, leak: bool = False) -> LakeResource:
+    """Snapshots and features of a 40-ticker demo market; `leak` adds a feature made of tomorrow's return."""
+    prices = generate([f"T{i:03d}" for i in range(40)], START, END)
+    lake = LakeResource(uri=str(root / "lake"))
+    ensure_snapshot_table(lake)
+    lake.upsert(SNAPSHOT_TABLE, prices.with_columns(_is_deleted=pl.lit(False)), keys=["ticker", "date"],
+                order_by=PRECOMBINE)
+    features = compute_features(prices)
+    if leak:
+        tomorrow = next_day_returns(prices, trading_days(START, END)).select("ticker", "date", tomorrow="label")
+        features = features.join(tomorrow, on=["ticker", "date"], how="left")
+    lake.replace_dates(FEATURES_TABLE, features, START, END)
+    return lake
+
+
+def model_resources(root: Path, lake: LakeResource) -> dict:
+    return {"lake": lake, "tuning": TuningResource(storage_dir=str(root / "ray")),
+            "tracking": TrackingResource(tracking_uri=f"sqlite:///{root}/mlflow.db",
+                                         artifact_location=str(root / "mlartifacts"))}

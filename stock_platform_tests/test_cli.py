@@ -60,17 +60,32 @@ def test_demo_runs_in_a_real_instance_and_a_second_run_changes_nothing(tmp_path)
 
 @pytest.mark.slow
 def test_demo_trains_a_model_and_shows_it_beside_the_naive_baseline(tmp_path):
-    first = demo(tmp_path, "--tickers", "AAPL,MSFT,XOM,JPM", "--years", "2", "--end", "2025-06-30", "--trials", "2")
+    args = ("--tickers", "AAPL,MSFT,XOM,JPM", "--years", "2.5", "--end", "2025-06-30", "--trials", "2")
+    first = demo(tmp_path, *args)
     assert first.returncode == 0, first.stderr
     row = next(line for line in first.stdout.splitlines() if line.startswith("tuned_model"))
-    assert "week 2025-06-30" in row and "1/1 passed" in row and "model v1" in row
+    # trained up to 12 weeks before the end; the weeks after it are forecast out of sample
+    assert "week 2025-03-31" in row and "1/1 passed" in row and "model v1" in row
     assert "| naive random walk |" in first.stdout and "| candidate |" in first.stdout
-    assert "stock_platform_lgbm v1" in first.stdout
+    assert "stock_platform_lgbm v1" in first.stdout and "Created version" not in first.stdout + first.stderr
     assert (tmp_path / "mlflow.db").exists() and (tmp_path / "mlartifacts").is_dir()
+    assert "[3/3] predictions, prediction_evaluation: 2025-04-07 .. 2025-06-30" in first.stdout
+    if "promoted to champion" in first.stdout:
+        assert "| MASE |" in first.stdout and "Diebold-Mariano" in first.stdout
+        pred_row = next(line for line in first.stdout.splitlines() if line.startswith("predictions"))
+        assert "1/1 passed" in pred_row
+    else:  # the gate kept the model out: nothing to forecast with, and the demo says so
+        assert "no evaluated predictions" in first.stdout
 
-    second = demo(tmp_path, "--tickers", "AAPL,MSFT,XOM,JPM", "--years", "2", "--end", "2025-06-30", "--trials", "2")
+    second = demo(tmp_path, *args)
     assert second.returncode == 0, second.stderr
-    assert "tuned_model, week 2025-06-30: Ray Tune, 2 trials ... up to date" in second.stdout
+    assert "tuned_model, week 2025-03-31: Ray Tune, 2 trials ... up to date" in second.stdout
+
+    report = cli(tmp_path, "report", "--start", "2025-05-01", "--plot", str(tmp_path / "eval.png"))
+    assert report.returncode == 0, report.stderr
+    if "promoted to champion" in first.stdout:
+        assert "out-of-sample forecasts 2025-05-01" in report.stdout
+        assert (tmp_path / "eval.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_demo_refuses_a_bad_ticker_with_a_clear_message(tmp_path):

@@ -18,8 +18,8 @@ HEAVY = ("pandera", "deltalake", "ray", "lightgbm", "mlflow", "optuna", "yfinanc
 
 def test_asset_specs():
     graph = defs.resolve_asset_graph()
-    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {"prices", "price_snapshots", "features",
-                                                                         "tuned_model"}
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
+        "prices", "price_snapshots", "features", "tuned_model", "predictions", "prediction_evaluation"}
     for key, group in [("prices", "ingestion"), ("price_snapshots", "lake"), ("features", "ml")]:
         node = graph.get(dg.AssetKey(key))
         assert node.group_name == group
@@ -32,12 +32,20 @@ def test_asset_specs():
     assert model.group_name == "ml" and model.partitions_def == model_weeks
     assert model.parent_keys == {dg.AssetKey("features")} and {"lightgbm", "ray", "mlflow"} <= model.kinds
     assert "stock_platform/cadence" not in model.tags  # the daily job must not select the weekly model
+    for key in ("predictions", "prediction_evaluation"):
+        node = graph.get(dg.AssetKey(key))
+        assert node.group_name == "ml" and node.partitions_def == trading_days
+        assert node.backfill_policy == dg.BackfillPolicy.single_run()
+    assert graph.get(dg.AssetKey("predictions")).parent_keys == {dg.AssetKey("features"), dg.AssetKey("tuned_model")}
+    assert graph.get(dg.AssetKey("prediction_evaluation")).parent_keys == {dg.AssetKey("predictions"),
+                                                                          dg.AssetKey("price_snapshots")}
 
 
 def test_checks_are_blocking_and_partitioned():
     specs = {spec.key: (spec, checks_def) for checks_def in defs.asset_checks for spec in checks_def.check_specs}
     assert set(specs) == {dg.AssetCheckKey(dg.AssetKey("prices"), "prices_schema"),
-                          dg.AssetCheckKey(dg.AssetKey("features"), "features_schema")}
+                          dg.AssetCheckKey(dg.AssetKey("features"), "features_schema"),
+                          dg.AssetCheckKey(dg.AssetKey("predictions"), "predictions_complete_and_plausible")}
     for spec, checks_def in specs.values():
         assert spec.blocking is True
         assert checks_def.partitions_def == trading_days
@@ -50,8 +58,9 @@ def test_checks_are_blocking_and_partitioned():
 def test_jobs_and_resources():
     job = defs.resolve_job_def("daily_assets")
     assert job.partitions_def == trading_days
-    assert {n.name for n in job.nodes_in_topological_order} == {"prices", "prices_prices_schema", "price_snapshots",
-                                                                 "features", "features_features_schema"}
+    assert {n.name for n in job.nodes_in_topological_order} == {
+        "prices", "prices_prices_schema", "price_snapshots", "features", "features_features_schema", "predictions",
+        "predictions_predictions_complete_and_plausible", "prediction_evaluation"}
     retrain = defs.resolve_job_def("weekly_retrain")
     assert retrain.partitions_def == model_weeks and [n.name for n in retrain.nodes_in_topological_order] == [
         "tuned_model"]

@@ -70,7 +70,7 @@ def _table(rows: list[dict], columns: list[str], fmt: str = "{:.4g}") -> str:
     description="LightGBM on all warm feature rows up to the end of the week, predicting the next trading day's "
     "return. Ray Tune (Optuna TPE + ASHA) searches its parameters by walk-forward CV with purge and embargo; the "
     "best model is logged and registered in MLflow and becomes `champion` only if it beats the naive random walk "
-    "and the current champion on a held-out final window.",
+    "(RMSE, IC) and the current champion (IC) on a held-out final window.",
 )
 def tuned_model(context: dg.AssetExecutionContext, config: TuningConfig, lake: LakeResource,
                 tuning: TuningResource, tracking: TrackingResource) -> dg.MaterializeResult:
@@ -136,6 +136,8 @@ def tuned_model(context: dg.AssetExecutionContext, config: TuningConfig, lake: L
         mlflow.set_tags({"gate": reason})
         tracking.log_trials(trials, list(m.SEARCH_SPACE))
         version = tracking.log_model(final, pd.DataFrame(data.x[-5:], columns=data.feature_names))
+        # predictions pick, for each day d, the newest promoted version trained on data before d
+        tracking.tag_version(version, {"train_end": str(end), "promoted": str(promote).lower(), "gate": reason})
         if promote:
             tracking.promote(version)
     context.log.info(f"model version {version}: {'promoted' if promote else 'not promoted'} ({reason})")
@@ -154,6 +156,7 @@ def tuned_model(context: dg.AssetExecutionContext, config: TuningConfig, lake: L
             "best_params": dg.MetadataValue.json(params),
             "cv_ic": best["ic"], "cv_mase": best["mase"],
             "holdout_ic": candidate["ic"], "holdout_mase": candidate["mase"],
+            "holdout_rmse": candidate["rmse"], "holdout_naive_rmse": candidate["naive_rmse"],
             "champion_holdout_ic": champion["ic"] if champion else None,
             "cv_scores": dg.MetadataValue.md(_table(
                 [{"": "model (CV)", **cv}, {"": "naive random walk", "mae": cv["naive_mae"], "rmse": cv["naive_rmse"],

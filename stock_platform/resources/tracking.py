@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import io
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -28,8 +30,11 @@ class TrackingResource(dg.ConfigurableResource):
     model_name: str = "stock_platform_lgbm"
 
     def _mlflow(self):
+        import logging
+
         import mlflow
 
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "Created version ..." on the console
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
         return mlflow
@@ -64,8 +69,9 @@ class TrackingResource(dg.ConfigurableResource):
 
         mlflow = self._mlflow()
         signature = infer_signature(example, booster.predict(example))
-        info = mlflow.lightgbm.log_model(booster, name="model", signature=signature, input_example=example,
-                                         registered_model_name=self.model_name)
+        with redirect_stderr(io.StringIO()):  # MLflow prints "Created version ..." there; the asset logs it
+            info = mlflow.lightgbm.log_model(booster, name="model", signature=signature, input_example=example,
+                                             registered_model_name=self.model_name)
         return str(info.registered_model_version)
 
     def champion(self):
@@ -79,6 +85,17 @@ class TrackingResource(dg.ConfigurableResource):
 
     def run_params(self, run_id: str) -> dict[str, str]:
         return self.client().get_run(run_id).data.params
+
+    def tag_version(self, version: str, tags: dict[str, str]) -> None:
+        client = self.client()
+        for key, value in tags.items():
+            client.set_model_version_tag(self.model_name, version, key, value)
+
+    def promoted_versions(self) -> list[tuple[int, dt.date]]:
+        """(version, last day of its training data) of every version the gate promoted, oldest first."""
+        found = self.client().search_model_versions(f"name='{self.model_name}'")
+        return sorted((int(v.version), dt.date.fromisoformat(v.tags["train_end"])) for v in found
+                      if v.tags.get("promoted") == "true" and "train_end" in v.tags)
 
     def promote(self, version: str) -> None:
         self.client().set_registered_model_alias(self.model_name, CHAMPION, version)

@@ -71,7 +71,7 @@ class TuningResource(dg.ConfigurableResource):
 
         from stock_platform.lib.modeling import SEARCH_SPACE, ray_trainable
 
-        light = replace(data, keys=data.keys.head(0))  # trials need the arrays only
+        light = replace(data, keys=data.keys.head(0), target=data.target)  # trials need the arrays only
         trainable = tune.with_resources(tune.with_parameters(ray_trainable, data=light, folds=list(folds)),
                                         {"cpu": 1})
         if searcher == "optuna":

@@ -22,7 +22,7 @@ _BATCH_ROWS = 50_000  # rows per executemany call (bounds memory)
 
 
 def _metadata() -> MetaData:
-    from sqlalchemy import BigInteger, Column, Date, DateTime, Float, MetaData, String, Table
+    from sqlalchemy import BigInteger, Boolean, Column, Date, DateTime, Float, Integer, MetaData, String, Table
 
     md = MetaData()
     Table(
@@ -38,6 +38,31 @@ def _metadata() -> MetaData:
         Column("dividends", Float, nullable=False),
         Column("stock_splits", Float, nullable=False),
         Column("ingested_at", DateTime(timezone=True), nullable=False),
+    )
+    Table(
+        "stock_pred", md,  # one next-day forecast per (as-of date, ticker)
+        Column("date", Date, primary_key=True),
+        Column("ticker", String(16), primary_key=True),
+        Column("pred_close", Float, nullable=False),
+        Column("model", String(80), nullable=False),  # name/version
+        Column("target_date", Date, nullable=False),
+        Column("pred_return", Float, nullable=False),
+        Column("model_version", Integer, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+    )
+    Table(
+        "stock_pred_eval", md,  # the forecast for the target day beside the truth and the naive forecast
+        Column("date", Date, primary_key=True),  # the target day
+        Column("ticker", String(16), primary_key=True),
+        Column("pred_close", Float, nullable=False),
+        Column("true_close", Float, nullable=False),
+        Column("abs_error", Float, nullable=False),
+        Column("model", String(80), nullable=False),
+        Column("asof_date", Date, nullable=False),
+        Column("naive_close", Float, nullable=False),
+        Column("naive_abs_error", Float, nullable=False),
+        Column("direction_hit", Boolean, nullable=True),  # null on a flat day
+        Column("model_version", Integer, nullable=False),
     )
     return md
 

@@ -1,0 +1,178 @@
+"""Stage `ml`: `predictions` (the champion's next-day forecasts) and `prediction_evaluation` (vs the naive walk)."""
+
+import datetime as dt
+
+import dagster as dg
+
+from stock_platform.assets.lake import SNAPSHOT_TABLE, price_snapshots
+from stock_platform.assets.ml import FEATURES_TABLE, features
+from stock_platform.assets.model import tuned_model
+from stock_platform.partitions import daily_asset, daily_check, partition_dates
+from stock_platform.resources import UniverseResource
+from stock_platform.resources.lake import LakeResource
+from stock_platform.resources.tracking import TrackingResource
+from stock_platform.resources.warehouse import WarehouseResource
+
+PREDICTIONS_TABLE = "predictions"
+EVALUATION_TABLE = "prediction_evaluation"
+MAX_ABS_RETURN = 0.5  # a forecast beyond ±50% in a day is a broken model, not a bold one
+# A target day's forecast was made on the session before it.
+PREVIOUS_SESSION = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
+# A day's model is from a finished week: offsets count the daily side, and five sessions back is always in an
+# earlier week (after a holiday week, two weeks back). Lineage only: the version is picked by its training end.
+EARLIER_WEEK = dg.TimeWindowPartitionMapping(start_offset=-5, end_offset=-5)
+
+
+def model_for_each_day(days: list[dt.date], promoted: list[tuple[int, dt.date]]) -> dict[dt.date, int]:
+    """For each day d, the newest promoted model version whose training data ends before d (none: no entry)."""
+    plan = {}
+    for day in days:
+        usable = [version for version, train_end in promoted if train_end < day]
+        if usable:
+            plan[day] = max(usable)
+    return plan
+
+
+@daily_asset(
+    deps=[features, dg.AssetDep(tuned_model, partition_mapping=EARLIER_WEEK)],
+    group_name="ml",
+    kinds={"lightgbm", "deltalake", "sql"},
+    description="For each ticker and session d: the next session's predicted return and implied close, from the "
+    "newest champion model trained on data before d (never a later one). Days before the first champion get no "
+    "rows. Mirrored to the warehouse table `stock_pred`.",
+)
+def predictions(context: dg.AssetExecutionContext, lake: LakeResource, tracking: TrackingResource,
+                warehouse: WarehouseResource) -> dg.MaterializeResult:
+    import polars as pl
+
+    from stock_platform.lib.calendar import trading_days
+
+    dates = partition_dates(context)
+    start, end = dates[0], dates[-1]
+    plan = model_for_each_day(dates, tracking.promoted_versions())
+    feats = lake.read(FEATURES_TABLE, start, end).filter(pl.col("warm") & pl.col("date").is_in(list(plan)))
+    closes = lake.snapshot(SNAPSHOT_TABLE, start=start, end=end).select("ticker", "date", "close")
+    sessions = trading_days(start, end + dt.timedelta(days=10))
+    following = pl.DataFrame({"date": sessions[:-1], "target_date": sessions[1:]})
+    parts = []
+    for version in sorted(set(plan.values())):
+        model = tracking.load(str(version))
+        rows = feats.filter(pl.col("date").is_in([d for d, v in plan.items() if v == version]))
+        if rows.is_empty():
+            continue
+        registered = tracking.client().get_model_version(tracking.model_name, str(version)).creation_timestamp
+        parts.append(rows.select("ticker", "date").with_columns(
+            pred_return=pl.Series(model.predict(rows.select(model.feature_name()).to_numpy())),
+            model_version=pl.lit(version, pl.Int32),
+            registered_at=pl.lit(dt.datetime.fromtimestamp(registered / 1000, dt.UTC)),
+        ))
+    schema = {"ticker": pl.String, "date": pl.Date, "pred_return": pl.Float64, "model_version": pl.Int32,
+              "registered_at": pl.Datetime("us", "UTC")}
+    out = (
+        (pl.concat(parts) if parts else pl.DataFrame(schema=schema))
+        .join(closes, on=["ticker", "date"])
+        .join(following, on="date")
+        .with_columns(
+            pred_close=pl.col("close") * (1 + pl.col("pred_return")),
+            model_name=pl.lit(tracking.model_name),
+            # when the forecast could first exist: d's close, or the model's registration if later (a backfill)
+            created_at=pl.max_horizontal(
+                pl.col("date").cast(pl.Datetime("us")).dt.offset_by("16h")
+                .dt.replace_time_zone("America/New_York").dt.convert_time_zone("UTC"),
+                pl.col("registered_at")),
+        )
+        .select("ticker", "date", "target_date", "pred_return", "pred_close", "model_name", "model_version",
+                "created_at")
+        .sort("ticker", "date")
+    )
+    version = lake.replace_dates(PREDICTIONS_TABLE, out, start, end)
+    warehouse.upsert("stock_pred", out.with_columns(
+        model=pl.format("{}/{}", "model_name", "model_version")))
+    without = sorted(set(dates) - set(plan))
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": out.height,
+        "dagster/uri": lake.table_uri(PREDICTIONS_TABLE),
+        "table_version": version,
+        "model_versions": dg.MetadataValue.json({str(d): v for d, v in sorted(plan.items())[-10:]}),
+        "versions_used": sorted(set(plan.values())),
+        "days_without_model": len(without),
+        "first_day_without_model": str(without[0]) if without else None,
+        "tickers": out["ticker"].n_unique(),
+    })
+
+
+@daily_check(asset=predictions, name="predictions_complete_and_plausible",
+             description="Every universe ticker with warm features on a day that has a model has a prediction; "
+             "every predicted return is finite and within ±50%.")
+def predictions_check(context: dg.AssetCheckExecutionContext, lake: LakeResource, tracking: TrackingResource,
+                      universe: UniverseResource) -> dg.AssetCheckResult:
+    import polars as pl
+
+    dates = partition_dates(context)
+    plan = model_for_each_day(dates, tracking.promoted_versions())
+    expected = (lake.read(FEATURES_TABLE, dates[0], dates[-1], columns=["ticker", "date", "warm"])
+                .filter(pl.col("warm") & pl.col("date").is_in(list(plan)) & pl.col("ticker").is_in(universe.tickers))
+                .select("ticker", "date"))
+    got = lake.read(PREDICTIONS_TABLE, dates[0], dates[-1]) if lake.exists(PREDICTIONS_TABLE) else None
+    got = got if got is not None else pl.DataFrame(schema={"ticker": pl.String, "date": pl.Date,
+                                                           "pred_return": pl.Float64})
+    missing = expected.join(got, on=["ticker", "date"], how="anti")
+    bad = got.filter(~pl.col("pred_return").is_finite() | (pl.col("pred_return").abs() >= MAX_ABS_RETURN))
+    return dg.AssetCheckResult(
+        passed=missing.is_empty() and bad.is_empty(),
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"expected": expected.height, "predicted": got.height, "missing": missing.height,
+                  "implausible": bad.height,
+                  "examples": dg.MetadataValue.json(
+                      [{k: str(v) for k, v in r.items()} for r in pl.concat(
+                          [missing.head(5).with_columns(problem=pl.lit("missing")),
+                           bad.select("ticker", "date").head(5).with_columns(problem=pl.lit("implausible"))]
+                      ).to_dicts()])},
+    )
+
+
+@daily_asset(
+    deps=[dg.AssetDep(predictions, partition_mapping=PREVIOUS_SESSION), price_snapshots],
+    group_name="ml",
+    kinds={"deltalake", "sql"},
+    description="Per ticker and target day: predicted vs true close, absolute error, the naive random walk's "
+    "forecast and error, direction hit. Predictions whose target close is not known yet stay pending and are "
+    "filled by a later run. Aggregates (MAE/RMSE/MASE, hit rate with its CI, IC, Diebold-Mariano, a long/short "
+    "backtest vs buy-and-hold) and a plot in the metadata; mirrored to the warehouse table `stock_pred_eval`.",
+)
+def prediction_evaluation(context: dg.AssetExecutionContext, lake: LakeResource,
+                          warehouse: WarehouseResource) -> dg.MaterializeResult:
+    import base64
+
+    import polars as pl
+
+    from stock_platform.lib.evaluation import evaluate, plot_png, summarize, summary_markdown
+
+    dates = partition_dates(context)
+    start, end = dates[0], dates[-1]
+    preds = (lake.read(PREDICTIONS_TABLE, start, end, date_column="target_date")
+             if lake.exists(PREDICTIONS_TABLE) else pl.DataFrame())
+    if preds.is_empty():
+        context.log.info(f"no predictions target {start}..{end}: nothing to evaluate")
+        return dg.MaterializeResult(metadata={"dagster/row_count": 0, "evaluated": 0, "pending": 0})
+    closes = lake.snapshot(SNAPSHOT_TABLE, start=preds["date"].min(), end=end).select(
+        "ticker", "date", "close", "adj_close")
+    table = evaluate(preds, closes)
+    version = lake.replace_dates(EVALUATION_TABLE, table, start, end, date_column="target_date")
+    warehouse.upsert("stock_pred_eval", table.rename({"date": "asof_date", "target_date": "date"}).with_columns(
+        model=pl.format("{}/{}", pl.lit(preds["model_name"][0]), "model_version")))
+    summary = summarize(table)
+    metadata = {
+        "dagster/row_count": table.height,
+        "dagster/uri": lake.table_uri(EVALUATION_TABLE),
+        "table_version": version,
+        "evaluated": table.height,
+        "pending": preds.height - table.height,  # target close not stored yet: a later run fills them
+        "coverage": table.height / preds.height,
+        "model_vs_naive": dg.MetadataValue.md(summary_markdown(summary)),
+    }
+    metadata |= {k: v for k, v in summary.items() if k in ("mase", "hit_rate", "ic", "dm_stat", "dm_p_value")}
+    if table["target_date"].n_unique() >= 2:
+        png = base64.b64encode(plot_png(table)).decode()
+        metadata["plot"] = dg.MetadataValue.md(f"![equity and error](data:image/png;base64,{png})")
+    return dg.MaterializeResult(metadata=metadata)

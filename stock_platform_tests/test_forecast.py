@@ -1,0 +1,122 @@
+"""`predictions` and `prediction_evaluation` through real Dagster runs, real MLflow registry, real warehouses."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+
+from stock_platform.assets.forecast import (EVALUATION_TABLE, PREDICTIONS_TABLE, model_for_each_day,
+                                            prediction_evaluation, predictions, predictions_check)
+from stock_platform.assets.lake import SNAPSHOT_TABLE
+from stock_platform.assets.ml import FEATURES_TABLE
+from stock_platform.lib import modeling as m
+from stock_platform.lib.calendar import trading_days
+from stock_platform.resources import UniverseResource
+from stock_platform.resources.warehouse import WarehouseResource
+from stock_platform_tests.helpers import build_lake, failure_message, materialization_metadata, model_resources
+
+pytestmark = pytest.mark.slow
+FIRST, LAST = dt.date(2024, 5, 13), dt.date(2024, 6, 14)
+TRAIN_ENDS = {1: dt.date(2024, 5, 19), 2: dt.date(2024, 6, 9)}  # Sundays: the ends of two model weeks
+
+
+def test_each_day_gets_the_newest_model_trained_before_it():
+    promoted = [(1, dt.date(2024, 5, 19)), (3, dt.date(2024, 6, 9))]
+    days = [dt.date(2024, 5, 17), dt.date(2024, 5, 20), dt.date(2024, 6, 7), dt.date(2024, 6, 10)]
+    assert model_for_each_day(days, promoted) == {days[1]: 1, days[2]: 1, days[3]: 3}
+
+
+def register(res: dict, lake) -> None:
+    """Two promoted versions, each trained (by the library) only on rows up to its train_end."""
+    tracking = res["tracking"]
+    feats = lake.read(FEATURES_TABLE)
+    labels = m.next_day_returns(lake.snapshot(SNAPSHOT_TABLE), trading_days(feats["date"].min(), LAST))
+    params = {"num_leaves": 15, "learning_rate": 0.05, "min_data_in_leaf": 200, "feature_fraction": 0.7,
+              "bagging_fraction": 0.8, "lambda_l1": 0.1, "lambda_l2": 1.0, "n_estimators": 60}
+    for version, end in TRAIN_ENDS.items():
+        names = [c for c in feats.columns if c not in ("ticker", "date", "warm")]
+        data = m.training_set(feats, labels.filter(pl.col("target_date") <= end), names)
+        booster = m.fit(params, data, (0, data.sessions - 1))
+        with tracking.run(f"v{version}", tags={}):
+            got = tracking.log_model(booster, pd.DataFrame(data.x[:3], columns=data.feature_names))
+        assert got == str(version)
+        tracking.tag_version(got, {"train_end": str(end), "promoted": "true"})
+        tracking.promote(got)
+
+
+def run(res, instance):
+    return dg.materialize([predictions, prediction_evaluation, predictions_check], resources=res, instance=instance,
+                          raise_on_error=False,
+                          tags={"dagster/asset_partition_range_start": FIRST.isoformat(),
+                                "dagster/asset_partition_range_end": LAST.isoformat()})
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def warehouse(request, tmp_path) -> WarehouseResource:
+    if request.param == "sqlite":
+        return WarehouseResource(url=f"sqlite:///{tmp_path}/warehouse.db")
+    url = request.getfixturevalue("fresh_postgres_db")
+    return WarehouseResource(url=url.render_as_string(hide_password=False))
+
+
+def test_predictions_use_only_earlier_models_evaluate_against_the_naive_walk_and_rerun_idempotently(
+        tmp_path, instance, warehouse):
+    lake = build_lake(tmp_path)
+    res = model_resources(tmp_path, lake) | {"warehouse": warehouse,
+                                            "universe": UniverseResource(tickers=[f"T{i:03d}" for i in range(40)])}
+    register(res, lake)
+    result = run(res, instance)
+    assert result.success, failure_message(result)
+    assert [(c.check_name, c.passed) for c in result.get_asset_check_evaluations()] == [
+        ("predictions_complete_and_plausible", True)]
+
+    preds = lake.read(PREDICTIONS_TABLE)
+    # no model predicts a day on or before the end of its training data; days before the first model: none
+    assert preds["date"].min() == dt.date(2024, 5, 20)
+    train_end = preds["model_version"].replace_strict(TRAIN_ENDS, return_dtype=pl.Date)
+    assert (train_end < preds["date"]).all()
+    assert set(preds.filter(pl.col("date") >= dt.date(2024, 6, 10))["model_version"]) == {2}
+    assert set(preds.filter(pl.col("date") <= dt.date(2024, 6, 7))["model_version"]) == {1}
+    sessions = trading_days(dt.date(2024, 5, 20), LAST)
+    assert preds.height == 40 * len(sessions)
+    closes = lake.snapshot(SNAPSHOT_TABLE, start=FIRST, end=LAST).select("ticker", "date", "close")
+    joined = preds.join(closes, on=["ticker", "date"])
+    np.testing.assert_allclose(joined["pred_close"], joined["close"] * (1 + joined["pred_return"]))
+    assert (preds["target_date"] == preds["date"].replace_strict(dict(zip(sessions[:-1], sessions[1:])),
+                                                                  default=dt.date(2024, 6, 17))).all()
+
+    ev = lake.read(EVALUATION_TABLE, date_column="target_date")
+    # targets inside the run's range: every prediction made before LAST
+    assert ev.height == 40 * (len(sessions) - 1) and ev["target_date"].min() == dt.date(2024, 5, 21)
+    md = materialization_metadata(result, "prediction_evaluation")
+    assert md["pending"] == 0 and md["coverage"] == 1.0
+    assert "| MASE |" in md["model_vs_naive"] and "Diebold-Mariano" in md["model_vs_naive"]
+    assert md["plot"].startswith("![equity and error](data:image/png;base64,")
+
+    counts = (warehouse.count("stock_pred"), warehouse.count("stock_pred_eval"))
+    assert counts == (preds.height, ev.height)
+    stored = warehouse.read("stock_pred_eval")
+    assert set(stored.columns) >= {"date", "ticker", "pred_close", "true_close", "abs_error", "model"}
+    assert stored["model"][0].startswith("stock_platform_lgbm/")
+
+    again = run(res, instance)
+    assert again.success, failure_message(again)
+    assert lake.read(PREDICTIONS_TABLE).drop("created_at").equals(preds.drop("created_at"))
+    assert lake.read(EVALUATION_TABLE, date_column="target_date").equals(ev)
+    assert (warehouse.count("stock_pred"), warehouse.count("stock_pred_eval")) == counts
+
+
+def test_without_a_champion_no_day_is_predicted_and_evaluation_skips_cleanly(tmp_path, instance):
+    lake = build_lake(tmp_path)
+    res = model_resources(tmp_path, lake) | {
+        "warehouse": WarehouseResource(url=f"sqlite:///{tmp_path}/warehouse.db"),
+        "universe": UniverseResource(tickers=[f"T{i:03d}" for i in range(40)])}
+    result = run(res, instance)
+    assert result.success, failure_message(result)
+    assert materialization_metadata(result, "predictions")["days_without_model"] == len(trading_days(FIRST, LAST))
+    assert materialization_metadata(result, "prediction_evaluation")["evaluated"] == 0
