@@ -26,15 +26,15 @@ LABEL_HORIZON = 1  # sessions
 # The search space, library-neutral: (kind, low, high, log scale). Ray Tune / the benchmark sample from it.
 SEARCH_SPACE: dict[str, tuple[str, float, float, bool]] = {
     "num_leaves": ("int", 7, 63, True),
-    "learning_rate": ("float", 0.01, 0.2, True),
+    "learning_rate": ("float", 0.02, 0.2, True),
     "min_data_in_leaf": ("int", 50, 2000, True),
     "feature_fraction": ("float", 0.3, 1.0, False),
     "bagging_fraction": ("float", 0.5, 1.0, False),
     "lambda_l1": ("float", 1e-3, 10.0, True),
     "lambda_l2": ("float", 1e-3, 10.0, True),
-    "n_estimators": ("int", 50, 400, False),  # the most boosting rounds; early stopping picks fewer
+    "n_estimators": ("int", 50, 300, False),  # the most boosting rounds; early stopping picks fewer
 }
-EARLY_STOPPING_ROUNDS = 25
+EARLY_STOPPING_ROUNDS = 20
 # An honest daily feature has |IC| of a few hundredths; one built from tomorrow's price has ~1.
 LEAKAGE_IC = 0.3
 
