@@ -1,4 +1,4 @@
-"""Jobs and schedules (sensors: issue 8, not built yet).
+"""Jobs, schedules and sensors.
 
 Downstream refreshes use explicit asset selections, not declarative automation: one run covers a day (or a
 backfill range) from prices to its evaluation in dependency order, with its blocking checks, as a single
@@ -14,6 +14,11 @@ import dagster as dg
 
 from stock_platform.lib.calendar import EXCHANGE_TIMEZONE
 from stock_platform.partitions import CADENCE_TAG, DAILY_CADENCE
+from stock_platform.resources.landing import LandedFile, LandingResource
+
+# Files modified within this many seconds of the newest one seen are remembered by identity in the cursor:
+# a file whose timestamp lands just behind another's (clock skew, S3's 1 s resolution) is still picked up.
+CURSOR_MARGIN_SECONDS = 120.0
 
 # Every asset tagged with the daily cadence (partitions.DAILY), with its checks, in dependency order:
 # what a daily run or a backfill of trading days executes.
@@ -55,6 +60,70 @@ def weekly_retrain_schedule(context: dg.ScheduleEvaluationContext):
     return dg.RunRequest(run_key=f"weekly_retrain:{week}", partition_key=week.isoformat())
 
 
+def new_files(files: list[LandedFile], cursor: str | None) -> tuple[list[LandedFile], str]:
+    """Files not seen before the cursor, and the cursor after them."""
+    import json
+
+    state = json.loads(cursor) if cursor else {"watermark": 0.0, "recent": []}
+    seen = set(state["recent"])
+    low = state["watermark"] - CURSOR_MARGIN_SECONDS
+    fresh = [f for f in files if f.modified > low and f.identity not in seen]
+    watermark = max([state["watermark"], *(f.modified for f in fresh)])
+    recent = sorted({f.identity for f in files if f.modified > watermark - CURSOR_MARGIN_SECONDS})
+    return fresh, json.dumps({"watermark": watermark, "recent": recent})
+
+
+def landing_run_requests(batches: dict[dt.date, list[LandedFile]]) -> list[dg.RunRequest]:
+    """One run per trading day with that day's files; the run key names exactly those file versions, so a
+    re-evaluated tick or a replayed identical file never starts a second run."""
+    import hashlib
+
+    requests = []
+    for day, files in sorted(batches.items()):
+        keys = sorted(f.key for f in files)
+        digest = hashlib.sha1("\n".join(sorted(f.identity for f in files)).encode()).hexdigest()[:16]
+        config = {"config": {"landing_files": keys}}
+        requests.append(dg.RunRequest(
+            run_key=f"landing:{day}:{digest}", partition_key=day.isoformat(),
+            run_config={"ops": {"prices": config, "price_snapshots": config}},
+            tags={"stock_platform/trigger": "landing_zone_sensor", "stock_platform/landing_files": str(len(keys))}))
+    return requests
+
+
+@dg.sensor(job=daily_assets_job, minimum_interval_seconds=5, default_status=dg.DefaultSensorStatus.STOPPED,
+           description="New quote-event files in the landing zone (STOCK_PLATFORM_LANDING_URI) -> one run per "
+           "trading day they touch: upsert into prices/price_snapshots, refresh features, predictions and the "
+           "evaluation. Unreadable or invalid files move to _quarantine/ with a reason file.")
+def landing_zone_sensor(context: dg.SensorEvaluationContext, landing: LandingResource):
+    import polars as pl
+
+    from stock_platform.lib.calendar import is_trading_day
+    from stock_platform.lib.events import EventFileError, event_days, read_events
+
+    fresh, cursor = new_files(landing.list(), context.cursor)
+    batches: dict[dt.date, list[LandedFile]] = {}
+    quarantined = []
+    for file in fresh:
+        try:
+            events = read_events(file.key, landing.read(file.key))
+            days = sorted(set(event_days(events).to_list()))
+            closed = [d for d in days if not is_trading_day(d)]
+            if closed:
+                raise EventFileError(f"{file.key}: events on non-trading day(s) {', '.join(map(str, closed))}")
+        except (EventFileError, pl.exceptions.PolarsError) as exc:
+            quarantined.append(landing.quarantine(file.key, str(exc)))
+            context.log.warning(f"quarantined {file.key}: {exc}")
+            continue
+        for day in days:
+            batches.setdefault(day, []).append(file)
+    context.update_cursor(cursor)
+    requests = landing_run_requests(batches)
+    if not requests:
+        reason = f"no new landing files ({len(quarantined)} quarantined)" if quarantined else "no new landing files"
+        return dg.SkipReason(reason)
+    return requests
+
+
 jobs = [daily_assets_job, weekly_retrain_job]
 schedules = [daily_close, weekly_retrain_schedule]
-sensors: list[dg.SensorDefinition] = []
+sensors = [landing_zone_sensor]

@@ -3,6 +3,7 @@
     stock-platform demo [--tickers AAPL,MSFT] [--years 3] [--trials 8] [--source demo] [--home DIR]
     stock-platform snapshot [--tickers AAPL] [--as-of VERSION|TIMESTAMP] [--history] [--changes-since V]
     stock-platform report [--start YYYY-MM-DD] [--end YYYY-MM-DD] [--plot FILE.png]
+    stock-platform replay --start D --end D [--tickers] [--source demo|files] [--format jsonl] [--speed N]
 
 `demo` materializes every asset for a universe on the offline demo market inside a real Dagster
 instance under STOCK_PLATFORM_HOME (runs, materializations and checks show in `dagster dev` afterwards),
@@ -257,6 +258,45 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Stream historical bars (demo or files source) into the landing zone as quote events, a file per day."""
+    if args.home:
+        os.environ["STOCK_PLATFORM_HOME"] = str(Path(args.home).expanduser().resolve())
+    import polars as pl
+
+    from stock_platform.lib.events import bars_to_events, encode
+    from stock_platform.resources import PriceSourceResource
+    from stock_platform.resources.landing import LandingResource
+    from stock_platform.settings import get_settings, validate_storage_uri
+
+    try:
+        settings = get_settings()
+        tickers = list(parse_tickers(args.tickers, where="--tickers")) if args.tickers else list(settings.tickers)
+        start, end = dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end)
+        uri = validate_storage_uri(args.landing, where="--landing") if args.landing else settings.landing_uri
+        if args.speed < 0:
+            raise SettingsError(f"--speed {args.speed}: must be >= 0")
+    except (SettingsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    source = PriceSourceResource(source=args.source, files_dir=args.files_dir)
+    landing = LandingResource(uri=uri, aws_endpoint_url=settings.aws_endpoint_url)
+    bars = source.fetch(tickers, start, end).prices
+    days = bars["date"].unique().sort().to_list()
+    print(f"replaying {bars.height:,} bars of {len(tickers)} tickers, {len(days)} days, into {uri} "
+          f"({args.format}, speed {args.speed:g}x)")
+    previous = None
+    for day in days:
+        if previous is not None and args.speed > 0:
+            time.sleep((day - previous).days * 86400 / args.speed)
+        events = bars_to_events(bars.filter(pl.col("date") == day), args.source)
+        key = f"replay/{day:%Y/%m/%d}/bars.{args.format}"
+        landing.write(key, encode(events, args.format))
+        print(f"  {key}: {events.height} events", flush=True)
+        previous = day
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
@@ -423,6 +463,19 @@ def build_parser() -> argparse.ArgumentParser:
     snap.add_argument("--rows", type=int, default=20, help="rows to print (default 20)")
     snap.add_argument("--home", help="STOCK_PLATFORM_HOME (default ./.stock_platform)")
     snap.set_defaults(func=cmd_snapshot)
+
+    replay = sub.add_parser("replay", help="stream historical bars into the landing zone as quote events")
+    replay.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
+    replay.add_argument("--end", required=True, help="last day, YYYY-MM-DD")
+    replay.add_argument("--tickers", help="comma-separated tickers (default: the universe)")
+    replay.add_argument("--source", choices=("demo", "files"), default="demo", help="where the bars come from")
+    replay.add_argument("--files-dir", help="per-ticker CSV/Parquet files for --source files")
+    replay.add_argument("--landing", help="landing zone (default STOCK_PLATFORM_LANDING_URI): a directory or s3://")
+    replay.add_argument("--format", choices=("jsonl", "csv", "parquet"), default="jsonl")
+    replay.add_argument("--speed", type=float, default=86400.0,
+                        help="N x real time: 86400 (default) lands a day's file per second; 0: no waiting")
+    replay.add_argument("--home", help="STOCK_PLATFORM_HOME (default ./.stock_platform)")
+    replay.set_defaults(func=cmd_replay)
 
     report = sub.add_parser("report", help="out-of-sample forecasts beside the naive random walk over a window")
     report.add_argument("--start", help="first target day, YYYY-MM-DD")

@@ -19,6 +19,7 @@ from stock_platform.assets.ml import features
 from stock_platform.assets.model import tuned_model
 from stock_platform.checks import features_schema_check, prices_schema_check
 from stock_platform.resources import PriceSourceResource, UniverseResource
+from stock_platform.resources.landing import LandingResource
 from stock_platform.resources.lake import LakeResource
 from stock_platform.resources.tracking import TrackingResource
 from stock_platform.resources.tuning import TuningResource
@@ -36,6 +37,7 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             source=settings.source, files_dir=str(settings.files_dir) if settings.files_dir else None
         ),
         "lake": LakeResource(uri=settings.lake_uri, aws_endpoint_url=settings.aws_endpoint_url),
+        "landing": LandingResource(uri=settings.landing_uri, aws_endpoint_url=settings.aws_endpoint_url),
         "universe": UniverseResource(tickers=list(settings.tickers)),
         # The URL may hold a password: Dagster shows the variable's name, never its value.
         "warehouse": WarehouseResource(url=_from_env("STOCK_PLATFORM_WAREHOUSE_URL", settings.warehouse_url)),

@@ -14,6 +14,7 @@ from stock_platform.automation import daily_assets_job
 from stock_platform.checks import features_schema_check, prices_schema_check
 from stock_platform.lib.calendar import trading_days as sessions
 from stock_platform.lib.indicators import feature_columns
+from stock_platform.resources.landing import LandingResource
 from stock_platform.resources.warehouse import WarehouseResource
 from stock_platform_tests.helpers import failure_message, materialization_metadata, run_range
 
@@ -27,6 +28,7 @@ def defs(demo_source, lake, universe, tmp_path):
         assets=[prices, price_snapshots, features], asset_checks=[prices_schema_check, features_schema_check],
         jobs=[daily_assets_job, features_only, check_only],
         resources={"source": demo_source, "lake": lake, "universe": universe,
+                   "landing": LandingResource(uri=str(tmp_path / "landing")),
                    "warehouse": WarehouseResource(url=f"sqlite:///{tmp_path / 'warehouse.db'}")},
     )
 

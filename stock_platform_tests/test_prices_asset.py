@@ -2,6 +2,7 @@
 
 
 import datetime as dt
+import tempfile
 
 import dagster as dg
 import polars as pl
@@ -12,6 +13,7 @@ from stock_platform.automation import daily_assets_job
 from stock_platform.checks import prices_schema_check
 from stock_platform.partitions import trading_days
 from stock_platform.resources import PriceSourceResource
+from stock_platform.resources.landing import LandingResource
 from stock_platform_tests.helpers import failure_message, materialization_metadata, run_range as run
 
 CHECK_KEY = dg.AssetCheckKey(dg.AssetKey("prices"), "prices_schema")
@@ -33,7 +35,8 @@ def make_defs(source, lake, universe) -> dg.Definitions:
     return dg.Definitions(
         assets=[prices, downstream], asset_checks=[prices_schema_check],
         jobs=[daily_assets_job, verify_job, everything_job],
-        resources={"source": source, "lake": lake, "universe": universe},
+        resources={"source": source, "lake": lake, "universe": universe,
+                   "landing": LandingResource(uri=tempfile.mkdtemp(prefix="landing_"))},
     )
 
 

@@ -10,6 +10,7 @@ from stock_platform.assets.ingestion import PRICES_TABLE, prices
 from stock_platform.assets.lake import SNAPSHOT_TABLE, price_snapshots
 from stock_platform.automation import daily_assets_job
 from stock_platform.checks import prices_schema_check
+from stock_platform.resources.landing import LandingResource
 from stock_platform.resources.warehouse import WarehouseResource
 from stock_platform_tests.helpers import failure_message, materialization_metadata, run_range
 
@@ -27,6 +28,7 @@ def defs(demo_source, lake, universe, tmp_path):
     return dg.Definitions(
         assets=[prices, price_snapshots], asset_checks=[prices_schema_check], jobs=[daily_assets_job, snapshots_only],
         resources={"source": demo_source, "lake": lake, "universe": universe,
+                   "landing": LandingResource(uri=str(tmp_path / "landing")),
                    "warehouse": WarehouseResource(url=f"sqlite:///{tmp_path / 'warehouse.db'}")},
     )
 

@@ -7,10 +7,43 @@ import dagster as dg
 
 from stock_platform.partitions import daily_asset, partition_dates
 from stock_platform.resources import PriceSourceResource, UniverseResource
+from stock_platform.resources.landing import LandingResource
 from stock_platform.resources.lake import LakeResource
 
 PRICES_TABLE = "prices"
 QUARANTINE_TABLE = "prices_quarantine"
+
+
+class LandingConfig(dg.Config):
+    """Set by `landing_zone_sensor`: apply these landed quote-event files to the partitions' rows instead of
+    fetching the day from the source (empty: a normal fetch)."""
+
+    landing_files: list[str] = []
+
+
+def landed_events(landing: LandingResource, keys: list[str], dates: list[dt.date]):
+    """The events of the named landing files that fall on `dates` (files were validated by the sensor)."""
+    import polars as pl
+
+    from stock_platform.lib.events import event_days, read_events
+
+    events = pl.concat([read_events(key, landing.read(key)) for key in keys])
+    return events.filter(event_days(events).is_in(dates))
+
+
+def _landed_prices(lake: LakeResource, landing: LandingResource, keys: list[str], dates: list[dt.date]):
+    """The stored rows of `dates` with the landed events applied (as a raw frame for validation)."""
+    from stock_platform.lib.events import apply_events, deletes, events_to_bars, with_adj_close
+    from stock_platform.lib.prices import empty_prices
+
+    start, end = dates[0], dates[-1]
+    events = landed_events(landing, keys, dates)
+    current = lake.read(PRICES_TABLE, start, end) if lake.exists(PRICES_TABLE) else empty_prices()
+    history = (lake.read(PRICES_TABLE, start - dt.timedelta(days=15), end, columns=["ticker", "date", "close",
+                                                                                    "adj_close"])
+               if lake.exists(PRICES_TABLE) else current.select("ticker", "date", "close", "adj_close"))
+    bars = with_adj_close(events_to_bars(events), history)
+    return apply_events(current, bars, deletes(events)), events.height
 
 
 def quarantine_frame(parse_rejects, schema_rejects, *, start: dt.date, end: dt.date, source: str, run_id: str):
@@ -42,19 +75,32 @@ def _top_reasons(quarantine, n: int = 5) -> str:
     description="Validated daily OHLCV bars for the universe. Rows that break the prices contract go to the "
     "`prices_quarantine` table with their reason; a multi-day backfill is one vectorised run.",
 )
-def prices(context: dg.AssetExecutionContext, source: PriceSourceResource, lake: LakeResource,
-           universe: UniverseResource) -> dg.MaterializeResult:
+def prices(context: dg.AssetExecutionContext, config: LandingConfig, source: PriceSourceResource,
+           lake: LakeResource, universe: UniverseResource, landing: LandingResource) -> dg.MaterializeResult:
+    from stock_platform.lib.prices import empty_rejects
     from stock_platform.lib.quality import dq_score
+    from stock_platform.resources.sources import FetchResult
     from stock_platform.schemas import prices_schema, split_valid
 
     dates = partition_dates(context)
     if not dates:
         raise dg.Failure(f"partition range {context.partition_key_range} holds no trading day")
     start, end = dates[0], dates[-1]
-    fetched = source.fetch(universe.tickers, start, end)
+    origin = source.source
+    if config.landing_files:  # near-real-time: the day's stored rows updated by landed quote events
+        rows, n_events = _landed_prices(lake, landing, config.landing_files, dates)
+        fetched = FetchResult(prices=rows, rejects=empty_rejects(), missing_tickers=[])
+        origin = f"landing ({len(config.landing_files)} file(s), {n_events} event(s))"
+    else:
+        fetched = source.fetch(universe.tickers, start, end)
     valid, schema_rejects, _ = split_valid(prices_schema(universe.tickers, dates), fetched.prices)
     quarantine = quarantine_frame(fetched.rejects, schema_rejects, start=start, end=end,
-                                  source=source.source, run_id=context.run.run_id)
+                                  source=origin, run_id=context.run.run_id)
+    if config.landing_files and lake.exists(QUARANTINE_TABLE):  # keep what the day's earlier runs quarantined
+        import polars as pl
+
+        earlier = lake.read(QUARANTINE_TABLE, start, end, date_column="partition_date")
+        quarantine = pl.concat([earlier, quarantine.select(earlier.columns)], how="vertical_relaxed")
     # Replaced for the range even when empty: a clean rerun clears an earlier run's quarantine.
     lake.replace_dates(QUARANTINE_TABLE, quarantine, start, end, date_column="partition_date")
 
@@ -86,6 +132,6 @@ def prices(context: dg.AssetExecutionContext, source: PriceSourceResource, lake:
             "quarantined_rows": quarantine.height,
             "dq_score": dg.FloatMetadataValue(round(dq_score(valid.height, quarantine.height), 4)),
             "missing_tickers": ", ".join(fetched.missing_tickers) or "-",
-            "source": source.source,
+            "source": origin,
         }
     )

@@ -2,8 +2,9 @@
 
 import dagster as dg
 
-from stock_platform.assets.ingestion import PRICES_TABLE, prices
+from stock_platform.assets.ingestion import PRICES_TABLE, LandingConfig, landed_events, prices
 from stock_platform.partitions import daily_asset, partition_dates
+from stock_platform.resources.landing import LandingResource
 from stock_platform.resources.lake import LakeResource
 from stock_platform.resources.warehouse import WarehouseResource
 
@@ -28,8 +29,8 @@ def ensure_snapshot_table(lake: LakeResource) -> None:
     "field (newest wins; replays change nothing), `_is_deleted` soft deletes, time travel and a change data feed. "
     "Mirrored to the warehouse table `stock_price`.",
 )
-def price_snapshots(context: dg.AssetExecutionContext, lake: LakeResource,
-                    warehouse: WarehouseResource) -> dg.MaterializeResult:
+def price_snapshots(context: dg.AssetExecutionContext, config: LandingConfig, lake: LakeResource,
+                    warehouse: WarehouseResource, landing: LandingResource) -> dg.MaterializeResult:
     import polars as pl
 
     dates = partition_dates(context)
@@ -39,6 +40,14 @@ def price_snapshots(context: dg.AssetExecutionContext, lake: LakeResource,
         raise dg.Failure(f"no prices stored for {start}..{end}: materialize `prices` for these partitions first")
     batch = batch.with_columns(_is_deleted=pl.lit(False))
     ensure_snapshot_table(lake)
+    if config.landing_files:  # landed deletes: soft-delete the stored record, stamped with the event's time
+        from stock_platform.lib.events import deletes
+
+        gone = deletes(landed_events(landing, config.landing_files, dates))
+        stored = lake.snapshot(SNAPSHOT_TABLE, start=start, end=end)
+        tombstones = (stored.join(gone, on=["ticker", "date"])
+                      .with_columns(_is_deleted=pl.lit(True), ingested_at=pl.col("ts")).drop("ts"))
+        batch = pl.concat([batch, tombstones.select(batch.columns)], how="vertical_relaxed")
     result = lake.upsert(SNAPSHOT_TABLE, batch, keys=SNAPSHOT_KEYS, order_by=PRECOMBINE, prune=("date", start, end))
     # Mirror the whole range (not only this commit's changes): a rerun heals a warehouse write that failed.
     current = lake.snapshot(SNAPSHOT_TABLE, start=start, end=end, include_deleted=True)

@@ -1,0 +1,119 @@
+"""The landing zone: quote-event files in a local directory or under an S3 prefix (dagster-aws's S3 client).
+
+Files are never deleted by the platform: a landed file is the raw record of what arrived. Which files were
+processed is the sensor's cursor and the runs' keys. A file that cannot be used is moved, once, under
+`_quarantine/` with a `<name>.reason.txt` beside it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+QUARANTINE_PREFIX = "_quarantine/"
+_KEY = re.compile(r"^[A-Za-z0-9_\-=.][A-Za-z0-9_\-=./]{0,400}$")
+
+
+def validate_key(key: str) -> str:
+    """A landing key: relative, no `..` segment, no odd characters (it becomes a file path or an S3 key)."""
+    if not _KEY.fullmatch(key) or any(part in ("", ".", "..") for part in key.split("/")):
+        raise ValueError(f"landing key {key!r} is not a plain relative path")
+    return key
+
+
+@dataclass(frozen=True, order=True)
+class LandedFile:
+    """Ordered by (modified, key): the sensor's cursor is a point in that order."""
+
+    modified: float  # seconds since the epoch
+    key: str
+    size: int
+    version: str  # etag on S3; size + mtime_ns locally: a rewritten file is a new version
+
+    @property
+    def identity(self) -> str:
+        return f"{self.key}@{self.version}"
+
+
+class LandingResource(dg.ConfigurableResource):
+    """`uri`: a local directory or `s3://bucket/prefix` (STOCK_PLATFORM_LANDING_URI)."""
+
+    uri: str
+    aws_endpoint_url: str | None = None
+    aws_region: str = "us-east-1"
+
+    @property
+    def is_s3(self) -> bool:
+        return self.uri.startswith("s3://")
+
+    def _bucket_prefix(self) -> tuple[str, str]:
+        bucket, _, prefix = self.uri[len("s3://"):].partition("/")
+        return bucket, (prefix.rstrip("/") + "/") if prefix else ""
+
+    def _s3(self):
+        from dagster_aws.s3 import S3Resource
+
+        return S3Resource(endpoint_url=self.aws_endpoint_url, region_name=self.aws_region).get_client()
+
+    def list(self) -> list[LandedFile]:
+        """Every landed file outside the quarantine, oldest first."""
+        if self.is_s3:
+            bucket, prefix = self._bucket_prefix()
+            found = []
+            for page in self._s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    key = obj["Key"][len(prefix):]
+                    if key and not key.startswith(QUARANTINE_PREFIX) and not key.endswith("/"):
+                        found.append(LandedFile(obj["LastModified"].timestamp(), key, obj["Size"],
+                                                obj["ETag"].strip('"')))
+            return sorted(found)
+        root = Path(self.uri)
+        if not root.is_dir():
+            return []
+        found = []
+        for path in root.rglob("*"):
+            key = path.relative_to(root).as_posix()
+            if path.is_file() and not key.startswith(QUARANTINE_PREFIX) and not path.name.startswith("."):
+                stat = path.stat()
+                found.append(LandedFile(stat.st_mtime, key, stat.st_size, f"{stat.st_size}-{stat.st_mtime_ns}"))
+        return sorted(found)
+
+    def read(self, key: str) -> bytes:
+        validate_key(key)
+        if self.is_s3:
+            bucket, prefix = self._bucket_prefix()
+            return self._s3().get_object(Bucket=bucket, Key=prefix + key)["Body"].read()
+        return (Path(self.uri) / key).read_bytes()
+
+    def write(self, key: str, data: bytes) -> None:
+        """Land a file atomically (local: written aside, then renamed; S3 puts are atomic)."""
+        validate_key(key)
+        if self.is_s3:
+            bucket, prefix = self._bucket_prefix()
+            self._s3().put_object(Bucket=bucket, Key=prefix + key, Body=data)
+            return
+        path = Path(self.uri) / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+
+    def quarantine(self, key: str, reason: str) -> str:
+        """Move a landed file under `_quarantine/` with its reason beside it; return its new key."""
+        validate_key(key)
+        target = QUARANTINE_PREFIX + key
+        if self.is_s3:
+            bucket, prefix = self._bucket_prefix()
+            s3 = self._s3()
+            s3.put_object(Bucket=bucket, Key=prefix + target + ".reason.txt", Body=reason.encode())
+            s3.copy_object(Bucket=bucket, Key=prefix + target, CopySource={"Bucket": bucket, "Key": prefix + key})
+            s3.delete_object(Bucket=bucket, Key=prefix + key)
+            return target
+        root = Path(self.uri)
+        (root / target).parent.mkdir(parents=True, exist_ok=True)
+        (root / (target + ".reason.txt")).write_text(reason)
+        (root / key).replace(root / target)
+        return target

@@ -1,0 +1,230 @@
+"""Landing zone: event files, the sensor (cursor, run keys, grouping, quarantine) and a landing run."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from stock_platform.assets.ingestion import PRICES_TABLE
+from stock_platform.assets.lake import SNAPSHOT_TABLE
+from stock_platform.automation import landing_zone_sensor, new_files
+from stock_platform.definitions import defs
+from stock_platform.lib.events import EventFileError, apply_events, deletes, events_to_bars, read_events
+from stock_platform.resources.landing import LandedFile, LandingResource, validate_key
+
+UTC = dt.UTC
+
+
+def event(ticker="AAPL", ts="2024-06-18T19:55:00Z", close=101.0, op="upsert", event_id="e1", **kw):
+    row = {"ticker": ticker, "ts": ts, "open": 100.0, "high": 102.0, "low": 99.0, "close": close,
+           "volume": 1000, "event_id": event_id, "op": op}
+    return row | kw
+
+
+def jsonl(*rows) -> bytes:
+    return "\n".join(json.dumps(r) for r in rows).encode()
+
+
+# ------------------------------------------------------------------------------------------ files
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_every_format_reads_to_the_same_events(fmt):
+    rows = [event(), event(ticker="MSFT", close=410.5, event_id="e2")]
+    frame = pl.DataFrame(rows)
+    data = {"jsonl": jsonl(*rows), "csv": frame.write_csv().encode()}.get(fmt)
+    if fmt == "parquet":
+        buf = io.BytesIO()
+        frame.with_columns(pl.col("ts").str.to_datetime(time_zone="UTC")).write_parquet(buf)
+        data = buf.getvalue()
+    events = read_events(f"quotes/x.{fmt}", data)
+    assert events["ticker"].to_list() == ["AAPL", "MSFT"] and events["close"].to_list() == [101.0, 410.5]
+    assert events["ts"][0] == dt.datetime(2024, 6, 18, 19, 55, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("key", "data", "message"), [
+    ("q/a.jsonl", b"{not json", "q/a.jsonl: unreadable json"),
+    ("q/a.jsonl", jsonl({k: v for k, v in event().items() if k != "close"}), "missing column(s) close"),
+    ("q/a.jsonl", jsonl(event(op="merge")), "unknown op(s) ['merge']"),
+    ("q/a.jsonl", jsonl(event(ts="yesterday")), "1 event(s) with a missing or unreadable ts"),
+    ("q/a.txt", b"x", "q/a.txt: unknown file type"),
+])
+def test_a_bad_file_is_refused_with_its_reason(key, data, message):
+    with pytest.raises(EventFileError) as err:
+        read_events(key, data)
+    assert message in str(err.value)
+
+
+def test_landing_keys_cannot_escape_the_zone():
+    for bad in ("../x.jsonl", "/etc/passwd", "a//b.csv", "a/./b.csv", "a b.csv", "x;rm.csv"):
+        with pytest.raises(ValueError, match="not a plain relative path"):
+            validate_key(bad)
+    assert validate_key("2024/06/18/quotes-1.jsonl") == "2024/06/18/quotes-1.jsonl"
+
+
+def test_newest_event_wins_and_deletes_remove_older_rows():
+    events = read_events("e.jsonl", jsonl(
+        event(close=101.0, ts="2024-06-18T19:00:00Z", event_id="a"),
+        event(close=102.0, ts="2024-06-18T19:30:00Z", event_id="b"),
+        event(ticker="MSFT", op="delete", ts="2024-06-18T19:40:00Z", event_id="c"),
+    ))
+    bars = events_to_bars(events)
+    assert bars.select("ticker", "date", "close").rows() == [("AAPL", dt.date(2024, 6, 18), 102.0)]
+    gone = deletes(events)
+    stored = pl.DataFrame({"ticker": ["MSFT", "XOM"], "date": [dt.date(2024, 6, 18)] * 2, "close": [400.0, 110.0],
+                           "ingested_at": [dt.datetime(2024, 6, 18, 20, 0, tzinfo=UTC)] * 2})
+    # MSFT's stored row arrived after the delete: it stays; an older row would go
+    assert apply_events(stored, bars.select(stored.columns), gone)["ticker"].to_list() == ["AAPL", "MSFT", "XOM"]
+    older = stored.with_columns(ingested_at=pl.lit(dt.datetime(2024, 6, 18, 19, 0, tzinfo=UTC)))
+    assert apply_events(older, bars.select(stored.columns), gone)["ticker"].to_list() == ["AAPL", "XOM"]
+
+
+# ----------------------------------------------------------------------------------------- cursor
+def test_cursor_returns_each_file_version_once_even_slightly_out_of_order():
+    a, b = LandedFile(1000.0, "a.jsonl", 10, "v1"), LandedFile(1005.0, "b.jsonl", 10, "v1")
+    fresh, cursor = new_files([a, b], None)
+    assert fresh == [a, b]
+    assert new_files([a, b], cursor)[0] == []
+    late = LandedFile(1003.0, "late.jsonl", 5, "v1")  # stamped behind the newest one seen
+    rewritten = LandedFile(1010.0, "a.jsonl", 12, "v2")
+    fresh, cursor = new_files([a, b, late, rewritten], cursor)
+    assert fresh == [late, rewritten]
+    assert new_files([a, b, late, rewritten], cursor)[0] == []
+
+
+# ----------------------------------------------------------------------------------------- sensor
+def sensor_tick(landing: LandingResource, cursor: str | None = None):
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"landing": landing},
+                                          repository_def=defs.get_repository_def())
+        return landing_zone_sensor.evaluate_tick(context)
+
+
+def test_sensor_groups_by_trading_day_keys_runs_by_file_versions_and_quarantines_bad_files(tmp_path):
+    landing = LandingResource(uri=str(tmp_path / "landing"))
+    landing.write("2024/06/18/a.jsonl", jsonl(event(), event(ticker="MSFT", ts="2024-06-17T20:00:00Z")))
+    landing.write("2024/06/18/b.jsonl", jsonl(event(ticker="XOM")))
+    landing.write("2024/06/18/broken.jsonl", b"{nope")
+    landing.write("2024/06/18/weekend.jsonl", jsonl(event(ts="2024-06-15T15:00:00Z")))
+
+    result = sensor_tick(landing)
+    by_day = {r.partition_key: r for r in result.run_requests}
+    assert set(by_day) == {"2024-06-17", "2024-06-18"}  # a late event for a past day refreshes that day
+    assert by_day["2024-06-18"].run_config["ops"]["prices"]["config"]["landing_files"] == [
+        "2024/06/18/a.jsonl", "2024/06/18/b.jsonl"]
+    assert by_day["2024-06-17"].run_config["ops"]["price_snapshots"]["config"]["landing_files"] == [
+        "2024/06/18/a.jsonl"]
+    assert all(r.run_key.startswith(f"landing:{day}:") for day, r in by_day.items())
+
+    quarantine = tmp_path / "landing" / "_quarantine" / "2024" / "06" / "18"
+    assert sorted(p.name for p in quarantine.iterdir()) == ["broken.jsonl", "broken.jsonl.reason.txt",
+                                                           "weekend.jsonl", "weekend.jsonl.reason.txt"]
+    assert "unreadable json" in (quarantine / "broken.jsonl.reason.txt").read_text()
+    assert "non-trading day(s) 2024-06-15" in (quarantine / "weekend.jsonl.reason.txt").read_text()
+    assert not (tmp_path / "landing" / "2024" / "06" / "18" / "broken.jsonl").exists()
+
+    # the next tick sees nothing new; the same tick evaluated again asks for the same run keys
+    assert not sensor_tick(landing, result.cursor).run_requests
+    assert [r.run_key for r in sensor_tick(landing).run_requests] == [r.run_key for r in result.run_requests]
+    # a rewritten file is a new version: a new run for its day, with a new key
+    path = tmp_path / "landing" / "2024" / "06" / "18" / "b.jsonl"
+    landing.write("2024/06/18/b.jsonl", jsonl(event(ticker="XOM", close=111.0)))
+    os.utime(path, (path.stat().st_atime, path.stat().st_mtime + 1))
+    [again] = sensor_tick(landing, result.cursor).run_requests
+    assert again.partition_key == "2024-06-18" and again.run_key != by_day["2024-06-18"].run_key
+
+
+def test_sensor_reads_an_s3_landing_zone(s3_endpoint):
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket="landing-test")
+    landing = LandingResource(uri="s3://landing-test/quotes", aws_endpoint_url=s3_endpoint)
+    landing.write("a.jsonl", jsonl(event()))
+    landing.write("bad.csv", b"ticker,ts\nAAPL,2024-06-18T19:00:00Z\n")
+    result = sensor_tick(landing)
+    [request] = result.run_requests
+    assert request.partition_key == "2024-06-18"
+    assert [f.key for f in landing.list()] == ["a.jsonl"]
+    assert b"missing column(s)" in landing._s3().get_object(
+        Bucket="landing-test", Key="quotes/_quarantine/bad.csv.reason.txt")["Body"].read()
+
+
+# ------------------------------------------------------------------------------------ a landing run
+@pytest.mark.slow
+def test_a_landing_run_upserts_deletes_and_replays_harmlessly(tmp_path, instance):
+    from stock_platform.assets.ingestion import prices
+    from stock_platform.assets.lake import price_snapshots
+    from stock_platform.automation import daily_assets_job
+    from stock_platform.resources import PriceSourceResource, UniverseResource
+    from stock_platform.resources.lake import LakeResource
+    from stock_platform.resources.warehouse import WarehouseResource
+    from stock_platform_tests.helpers import failure_message, run_range
+
+    lake = LakeResource(uri=str(tmp_path / "lake"))
+    landing = LandingResource(uri=str(tmp_path / "landing"))
+    local = dg.Definitions(assets=[prices, price_snapshots], jobs=[daily_assets_job], resources={
+        "source": PriceSourceResource(), "lake": lake, "landing": landing,
+        "universe": UniverseResource(tickers=["AAPL", "MSFT", "XOM"]),
+        "warehouse": WarehouseResource(url=f"sqlite:///{tmp_path}/warehouse.db")})
+    assert run_range(local, instance, "2024-06-14", "2024-06-18").success
+    day = dt.date(2024, 6, 18)
+    before = lake.snapshot(SNAPSHOT_TABLE, start=day, end=day)
+
+    close = before.filter(pl.col("ticker") == "AAPL")["close"][0] * 1.01
+    landing.write("q/1.jsonl", jsonl(event(close=close, open=close, high=close * 1.01, low=close * 0.99,
+                                           ts="2024-06-18T21:00:00Z"),
+                                     event(ticker="MSFT", op="delete", ts="2024-06-18T21:01:00Z", event_id="e2")))
+    [request] = sensor_tick(landing).run_requests
+
+    def landing_run():
+        return local.resolve_job_def("daily_assets").execute_in_process(
+            instance=instance, partition_key=request.partition_key, run_config=request.run_config,
+            raise_on_error=False)
+
+    result = landing_run()
+    assert result.success, failure_message(result)
+    after = lake.snapshot(SNAPSHOT_TABLE, start=day, end=day, include_deleted=True).sort("ticker")
+    aapl, msft, xom = after.rows(named=True)
+    assert aapl["close"] == pytest.approx(before.sort("ticker")["close"][0] * 1.01) and aapl["source"] == "landing"
+    factor = before.sort("ticker")["adj_close"][0] / before.sort("ticker")["close"][0]
+    assert aapl["adj_close"] == pytest.approx(aapl["close"] * factor)  # the ticker's adjustment carried over
+    assert msft["_is_deleted"] and not xom["_is_deleted"]
+    assert xom == before.sort("ticker").with_columns(_is_deleted=pl.lit(False)).rows(named=True)[2]
+    assert set(lake.read(PRICES_TABLE, day, day)["ticker"]) == {"AAPL", "XOM"}
+    version = lake.table(SNAPSHOT_TABLE).version()
+
+    replay = landing_run()  # the same files again: nothing changes, no snapshot commit
+    assert replay.success, failure_message(replay)
+    assert lake.table(SNAPSHOT_TABLE).version() == version
+    assert lake.snapshot(SNAPSHOT_TABLE, start=day, end=day, include_deleted=True).sort("ticker").equals(after)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_replay_lands_one_file_per_day_that_reads_back_as_the_bars(tmp_path, fmt):
+    import subprocess
+    import sys
+
+    from stock_platform.lib.demo_market import generate
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCK_PLATFORM_")}
+    out = subprocess.run([sys.executable, "-W", "ignore", "-m", "stock_platform.cli", "replay", "--home",
+                          str(tmp_path), "--start", "2024-06-17", "--end", "2024-06-20", "--tickers", "AAPL,MSFT",
+                          "--speed", "0", "--format", fmt], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    landing = LandingResource(uri=str(tmp_path / "landing"))
+    files = landing.list()
+    assert [f.key for f in sorted(files, key=lambda f: f.key)] == [
+        f"replay/2024/06/{d}/bars.{fmt}" for d in ("17", "18", "20")]  # 19 June: Juneteenth
+    events = pl.concat([read_events(f.key, landing.read(f.key)) for f in files])
+    bars = events_to_bars(events).sort("ticker", "date")
+    demo = generate(["AAPL", "MSFT"], dt.date(2024, 6, 17), dt.date(2024, 6, 20)).sort("ticker", "date")
+    assert bars.select("ticker", "date", "close", "volume").equals(demo.select("ticker", "date", "close", "volume"))
+    assert (bars["ingested_at"] == demo["ingested_at"]).all()  # stamped at the session close, like the source
+    bad = subprocess.run([sys.executable, "-W", "ignore", "-m", "stock_platform.cli", "replay", "--home",
+                          str(tmp_path), "--start", "2024-06-17", "--end", "2024-06-20", "--landing", "ftp://x"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "--landing" in bad.stderr
