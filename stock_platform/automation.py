@@ -14,6 +14,7 @@ import dagster as dg
 
 from stock_platform.lib.calendar import EXCHANGE_TIMEZONE
 from stock_platform.partitions import CADENCE_TAG, DAILY_CADENCE
+from stock_platform.resources import PriceSourceResource, UniverseResource
 from stock_platform.resources.landing import LandedFile, LandingResource
 
 # Files modified within this many seconds of the newest one seen are remembered by identity in the cursor:
@@ -124,6 +125,45 @@ def landing_zone_sensor(context: dg.SensorEvaluationContext, landing: LandingRes
     return requests
 
 
+MARKET_OPEN, MARKET_CLOSE = dt.time(9, 30), dt.time(16, 0)
+
+
+def poll_live_quotes(now: dt.datetime, source, tickers: list[str], landing: LandingResource) -> str | None:
+    """During a session, land the source's latest bar of each ticker as one event file; return its key.
+
+    Outside market hours (or on a non-trading day) nothing is polled and None is returned. The events are
+    stamped `now`, so a later poll of the same session supersedes an earlier one in the snapshot."""
+    from zoneinfo import ZoneInfo
+
+    import polars as pl
+
+    from stock_platform.lib.calendar import is_trading_day
+    from stock_platform.lib.events import bars_to_events, encode
+
+    local = now.astimezone(ZoneInfo(EXCHANGE_TIMEZONE))
+    if not (is_trading_day(local.date()) and MARKET_OPEN <= local.time() <= MARKET_CLOSE):
+        return None
+    bars = source.fetch(tickers, local.date(), local.date()).prices
+    if bars.is_empty():
+        return None
+    stamp = now.astimezone(dt.UTC).replace(tzinfo=None)
+    events = bars_to_events(bars, f"live-{source.source}").with_columns(
+        ts=pl.lit(stamp).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
+        event_id=pl.format("{}-{}", "event_id", pl.lit(f"{local:%H%M%S}")))
+    key = f"live/{local:%Y/%m/%d}/{local:%H%M%S}.jsonl"
+    landing.write(key, encode(events, "jsonl"))
+    return key
+
+
+@dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
+           description="Off by default. During NYSE hours, polls the price source for the latest bars every "
+           "minute and lands them as quote events; landing_zone_sensor takes it from there.")
+def live_quotes_sensor(context: dg.SensorEvaluationContext, source: PriceSourceResource,
+                       universe: UniverseResource, landing: LandingResource):
+    key = poll_live_quotes(dt.datetime.now(dt.UTC), source, universe.tickers, landing)
+    return dg.SkipReason(f"landed {key}" if key else "market closed: nothing polled")
+
+
 jobs = [daily_assets_job, weekly_retrain_job]
 schedules = [daily_close, weekly_retrain_schedule]
-sensors = [landing_zone_sensor]
+sensors = [landing_zone_sensor, live_quotes_sensor]

@@ -64,7 +64,8 @@ def test_jobs_and_resources():
     retrain = defs.resolve_job_def("weekly_retrain")
     assert retrain.partitions_def == model_weeks and [n.name for n in retrain.nodes_in_topological_order] == [
         "tuned_model"]
-    assert set(defs.resources) == {"source", "lake", "universe", "warehouse", "tuning", "tracking"}
+    assert set(defs.resources) == {"source", "lake", "landing", "universe", "warehouse", "tuning", "tracking"}
+    assert {s.name for s in defs.sensors} == {"landing_zone_sensor", "live_quotes_sensor"}
 
 
 def test_warehouse_url_from_the_environment_is_not_shown_in_config():

@@ -228,3 +228,21 @@ def test_replay_lands_one_file_per_day_that_reads_back_as_the_bars(tmp_path, fmt
                           str(tmp_path), "--start", "2024-06-17", "--end", "2024-06-20", "--landing", "ftp://x"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "--landing" in bad.stderr
+
+
+def test_live_polling_lands_the_sessions_bars_only_during_market_hours(tmp_path):
+    from stock_platform.automation import poll_live_quotes
+    from stock_platform.resources import PriceSourceResource
+
+    landing = LandingResource(uri=str(tmp_path / "landing"))
+    source = PriceSourceResource()
+    ny = dt.timezone(dt.timedelta(hours=-4))  # EDT
+    assert poll_live_quotes(dt.datetime(2024, 6, 18, 8, 0, tzinfo=ny), source, ["AAPL"], landing) is None
+    assert poll_live_quotes(dt.datetime(2024, 6, 19, 11, 0, tzinfo=ny), source, ["AAPL"], landing) is None  # holiday
+    key = poll_live_quotes(dt.datetime(2024, 6, 18, 11, 0, tzinfo=ny), source, ["AAPL", "MSFT"], landing)
+    assert key == "live/2024/06/18/110000.jsonl"
+    events = read_events(key, landing.read(key))
+    assert events["ticker"].to_list() == ["AAPL", "MSFT"]
+    assert (events["ts"] == dt.datetime(2024, 6, 18, 15, 0, tzinfo=UTC)).all()
+    later = poll_live_quotes(dt.datetime(2024, 6, 18, 11, 1, tzinfo=ny), source, ["AAPL"], landing)
+    assert later != key and len(landing.list()) == 2
