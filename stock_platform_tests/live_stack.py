@@ -1,0 +1,117 @@
+"""A real near-real-time stack for tests and the latency benchmark: a temporary home with history, a promoted
+model, and a `dagster-daemon` (sensor + run queue) running the landing sensor against our definitions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+
+TICKERS = ("AAPL", "MSFT", "XOM")
+HISTORY = (dt.date(2023, 5, 1), dt.date(2024, 6, 14))  # > 252 sessions: warm features by June 2024
+TRAIN_END = dt.date(2024, 6, 9)
+INSTANCE_YAML = """telemetry:
+  enabled: false
+run_coordinator:
+  module: dagster._core.run_coordinator.queued_run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 1
+"""
+
+
+def stack_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STOCK_PLATFORM_", "DAGSTER_"))}
+    return env | {
+        "STOCK_PLATFORM_HOME": str(home), "STOCK_PLATFORM_TICKERS": ",".join(TICKERS),
+        "STOCK_PLATFORM_START": HISTORY[0].isoformat(), "DAGSTER_HOME": str(home / "dagster"),
+        "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "true", **extra,
+    }
+
+
+PREPARE = """
+import datetime as dt, sys
+import dagster as dg, polars as pl, pandas as pd
+from stock_platform.definitions import defs
+from stock_platform.assets.ml import FEATURES_TABLE
+from stock_platform.assets.lake import SNAPSHOT_TABLE
+from stock_platform.lib import modeling as m
+from stock_platform.lib.calendar import trading_days
+first, last, train_end = sys.argv[1:4]
+with dg.DagsterInstance.get() as instance:
+    result = defs.resolve_job_def("daily_assets").execute_in_process(
+        instance=instance, raise_on_error=True,
+        asset_selection=[dg.AssetKey(a) for a in ("prices", "price_snapshots", "features")],
+        tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last})
+lake, tracking = defs.resources["lake"], defs.resources["tracking"]
+feats = lake.read(FEATURES_TABLE)
+end = dt.date.fromisoformat(train_end)
+labels = m.next_day_returns(lake.snapshot(SNAPSHOT_TABLE), trading_days(feats["date"].min(), end))
+names = [c for c in feats.columns if c not in ("ticker", "date", "warm")]
+data = m.training_set(feats, labels.filter(pl.col("target_date") <= end), names)
+params = {"num_leaves": 7, "learning_rate": 0.1, "min_data_in_leaf": 20, "feature_fraction": 0.8,
+          "bagging_fraction": 0.8, "lambda_l1": 0.1, "lambda_l2": 1.0, "n_estimators": 30}
+with tracking.run("live-stack", tags={}):
+    version = tracking.log_model(m.fit(params, data, (0, data.sessions - 1)),
+                                 pd.DataFrame(data.x[:3], columns=names))
+tracking.tag_version(version, {"train_end": train_end, "promoted": "true"})
+tracking.promote(version)
+"""
+
+
+def prepare(home: Path, env: dict[str, str]) -> None:
+    """History (prices -> features) as one in-process run, and a promoted model trained up to TRAIN_END."""
+    (home / "dagster").mkdir(parents=True, exist_ok=True)
+    (home / "dagster" / "dagster.yaml").write_text(INSTANCE_YAML)
+    subprocess.run([sys.executable, "-W", "ignore", "-c", PREPARE, HISTORY[0].isoformat(), HISTORY[1].isoformat(),
+                    TRAIN_END.isoformat()], env=env, check=True, capture_output=True, timeout=600)
+
+
+class Daemon:
+    """`dagster-daemon run` on the home's instance, with the landing sensor started."""
+
+    def __init__(self, home: Path, env: dict[str, str]):
+        self.home, self.env = home, env
+        self.log = open(home / "daemon.log", "w")  # noqa: SIM115 - closed in stop()
+        subprocess.run([sys.executable, "-m", "dagster", "sensor", "start", "-m", "stock_platform.definitions",
+                        "landing_zone_sensor"], env=env, check=True, capture_output=True, timeout=120)
+        self.proc = subprocess.Popen([sys.executable, "-m", "dagster._daemon", "run", "-m", "stock_platform.definitions"],
+                                     env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()
+
+
+def wait_for(check, timeout: float, every: float = 0.25):
+    """Poll `check()` until it returns something (not None/False); return it and the seconds waited."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        value = check()
+        if value is not None and value is not False:
+            return value, time.perf_counter() - start
+        time.sleep(every)
+    raise TimeoutError(f"nothing after {timeout:.0f} s")
+
+
+def rows_for(lake_dir: Path, table: str, day: dt.date, tickers: tuple[str, ...] = TICKERS) -> pl.DataFrame | None:
+    """The table's rows of `day` once every ticker has one (None before)."""
+    path = lake_dir / table
+    if not (path / "_delta_log").exists():
+        return None
+    try:
+        rows = pl.read_delta(str(path)).filter(pl.col("date") == day)
+    except Exception:  # noqa: BLE001 - a commit in progress: try again
+        return None
+    return rows if set(rows["ticker"]) >= set(tickers) else None

@@ -1,0 +1,48 @@
+"""Near-real-time with a real `dagster-daemon`: files dropped into the landing zone end up in
+`price_snapshots` and `predictions` (local directory, and S3 on a local S3 server)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+import pytest
+
+from stock_platform.lib.demo_market import generate
+from stock_platform.lib.events import bars_to_events, encode
+from stock_platform.resources.landing import LandingResource
+from stock_platform_tests.live_stack import TICKERS, Daemon, prepare, rows_for, stack_env, wait_for
+
+pytestmark = pytest.mark.slow
+DAY = dt.date(2024, 6, 17)  # the first session after the prepared history
+
+
+@pytest.mark.parametrize("zone", ["local", "s3"])
+def test_landed_files_reach_snapshots_and_predictions_through_the_daemon(tmp_path, zone, request):
+    extra = {}
+    if zone == "s3":
+        import boto3
+
+        endpoint = request.getfixturevalue("s3_endpoint")
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="landing-daemon")
+        extra = {"STOCK_PLATFORM_LANDING_URI": "s3://landing-daemon/quotes", "AWS_ENDPOINT_URL": endpoint,
+                 "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    env = stack_env(tmp_path, **extra)
+    prepare(tmp_path, env)
+    landing = LandingResource(uri=extra.get("STOCK_PLATFORM_LANDING_URI", str(tmp_path / "landing")),
+                              aws_endpoint_url=extra.get("AWS_ENDPOINT_URL"))
+    bars = generate(list(TICKERS), DAY, DAY)
+    daemon = Daemon(tmp_path, env)
+    try:
+        landing.write(f"quotes/{DAY}/bars.jsonl", encode(bars_to_events(bars, "demo"), "jsonl"))
+        landing.write(f"quotes/{DAY}/broken.jsonl", b"{not json")
+        lake = tmp_path / "lake"
+        snap, _ = wait_for(lambda: rows_for(lake, "price_snapshots", DAY), timeout=180)
+        preds, _ = wait_for(lambda: rows_for(lake, "predictions", DAY), timeout=120)
+    finally:
+        daemon.stop()
+    assert snap.sort("ticker")["close"].to_list() == bars.sort("ticker")["close"].to_list()
+    assert preds["model_version"].unique().to_list() == [1] and preds["pred_close"].is_finite().all()
+    assert [f.key for f in landing.list()] == [f"quotes/{DAY}/bars.jsonl"]  # the broken file is quarantined
+    assert b"unreadable json" in landing.read(f"_quarantine/quotes/{DAY}/broken.jsonl.reason.txt")
+    assert pl.read_delta(str(tmp_path / "lake" / "price_snapshots")).filter(pl.col("date") == DAY).height == 3
