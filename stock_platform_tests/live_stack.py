@@ -65,10 +65,12 @@ tracking.promote(version)
 """
 
 
-def prepare(home: Path, env: dict[str, str]) -> None:
-    """History (prices -> features) as one in-process run, and a promoted model trained up to TRAIN_END."""
+def prepare(home: Path, env: dict[str, str], *, queued: bool = True) -> None:
+    """History (prices -> features) as one in-process run, and a promoted model trained up to TRAIN_END.
+
+    `queued=False`: the sensor daemon launches runs itself (no queue: no dequeue wait, no concurrency limits)."""
     (home / "dagster").mkdir(parents=True, exist_ok=True)
-    (home / "dagster" / "dagster.yaml").write_text(INSTANCE_YAML)
+    (home / "dagster" / "dagster.yaml").write_text(INSTANCE_YAML if queued else "telemetry:\n  enabled: false\n")
     subprocess.run([sys.executable, "-W", "ignore", "-c", PREPARE, HISTORY[0].isoformat(), HISTORY[1].isoformat(),
                     TRAIN_END.isoformat()], env=env, check=True, capture_output=True, timeout=600)
 
