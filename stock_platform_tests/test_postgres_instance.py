@@ -12,6 +12,7 @@ import pytest
 from stock_platform.assets.ingestion import prices
 from stock_platform.automation import daily_assets_job
 from stock_platform.checks import prices_schema_check
+from stock_platform.resources.landing import LandingResource
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +30,8 @@ def test_production_dagster_yaml_runs_partitions_on_postgres(fresh_postgres_db, 
                        "DAGSTER_PG_DB": url.database}.items():
         monkeypatch.setenv(key, value)
     defs = dg.Definitions(assets=[prices], asset_checks=[prices_schema_check], jobs=[daily_assets_job],
-                          resources={"source": demo_source, "lake": lake, "universe": universe})
+                          resources={"source": demo_source, "lake": lake, "universe": universe,
+                                     "landing": LandingResource(uri=str(tmp_path / "landing"))})
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
