@@ -36,6 +36,7 @@ weekly_retrain_job = dg.define_asset_job(
     "weekly_retrain",
     selection=dg.AssetSelection.assets("tuned_model"),
     description="Tune, train and register the model of a finished week (Ray Tune + LightGBM + MLflow).",
+    executor_def=dg.in_process_executor,  # one step; Ray does the parallel work (and must not start in a fork)
 )
 
 
