@@ -24,6 +24,23 @@ import pytest  # noqa: E402
 from stock_platform.resources import PriceSourceResource, UniverseResource  # noqa: E402
 from stock_platform.resources.lake import LakeResource  # noqa: E402
 
+MLFLOW_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_uri_stays_in_its_test():
+    """`mlflow.set_tracking_uri` (called by TrackingResource) also writes MLFLOW_TRACKING_URI into the process
+    environment. Undo that after each test: otherwise a later test's settings, or a subprocess it starts,
+    would point at an earlier test's (deleted) MLflow store."""
+    before = {v: os.environ.get(v) for v in MLFLOW_URI_VARIABLES}
+    yield
+    for variable, value in before.items():
+        if value is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = value
+
+
 POSTGRES_URL = os.environ.get("STOCK_PLATFORM_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 TICKERS = ["AAPL", "MSFT", "XOM"]
 

@@ -10,6 +10,8 @@ import polars as pl
 
 from stock_platform.assets.lake import PRECOMBINE, SNAPSHOT_TABLE, ensure_snapshot_table
 from stock_platform.assets.ml import FEATURES_TABLE
+from stock_platform.assets.model import load_training_set
+from stock_platform.lib import modeling
 from stock_platform.lib.calendar import trading_days
 from stock_platform.lib.demo_market import generate
 from stock_platform.lib.indicators import compute_features
@@ -59,3 +61,17 @@ def model_resources(root: Path, lake: LakeResource) -> dict:
     return {"lake": lake, "tuning": TuningResource(storage_dir=str(root / "ray")),
             "tracking": TrackingResource(tracking_uri=f"sqlite:///{root}/mlflow.db",
                                          artifact_location=str(root / "mlartifacts"))}
+
+
+def register_promoted_model(lake: LakeResource, tracking: TrackingResource, train_end: dt.date, params: dict) -> str:
+    """A model the library trains on the rows known by `train_end` (as `tuned_model` reads them), registered,
+    tagged and promoted as the gate would; returns its version."""
+    import pandas as pd
+
+    data = load_training_set(lake, train_end)
+    booster = modeling.fit(params, data, (0, data.sessions - 1))
+    with tracking.run(f"trained to {train_end}", tags={}):
+        version = tracking.log_model(booster, pd.DataFrame(data.x[:3], columns=data.feature_names))
+    tracking.tag_version(version, {"train_end": str(train_end), "promoted": "true"})
+    tracking.promote(version)
+    return version

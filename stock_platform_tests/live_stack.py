@@ -27,7 +27,8 @@ run_coordinator:
 
 
 def stack_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STOCK_PLATFORM_", "DAGSTER_"))}
+    # the stack's own settings only (MLflow's URI included: the stack has its own store under `home`)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STOCK_PLATFORM_", "DAGSTER_", "MLFLOW_"))}
     return env | {
         "STOCK_PLATFORM_HOME": str(home), "STOCK_PLATFORM_TICKERS": ",".join(TICKERS),
         "STOCK_PLATFORM_START": HISTORY[0].isoformat(), "DAGSTER_HOME": str(home / "dagster"),
@@ -37,31 +38,18 @@ def stack_env(home: Path, **extra: str) -> dict[str, str]:
 
 PREPARE = """
 import datetime as dt, sys
-import dagster as dg, polars as pl, pandas as pd
+import dagster as dg
 from stock_platform.definitions import defs
-from stock_platform.assets.ml import FEATURES_TABLE
-from stock_platform.assets.lake import SNAPSHOT_TABLE
-from stock_platform.lib import modeling as m
-from stock_platform.lib.calendar import trading_days
+from stock_platform_tests.helpers import register_promoted_model
 first, last, train_end = sys.argv[1:4]
 with dg.DagsterInstance.get() as instance:
-    result = defs.resolve_job_def("daily_assets").execute_in_process(
+    defs.resolve_job_def("daily_assets").execute_in_process(
         instance=instance, raise_on_error=True,
         asset_selection=[dg.AssetKey(a) for a in ("prices", "price_snapshots", "features")],
         tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last})
-lake, tracking = defs.resources["lake"], defs.resources["tracking"]
-feats = lake.read(FEATURES_TABLE)
-end = dt.date.fromisoformat(train_end)
-labels = m.next_day_returns(lake.snapshot(SNAPSHOT_TABLE), trading_days(feats["date"].min(), end))
-names = [c for c in feats.columns if c not in ("ticker", "date", "warm")]
-data = m.training_set(feats, labels.filter(pl.col("target_date") <= end), names)
 params = {"num_leaves": 7, "learning_rate": 0.1, "min_data_in_leaf": 20, "feature_fraction": 0.8,
           "bagging_fraction": 0.8, "lambda_l1": 0.1, "lambda_l2": 1.0, "n_estimators": 30}
-with tracking.run("live-stack", tags={}):
-    version = tracking.log_model(m.fit(params, data, (0, data.sessions - 1)),
-                                 pd.DataFrame(data.x[:3], columns=names))
-tracking.tag_version(version, {"train_end": train_end, "promoted": "true"})
-tracking.promote(version)
+register_promoted_model(defs.resources["lake"], defs.resources["tracking"], dt.date.fromisoformat(train_end), params)
 """
 
 
@@ -71,8 +59,11 @@ def prepare(home: Path, env: dict[str, str], *, queued: bool = True) -> None:
     `queued=False`: the sensor daemon launches runs itself (no queue: no dequeue wait, no concurrency limits)."""
     (home / "dagster").mkdir(parents=True, exist_ok=True)
     (home / "dagster" / "dagster.yaml").write_text(INSTANCE_YAML if queued else "telemetry:\n  enabled: false\n")
-    subprocess.run([sys.executable, "-W", "ignore", "-c", PREPARE, HISTORY[0].isoformat(), HISTORY[1].isoformat(),
-                    TRAIN_END.isoformat()], env=env, check=True, capture_output=True, timeout=600)
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", PREPARE, HISTORY[0].isoformat(),
+                           HISTORY[1].isoformat(), TRAIN_END.isoformat()], env=env, capture_output=True, text=True,
+                          timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"preparing the live stack failed:\n{done.stderr[-3000:]}")
 
 
 class Daemon:

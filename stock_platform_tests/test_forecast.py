@@ -6,19 +6,17 @@ import datetime as dt
 
 import dagster as dg
 import numpy as np
-import pandas as pd
 import polars as pl
 import pytest
 
 from stock_platform.assets.forecast import (EVALUATION_TABLE, PREDICTIONS_TABLE, model_for_each_day,
                                             prediction_evaluation, predictions, predictions_check)
 from stock_platform.assets.lake import SNAPSHOT_TABLE
-from stock_platform.assets.ml import FEATURES_TABLE
-from stock_platform.lib import modeling as m
 from stock_platform.lib.calendar import trading_days
 from stock_platform.resources import UniverseResource
 from stock_platform.resources.warehouse import WarehouseResource
-from stock_platform_tests.helpers import build_lake, failure_message, materialization_metadata, model_resources
+from stock_platform_tests.helpers import (build_lake, failure_message, materialization_metadata, model_resources,
+                                         register_promoted_model)
 
 pytestmark = pytest.mark.slow
 FIRST, LAST = dt.date(2024, 5, 13), dt.date(2024, 6, 14)
@@ -33,20 +31,10 @@ def test_each_day_gets_the_newest_model_trained_before_it():
 
 def register(res: dict, lake) -> None:
     """Two promoted versions, each trained (by the library) only on rows up to its train_end."""
-    tracking = res["tracking"]
-    feats = lake.read(FEATURES_TABLE)
-    labels = m.next_day_returns(lake.snapshot(SNAPSHOT_TABLE), trading_days(feats["date"].min(), LAST))
     params = {"num_leaves": 15, "learning_rate": 0.05, "min_data_in_leaf": 200, "feature_fraction": 0.7,
               "bagging_fraction": 0.8, "lambda_l1": 0.1, "lambda_l2": 1.0, "n_estimators": 60}
     for version, end in TRAIN_ENDS.items():
-        names = [c for c in feats.columns if c not in ("ticker", "date", "warm")]
-        data = m.training_set(feats, labels.filter(pl.col("target_date") <= end), names)
-        booster = m.fit(params, data, (0, data.sessions - 1))
-        with tracking.run(f"v{version}", tags={}):
-            got = tracking.log_model(booster, pd.DataFrame(data.x[:3], columns=data.feature_names))
-        assert got == str(version)
-        tracking.tag_version(got, {"train_end": str(end), "promoted": "true"})
-        tracking.promote(got)
+        assert register_promoted_model(lake, res["tracking"], end, params) == str(version)
 
 
 def run(res, instance):
