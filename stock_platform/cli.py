@@ -37,10 +37,15 @@ class StageReport:
     note: str = ""
 
 
-def _apply_demo_environment(args: argparse.Namespace) -> None:
-    """Turn the demo's options into the environment settings.py reads (before anything loads it)."""
+def _use_home(args: argparse.Namespace) -> None:
+    """`--home` becomes STOCK_PLATFORM_HOME, before anything reads the settings."""
     if args.home:
         os.environ["STOCK_PLATFORM_HOME"] = str(Path(args.home).expanduser().resolve())
+
+
+def _apply_demo_environment(args: argparse.Namespace) -> None:
+    """Turn the demo's options into the environment settings.py reads (before anything loads it)."""
+    _use_home(args)
     if args.tickers:
         os.environ["STOCK_PLATFORM_TICKERS"] = ",".join(parse_tickers(args.tickers, where="--tickers"))
     if args.source:
@@ -86,6 +91,21 @@ def _daily_assets() -> list[tuple[str, str]]:
     return [("prices", PRICES_TABLE), ("price_snapshots", SNAPSHOT_TABLE), ("features", FEATURES_TABLE)]
 
 
+def _run_demo_job(instance, defs, job: str, *, tags: dict[str, str] | None = None, run_config: dict | None = None,
+                  **kwargs):
+    """Execute one of the demo's runs in-process; a failed run raises RuntimeError with its step errors."""
+    result = defs.resolve_job_def(job).execute_in_process(
+        instance=instance, run_config=QUIET_LOGS | (run_config or {}), raise_on_error=False,
+        tags={"stock_platform/launched_by": "demo", **(tags or {})}, **kwargs)
+    if not result.success:
+        raise RuntimeError(_step_errors(result))
+    return result
+
+
+def _range_tags(first: str, last: str) -> dict[str, str]:
+    return {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
+
+
 def run_daily_stage(instance, defs, start: dt.date, end: dt.date, tickers: list[str], *, force: bool = False):
     """Materialize the daily assets for [start, end] as one single-run backfill; skip when up to date."""
     import dagster as dg
@@ -105,17 +125,8 @@ def run_daily_stage(instance, defs, start: dt.date, end: dt.date, tickers: list[
     started = time.perf_counter()
     result = None
     if todo:
-        job = defs.resolve_job_def("daily_assets")
-        result = job.execute_in_process(
-            instance=instance,
-            run_config=QUIET_LOGS,
-            raise_on_error=False,
-            asset_selection=[dg.AssetKey(asset) for asset, _ in _daily_assets()],
-            tags={"dagster/asset_partition_range_start": todo[0], "dagster/asset_partition_range_end": todo[-1],
-                  "stock_platform/launched_by": "demo"},
-        )
-        if not result.success:
-            raise RuntimeError(_step_errors(result))
+        result = _run_demo_job(instance, defs, "daily_assets", tags=_range_tags(todo[0], todo[-1]),
+                               asset_selection=[dg.AssetKey(asset) for asset, _ in _daily_assets()])
     seconds = time.perf_counter() - started
     return keys, todo, result, seconds
 
@@ -183,12 +194,8 @@ def run_model_stage(instance, defs, week: str, trials: int, *, force: bool = Fal
         return None, 0.0
     started = time.perf_counter()
     config = {"ops": {"tuned_model": {"config": {"trials": trials, "time_budget_seconds": 60.0}}}}
-    result = defs.resolve_job_def("weekly_retrain").execute_in_process(
-        instance=instance, partition_key=week, run_config=QUIET_LOGS | config, raise_on_error=False,
-        tags={"stock_platform/launched_by": "demo"})
-    if not result.success:
-        raise RuntimeError(_step_errors(result))
-    return result, time.perf_counter() - started
+    return (_run_demo_job(instance, defs, "weekly_retrain", partition_key=week, run_config=config),
+            time.perf_counter() - started)
 
 
 def run_forecast_stage(instance, defs, first: dt.date, end: dt.date):
@@ -199,13 +206,8 @@ def run_forecast_stage(instance, defs, first: dt.date, end: dt.date):
 
     keys = trading_days.get_partition_keys_in_range(dg.PartitionKeyRange(first.isoformat(), end.isoformat()))
     started = time.perf_counter()
-    result = defs.resolve_job_def("daily_assets").execute_in_process(
-        instance=instance, run_config=QUIET_LOGS, raise_on_error=False,
-        asset_selection=[dg.AssetKey("predictions"), dg.AssetKey("prediction_evaluation")],
-        tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1],
-              "stock_platform/launched_by": "demo"})
-    if not result.success:
-        raise RuntimeError(_step_errors(result))
+    result = _run_demo_job(instance, defs, "daily_assets", tags=_range_tags(keys[0], keys[-1]),
+                           asset_selection=[dg.AssetKey("predictions"), dg.AssetKey("prediction_evaluation")])
     return keys, result, time.perf_counter() - started
 
 
@@ -241,8 +243,7 @@ def forecast_report(lake, start: dt.date | None, end: dt.date | None, plot: Path
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Print the evaluation's aggregates over a window (and write the plot)."""
-    if args.home:
-        os.environ["STOCK_PLATFORM_HOME"] = str(Path(args.home).expanduser().resolve())
+    _use_home(args)
     from stock_platform.resources.lake import LakeResource
     from stock_platform.settings import get_settings
 
@@ -260,8 +261,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Stream historical bars (demo or files source) into the landing zone as quote events, a file per day."""
-    if args.home:
-        os.environ["STOCK_PLATFORM_HOME"] = str(Path(args.home).expanduser().resolve())
+    _use_home(args)
     import polars as pl
 
     from stock_platform.lib.events import bars_to_events, encode
@@ -321,61 +321,52 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"  Dagster instance: {settings.dagster_home}  (open the UI: DAGSTER_HOME={settings.dagster_home} dagster dev)")
     print(f"  lake: {settings.lake_uri}")
 
-    with dg.DagsterInstance.get() as instance:
-        names = ", ".join(asset for asset, _ in _daily_assets())
-        print(f"[1/3] daily assets: {names} (+ blocking checks) ...", end=" ", flush=True)
-        try:
+    try:
+        with dg.DagsterInstance.get() as instance:
+            names = ", ".join(asset for asset, _ in _daily_assets())
+            print(f"[1/3] daily assets: {names} (+ blocking checks) ...", end=" ", flush=True)
             keys, todo, result, seconds = run_daily_stage(instance, defs, start, end, tickers, force=args.force)
-        except RuntimeError as exc:
-            print("FAILED")
-            print(str(exc), file=sys.stderr)
-            return 1
-        print(f"{len(todo)} partition(s) in one run, {seconds:.1f} s" if todo else "up to date")
-        lake = defs.resources["lake"]
-        reports = []
-        for asset, table in _daily_assets():
-            done = instance.get_materialized_partitions(dg.AssetKey(asset))
-            step = _step_seconds(instance, result, asset)
-            reports.append(StageReport(
-                asset, lake.read(table, start, end, columns=["ticker"]).height,
-                f"{sum(k in done for k in keys)}/{len(keys)}", _check_summary(instance, asset, result),
-                step or 0.0, "" if todo else "skipped: up to date"))
+            print(f"{len(todo)} partition(s) in one run, {seconds:.1f} s" if todo else "up to date")
+            lake = defs.resources["lake"]
+            reports = []
+            for asset, table in _daily_assets():
+                done = instance.get_materialized_partitions(dg.AssetKey(asset))
+                step = _step_seconds(instance, result, asset)
+                reports.append(StageReport(
+                    asset, lake.read(table, start, end, columns=["ticker"]).height,
+                    f"{sum(k in done for k in keys)}/{len(keys)}", _check_summary(instance, asset, result),
+                    step or 0.0, "" if todo else "skipped: up to date"))
 
-        need = MIN_MODEL_YEARS + args.out_of_sample_weeks / 52
-        if args.years < need:
-            print(f"[2/3] tuned_model: skipped: --years {args.years:g} is too short (it needs >= {need:.2f} years: "
-                  "one of indicator warm-up, walk-forward folds, a held-out window, then the forecast weeks)")
-            print_summary(reports, time.perf_counter() - started)
-            return 0
-        # The model is trained up to `--out-of-sample-weeks` before the end; the days after it are forecast.
-        week = model_week(end - dt.timedelta(weeks=args.out_of_sample_weeks))
-        print(f"[2/3] tuned_model, week {week}: Ray Tune, {args.trials} trials ...", end=" ", flush=True)
-        try:
+            need = MIN_MODEL_YEARS + args.out_of_sample_weeks / 52
+            if args.years < need:
+                print(f"[2/3] tuned_model: skipped: --years {args.years:g} is too short (it needs >= {need:.2f} years: "
+                      "one of indicator warm-up, walk-forward folds, a held-out window, then the forecast weeks)")
+                print_summary(reports, time.perf_counter() - started)
+                return 0
+            # The model is trained up to `--out-of-sample-weeks` before the end; the days after it are forecast.
+            week = model_week(end - dt.timedelta(weeks=args.out_of_sample_weeks))
+            print(f"[2/3] tuned_model, week {week}: Ray Tune, {args.trials} trials ...", end=" ", flush=True)
             result, seconds = run_model_stage(instance, defs, week, args.trials, force=args.force)
-        except RuntimeError as exc:
-            print("FAILED")
-            print(str(exc), file=sys.stderr)
-            return 1
-        print(f"{seconds:.1f} s" if result else "up to date")
-        md, text = model_report(instance)
-        reports.append(StageReport(
-            "tuned_model", md["dagster/row_count"], f"week {week}", _check_summary(instance, "tuned_model", result),
-            seconds, f"model v{md['model_version']}" + ("" if result else ", skipped: up to date")))
+            print(f"{seconds:.1f} s" if result else "up to date")
+            md, text = model_report(instance)
+            reports.append(StageReport(
+                "tuned_model", md["dagster/row_count"], f"week {week}", _check_summary(instance, "tuned_model", result),
+                seconds, f"model v{md['model_version']}" + ("" if result else ", skipped: up to date")))
 
-        first = dt.date.fromisoformat(week) + dt.timedelta(days=7)
-        print(f"[3/3] predictions, prediction_evaluation: {first} .. {end} ...", end=" ", flush=True)
-        try:
+            first = dt.date.fromisoformat(week) + dt.timedelta(days=7)
+            print(f"[3/3] predictions, prediction_evaluation: {first} .. {end} ...", end=" ", flush=True)
             keys, result, seconds = run_forecast_stage(instance, defs, first, end)
-        except RuntimeError as exc:
-            print("FAILED")
-            print(str(exc), file=sys.stderr)
-            return 1
-        print(f"{len(keys)} partition(s) in one run, {seconds:.1f} s")
-        for asset in ("predictions", "prediction_evaluation"):
-            [event] = result.asset_materializations_for_node(asset)[:1] or [None]
-            rows = event.metadata["dagster/row_count"].value if event else 0
-            reports.append(StageReport(asset, rows, f"{len(keys)}/{len(keys)}", _check_summary(instance, asset, result),
-                                       _step_seconds(instance, result, asset) or 0.0))
+            print(f"{len(keys)} partition(s) in one run, {seconds:.1f} s")
+            for asset in ("predictions", "prediction_evaluation"):
+                [event] = result.asset_materializations_for_node(asset)[:1] or [None]
+                rows = event.metadata["dagster/row_count"].value if event else 0
+                reports.append(StageReport(asset, rows, f"{len(keys)}/{len(keys)}",
+                                           _check_summary(instance, asset, result),
+                                           _step_seconds(instance, result, asset) or 0.0))
+    except RuntimeError as exc:  # a stage's run failed: its progress line ends with FAILED
+        print("FAILED")
+        print(str(exc), file=sys.stderr)
+        return 1
     print_summary(reports, time.perf_counter() - started)
     print()
     print(text)
@@ -398,8 +389,7 @@ def _as_of(value: str | None):
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
     """Print the price snapshot (optionally as of a version/timestamp), its history, or its changes."""
-    if args.home:  # before anything reads the settings
-        os.environ["STOCK_PLATFORM_HOME"] = str(Path(args.home).expanduser().resolve())
+    _use_home(args)
     import polars as pl
 
     from stock_platform.assets.lake import SNAPSHOT_TABLE
