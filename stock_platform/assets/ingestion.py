@@ -36,12 +36,14 @@ def _landed_prices(lake: LakeResource, landing: LandingResource, keys: list[str]
     from stock_platform.lib.events import apply_events, deletes, events_to_bars, with_adj_close
     from stock_platform.lib.prices import empty_prices
 
+    import polars as pl
+
     start, end = dates[0], dates[-1]
     events = landed_events(landing, keys, dates)
-    current = lake.read(PRICES_TABLE, start, end) if lake.exists(PRICES_TABLE) else empty_prices()
-    history = (lake.read(PRICES_TABLE, start - dt.timedelta(days=15), end, columns=["ticker", "date", "close",
-                                                                                    "adj_close"])
-               if lake.exists(PRICES_TABLE) else current.select("ticker", "date", "close", "adj_close"))
+    # the range's rows, and a few weeks before it for each ticker's last adjustment factor: one read
+    history = (lake.read(PRICES_TABLE, start - dt.timedelta(days=15), end) if lake.exists(PRICES_TABLE)
+               else empty_prices())
+    current = history.filter(pl.col("date") >= start)
     bars = with_adj_close(events_to_bars(events), history)
     return apply_events(current, bars, deletes(events)), events.height
 
@@ -63,8 +65,6 @@ def quarantine_frame(parse_rejects, schema_rejects, *, start: dt.date, end: dt.d
 
 
 def _top_reasons(quarantine, n: int = 5) -> str:
-    import polars as pl
-
     counts = quarantine.group_by("reason").len().sort("len", descending=True).head(n)
     return "; ".join(f"{r['len']}x {r['reason']}" for r in counts.iter_rows(named=True)) or "-"
 
