@@ -425,6 +425,38 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """List the registered model versions (the lake's serving copies) and the champion; `--demote` rolls back."""
+    _use_home(args)
+    import polars as pl
+
+    from stock_platform.assets.model import demote, served_versions
+    from stock_platform.definitions import build_resources
+    from stock_platform.settings import get_settings
+
+    try:
+        resources = build_resources(get_settings())
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    lake, tracking = resources["lake"], resources["tracking"]
+    if args.demote is not None:
+        try:
+            champion = demote(lake, tracking, args.demote)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"demoted v{args.demote}: predictions no longer use it; champion is now "
+              f"{f'v{champion}' if champion else 'none'} (re-materialize `predictions` for the days it served)")
+    served = served_versions(lake, tracking.model_name).drop("booster", "model_name")
+    pl.Config.set_tbl_rows(50)
+    pl.Config.set_tbl_width_chars(200)
+    pl.Config.set_fmt_str_lengths(90)
+    print(f"{tracking.model_name}: {served.height} registered version(s)")
+    print(served)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stock-platform", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -473,6 +505,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--plot", help="write the equity / error plot to this PNG file")
     report.add_argument("--home", help="STOCK_PLATFORM_HOME (default ./.stock_platform)")
     report.set_defaults(func=cmd_report)
+
+    models = sub.add_parser("models", help="list registered model versions; --demote rolls a champion back")
+    models.add_argument("--demote", type=int, metavar="VERSION",
+                        help="stop using VERSION for predictions; champion moves to the newest promoted one left")
+    models.add_argument("--home", help="STOCK_PLATFORM_HOME (default ./.stock_platform)")
+    models.set_defaults(func=cmd_models)
     return parser
 
 

@@ -10,7 +10,7 @@ import polars as pl
 
 from stock_platform.assets.lake import PRECOMBINE, SNAPSHOT_TABLE, ensure_snapshot_table
 from stock_platform.assets.ml import FEATURES_TABLE
-from stock_platform.assets.model import load_training_set
+from stock_platform.assets.model import load_training_set, register_version
 from stock_platform.lib import modeling
 from stock_platform.lib.calendar import trading_days
 from stock_platform.lib.demo_market import generate
@@ -71,7 +71,5 @@ def register_promoted_model(lake: LakeResource, tracking: TrackingResource, trai
     data = load_training_set(lake, train_end)
     booster = modeling.fit(params, data, (0, data.sessions - 1))
     with tracking.run(f"trained to {train_end}", tags={}):
-        version = tracking.log_model(booster, pd.DataFrame(data.x[:3], columns=data.feature_names))
-    tracking.tag_version(version, {"train_end": str(train_end), "promoted": "true"})
-    tracking.promote(version)
-    return version
+        return register_version(lake, tracking, booster, pd.DataFrame(data.x[:3], columns=data.feature_names),
+                                train_end=train_end, promoted=True, gate="promoted by the test")

@@ -87,6 +87,15 @@ def test_demo_trains_a_model_and_shows_it_beside_the_naive_baseline(tmp_path):
         assert "out-of-sample forecasts 2025-05-01" in report.stdout
         assert (tmp_path / "eval.png").read_bytes()[:4] == b"\x89PNG"
 
+    listed = cli(tmp_path, "models")
+    assert listed.returncode == 0, listed.stderr
+    assert "stock_platform_lgbm: 1 registered version(s)" in listed.stdout and "2025-04-06" in listed.stdout
+    rollback = cli(tmp_path, "models", "--demote", "1")
+    assert rollback.returncode == 0, rollback.stderr
+    assert "demoted v1" in rollback.stdout and "champion is now none" in rollback.stdout
+    assert cli(tmp_path, "models", "--demote", "9").stderr.strip() == (
+        "error: model stock_platform_lgbm has no registered version 9")
+
 
 def test_demo_refuses_a_bad_ticker_with_a_clear_message(tmp_path):
     out = demo(tmp_path, "--tickers", "AAPL,../../etc")

@@ -12,6 +12,7 @@ import pytest
 from stock_platform.assets.forecast import (EVALUATION_TABLE, PREDICTIONS_TABLE, model_for_each_day,
                                             prediction_evaluation, predictions, predictions_check)
 from stock_platform.assets.lake import SNAPSHOT_TABLE
+from stock_platform.assets.model import demote, load_booster, promoted_versions
 from stock_platform.lib.calendar import trading_days
 from stock_platform.resources import UniverseResource
 from stock_platform.resources.warehouse import WarehouseResource
@@ -108,3 +109,31 @@ def test_without_a_champion_no_day_is_predicted_and_evaluation_skips_cleanly(tmp
     assert result.success, failure_message(result)
     assert materialization_metadata(result, "predictions")["days_without_model"] == len(trading_days(FIRST, LAST))
     assert materialization_metadata(result, "prediction_evaluation")["evaluated"] == 0
+
+
+def test_rolling_back_a_model_moves_champion_and_predictions_to_the_previous_version(tmp_path, instance):
+    lake = build_lake(tmp_path)
+    res = model_resources(tmp_path, lake) | {
+        "warehouse": WarehouseResource(url=f"sqlite:///{tmp_path}/warehouse.db"),
+        "universe": UniverseResource(tickers=[f"T{i:03d}" for i in range(40)])}
+    tracking = res["tracking"]
+    register(res, lake)
+    # the serving copy predicts exactly what the registry's model predicts
+    x = lake.read("features", dt.date(2024, 6, 10), dt.date(2024, 6, 10)).filter("warm")
+    served = load_booster(lake, tracking.model_name, 2)
+    registry = tracking.load("2")
+    np.testing.assert_array_equal(served.predict(x.select(served.feature_name()).to_numpy()),
+                                  registry.predict(x.select(registry.feature_name()).to_numpy()))
+    assert promoted_versions(lake, tracking.model_name) == [(1, TRAIN_ENDS[1]), (2, TRAIN_ENDS[2])]
+
+    assert demote(lake, tracking, 2) == 1
+    assert str(tracking.champion().version) == "1"
+    assert tracking.client().get_model_version(tracking.model_name, "2").tags["promoted"] == "false"
+    assert promoted_versions(lake, tracking.model_name) == [(1, TRAIN_ENDS[1])]
+    result = run(res, instance)
+    assert result.success, failure_message(result)
+    assert set(lake.read(PREDICTIONS_TABLE)["model_version"]) == {1}
+
+    assert demote(lake, tracking, 1) is None and tracking.champion() is None
+    with pytest.raises(ValueError, match="no registered version 7"):
+        demote(lake, tracking, 7)

@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from stock_platform.assets.model import LEAKAGE_CHECK, tuned_model
+from stock_platform.assets.model import LEAKAGE_CHECK, load_booster, served_versions, tuned_model
 from stock_platform.resources.tracking import TrackingResource
 from stock_platform.resources.tuning import TuningResource
 from stock_platform_tests.helpers import build_lake, failure_message, materialization_metadata, model_resources
@@ -66,6 +66,11 @@ def test_two_weeks_register_two_versions_and_champion_follows_the_gate(tmp_path,
     assert len(nested) == 4 and {"num_leaves", "learning_rate"} <= set(nested[0].data.params)
     model = tracking.load("2")
     assert len(model.feature_name()) == 45
+    # the lake's serving copy: both versions, promoted as the gate said, the same trees as the registry's
+    served = served_versions(res["lake"], tracking.model_name)
+    assert served["version"].to_list() == [1, 2]
+    assert served["promoted"].to_list() == [first["promoted"], second["promoted"]]
+    assert load_booster(res["lake"], tracking.model_name, 2).model_to_string() == model.model_to_string()
 
 
 def test_a_feature_from_tomorrows_price_fails_the_leakage_check_and_is_never_promoted(tmp_path, instance):

@@ -6,7 +6,7 @@ import dagster as dg
 
 from stock_platform.assets.lake import SNAPSHOT_TABLE, price_snapshots
 from stock_platform.assets.ml import FEATURES_TABLE, features
-from stock_platform.assets.model import tuned_model
+from stock_platform.assets.model import load_booster, promoted_versions, served_versions, tuned_model
 from stock_platform.partitions import daily_asset, daily_check, partition_dates
 from stock_platform.resources import UniverseResource
 from stock_platform.resources.lake import LakeResource
@@ -49,22 +49,22 @@ def predictions(context: dg.AssetExecutionContext, lake: LakeResource, tracking:
 
     dates = partition_dates(context)
     start, end = dates[0], dates[-1]
-    plan = model_for_each_day(dates, tracking.promoted_versions())
+    plan = model_for_each_day(dates, promoted_versions(lake, tracking.model_name))
+    registered = dict(served_versions(lake, tracking.model_name).select("version", "registered_at").iter_rows())
     feats = lake.read(FEATURES_TABLE, start, end).filter(pl.col("warm") & pl.col("date").is_in(list(plan)))
     closes = lake.snapshot(SNAPSHOT_TABLE, start=start, end=end).select("ticker", "date", "close")
     sessions = trading_days(start, end + dt.timedelta(days=10))
     following = pl.DataFrame({"date": sessions[:-1], "target_date": sessions[1:]})
     parts = []
     for version in sorted(set(plan.values())):
-        model = tracking.load(str(version))
         rows = feats.filter(pl.col("date").is_in([d for d, v in plan.items() if v == version]))
         if rows.is_empty():
             continue
-        registered = tracking.client().get_model_version(tracking.model_name, str(version)).creation_timestamp
+        model = load_booster(lake, tracking.model_name, version)
         parts.append(rows.select("ticker", "date").with_columns(
             pred_return=pl.Series(model.predict(rows.select(model.feature_name()).to_numpy())),
             model_version=pl.lit(version, pl.Int32),
-            registered_at=pl.lit(dt.datetime.fromtimestamp(registered / 1000, dt.UTC)),
+            registered_at=pl.lit(registered[version], pl.Datetime("us", "UTC")),
         ))
     schema = {"ticker": pl.String, "date": pl.Date, "pred_return": pl.Float64, "model_version": pl.Int32,
               "registered_at": pl.Datetime("us", "UTC")}
@@ -109,7 +109,7 @@ def predictions_check(context: dg.AssetCheckExecutionContext, lake: LakeResource
     import polars as pl
 
     dates = partition_dates(context)
-    plan = model_for_each_day(dates, tracking.promoted_versions())
+    plan = model_for_each_day(dates, promoted_versions(lake, tracking.model_name))
     expected = (lake.read(FEATURES_TABLE, dates[0], dates[-1], columns=["ticker", "date", "warm"])
                 .filter(pl.col("warm") & pl.col("date").is_in(list(plan)) & pl.col("ticker").is_in(universe.tickers))
                 .select("ticker", "date"))

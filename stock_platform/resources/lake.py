@@ -278,7 +278,7 @@ class LakeResource(dg.ConfigurableResource):
     def read(self, name: str, start: dt.date | None = None, end: dt.date | None = None, *,
              tickers: Sequence[str] | None = None, columns: Sequence[str] | None = None,
              date_column: str = "date", version: int | str | dt.datetime | None = None) -> pl.DataFrame:
-        """Rows of a table, optionally limited to a date range and tickers, sorted by (ticker, date)."""
+        """Rows of a table, optionally limited to a date range and tickers, sorted by (ticker, date) where it has them."""
         import polars as pl
 
         if not self.exists(name):
@@ -292,7 +292,8 @@ class LakeResource(dg.ConfigurableResource):
             lf = lf.filter(pl.col("ticker").is_in(list(tickers)))
         if columns is not None:
             lf = lf.select(list(columns))
-        sort = [c for c in ("ticker", date_column) if columns is None or c in columns]
+        present = lf.collect_schema().names()
+        sort = [c for c in ("ticker", date_column) if c in present]
         return lf.sort(sort).collect() if sort else lf.collect()
 
     def snapshot(self, name: str, *, as_of: int | str | dt.datetime | None = None, include_deleted: bool = False,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr
@@ -91,14 +90,11 @@ class TrackingResource(dg.ConfigurableResource):
         for key, value in tags.items():
             client.set_model_version_tag(self.model_name, version, key, value)
 
-    def promoted_versions(self) -> list[tuple[int, dt.date]]:
-        """(version, last day of its training data) of every version the gate promoted, oldest first."""
-        found = self.client().search_model_versions(f"name='{self.model_name}'")
-        return sorted((int(v.version), dt.date.fromisoformat(v.tags["train_end"])) for v in found
-                      if v.tags.get("promoted") == "true" and "train_end" in v.tags)
-
     def promote(self, version: str) -> None:
         self.client().set_registered_model_alias(self.model_name, CHAMPION, version)
+
+    def remove_champion(self) -> None:
+        self.client().delete_registered_model_alias(self.model_name, CHAMPION)
 
     def load(self, version: str | None = None):
         """A registered booster: `version`, or the champion."""
