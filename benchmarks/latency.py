@@ -5,8 +5,9 @@
 Starts a real `dagster-daemon` (sensor daemon + queued run coordinator, 1 s dequeue; or `--coordinator default`:
 runs launched by the sensor daemon directly) on a temporary SQLite
 instance with the code location loaded from `stock_platform.definitions`, prepares a year of history and a
-promoted model, then lands one file per new session (3 tickers' bars as quote events), one at a time, and
-measures landed -> `price_snapshots` rows visible -> `predictions` rows visible. Prints p50/p95 (goal: p95 of
+promoted model, then lands one file per new session (3 tickers' bars as quote events), one at a time, each a
+random 0-5 s after the previous forecast showed (quotes do not arrive in step with the sensor daemon's 5 s loop),
+and measures landed -> `price_snapshots` rows visible -> `predictions` rows visible. Prints p50/p95 (goal: p95 of
 landed -> prediction < 10 s) and, from the runs' step timings, what dominates.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -57,7 +59,9 @@ def main() -> int:
         time.sleep(5)  # let the daemon load the code location before the first file
         import polars as pl
 
+        pause = random.Random(7)
         for day in days:
+            time.sleep(pause.uniform(0, 5))
             landed = time.perf_counter()
             landing.write(f"quotes/{day}/bars.jsonl", encode(bars_to_events(bars.filter(pl.col("date") == day),
                                                                              "demo"), "jsonl"))
