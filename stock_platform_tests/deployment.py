@@ -1,0 +1,199 @@
+"""The production deployment started natively (no Docker engine here): the code location's gRPC server,
+`dagster-webserver` and `dagster-daemon`, each with the command docker/compose.yaml gives its service, on the
+repository's dagster.yaml (Postgres storage). Used by test_deployment.py and docs/screenshots.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from stock_platform_tests.live_stack import stack_env, wait_for
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE = REPO / "docker" / "compose.yaml"
+IMAGE_HOME = "/opt/dagster/home"  # DAGSTER_HOME inside the image (docker/Dockerfile)
+PROCESSES = ("code", "webserver", "daemon")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def compose_services() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())["services"]
+
+
+def native_command(command: list[str], *, home: Path, ports: dict[int, int]) -> list[str]:
+    """A compose service's command for this machine: bind to loopback, our ports, our DAGSTER_HOME."""
+    out = []
+    for arg in command:
+        arg = arg.replace(IMAGE_HOME, str(home))
+        if arg == "0.0.0.0":
+            arg = "127.0.0.1"
+        elif arg.isdigit() and int(arg) in ports:
+            arg = str(ports[int(arg)])
+        out.append(arg)
+    return out
+
+
+def postgres_env(url) -> dict[str, str]:
+    """The DAGSTER_PG_* variables dagster.yaml reads, for a SQLAlchemy URL."""
+    return {"DAGSTER_PG_HOST": url.host or "127.0.0.1", "DAGSTER_PG_PORT": str(url.port or 5432),
+            "DAGSTER_PG_USER": url.username or "postgres", "DAGSTER_PG_PASSWORD": url.password or "",
+            "DAGSTER_PG_DB": url.database}
+
+
+class Deployment:
+    """Start with `with Deployment(home, env) as d:`; `d.graphql(query, variables)` talks to the webserver."""
+
+    def __init__(self, home: Path, env: dict[str, str]):
+        self.home = home
+        self.dagster_home = home / "dagster"
+        self.ports = {4000: free_port(), 3000: free_port()}
+        self.url = f"http://127.0.0.1:{self.ports[3000]}"
+        self.env = env | {"DAGSTER_HOME": str(self.dagster_home)}
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def __enter__(self) -> Deployment:
+        self.dagster_home.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / "dagster.yaml", self.dagster_home / "dagster.yaml")
+        workspace = yaml.safe_load((REPO / "docker" / "workspace.yaml").read_text())
+        workspace["load_from"][0]["grpc_server"] |= {"host": "127.0.0.1", "port": self.ports[4000]}
+        (self.dagster_home / "workspace.yaml").write_text(yaml.safe_dump(workspace))
+        services = compose_services()
+        try:
+            for name in PROCESSES:
+                cmd = native_command(services[name]["command"], home=self.dagster_home, ports=self.ports)
+                log = open(self.home / f"{name}.log", "w")  # noqa: SIM115 - the process owns it
+                self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                                    start_new_session=True, cwd=self.home)
+                if name == "code":  # the others connect to it
+                    wait_for(self._code_server_ready, timeout=120, every=0.5)
+            wait_for(self._location_loaded, timeout=120, every=0.5)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log(name)[-3000:]}")
+
+    def _code_server_ready(self) -> bool:
+        self._alive()
+        done = subprocess.run(["dagster", "api", "grpc-health-check", "-p", str(self.ports[4000])], env=self.env,
+                              capture_output=True, timeout=30)
+        return done.returncode == 0
+
+    def _location_loaded(self) -> bool:
+        self._alive()
+        try:
+            data = self.graphql("{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus "
+                                "locationOrLoadError { __typename } } } } }")
+        except OSError:
+            return False
+        entries = data["workspaceOrError"]["locationEntries"]
+        return bool(entries) and all(e["loadStatus"] == "LOADED" and
+                                     e["locationOrLoadError"]["__typename"] == "RepositoryLocation" for e in entries)
+
+    def graphql(self, query: str, variables: dict | None = None) -> dict:
+        request = urllib.request.Request(f"{self.url}/graphql", json.dumps({"query": query, "variables": variables or {}})
+                                         .encode(), headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            body = json.load(response)
+        if body.get("errors"):
+            raise RuntimeError(f"GraphQL errors: {body['errors']}")
+        return body["data"]
+
+    def log(self, name: str) -> str:
+        return (self.home / f"{name}.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+LAUNCH_BACKFILL = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on InvalidSubsetError { message }
+    ... on UnauthorizedError { message }
+  }
+}"""
+
+BACKFILL_STATUS = """
+query Backfill($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill {
+      status numPartitions
+      runs(limit: 20) { runId status }
+      error { message }
+    }
+  }
+}"""
+
+ASSET_CHECKS = """
+query Checks($keys: [AssetKeyInput!]) {
+  assetNodes(assetKeys: $keys) {
+    assetKey { path }
+    assetChecksOrError {
+      __typename
+      ... on AssetChecks { checks { name blocking executionForLatestMaterialization { status } } }
+    }
+  }
+}"""
+
+
+def launch_backfill(deployment: Deployment, assets: list[str], partitions: list[str], title: str) -> str:
+    """A partition-range backfill of `assets`, as the UI's "Materialize selected" dialog submits it."""
+    data = deployment.graphql(LAUNCH_BACKFILL, {"params": {
+        "partitionNames": partitions, "assetSelection": [{"path": [a]} for a in assets], "fromFailure": False,
+        "title": title}})["launchPartitionBackfill"]
+    if data["__typename"] != "LaunchBackfillSuccess":
+        raise RuntimeError(f"backfill refused: {data}")
+    return data["backfillId"]
+
+
+def wait_for_backfill(deployment: Deployment, backfill_id: str, timeout: float = 300) -> dict:
+    def finished():
+        deployment._alive()
+        found = deployment.graphql(BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+        return found if found["status"] not in ("REQUESTED", "CANCELING") else None
+
+    return wait_for(finished, timeout=timeout, every=1.0)[0]
+
+
+def stack(home: Path, url, tickers: tuple[str, ...], start: str) -> tuple[Path, dict[str, str]]:
+    """A home and environment for a deployment on the Postgres database `url` (instance + warehouse)."""
+    env = stack_env(home) | postgres_env(url) | {
+        "STOCK_PLATFORM_TICKERS": ",".join(tickers), "STOCK_PLATFORM_START": start,
+        "STOCK_PLATFORM_WAREHOUSE_URL": url.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False),
+        # the console scripts (dagster, dagster-webserver, dagster-daemon) of this interpreter's environment
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return home, env
