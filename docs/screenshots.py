@@ -6,7 +6,8 @@ Starts the production processes natively (as test_deployment.py does: code locat
 daemon, instance on a fresh Postgres database), backfills prices -> price_snapshots -> features for five
 tickers over fifteen months through the webserver's GraphQL API, then photographs pages of the running UI with
 headless Chromium (Debian package `chromium`, driven by Playwright: `pip install -e '.[docs]'`) into docs/.
-The database is dropped afterwards.
+The database is dropped afterwards. `dashboard` starts `stock-platform dashboard` on the demo's home and
+photographs it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import datetime as dt
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -40,15 +42,66 @@ def screenshot(page, url: str, out: Path, *, wait_for_text: str) -> None:
     print(f"wrote {out.relative_to(DOCS.parent)} ({out.stat().st_size:,} bytes)")
 
 
+def browser_page(pw, chromium: str):
+    browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+    return browser, browser.new_page(viewport={"width": 1440, "height": 860})
+
+
+def dashboard(chromium: str, home: Path) -> None:
+    """`stock-platform dashboard` on the demo's home, photographed once its charts are drawn."""
+    import os
+    import socket
+    import subprocess
+    import urllib.request
+
+    from playwright.sync_api import sync_playwright
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STOCK_PLATFORM_", "DAGSTER_"))}
+    proc = subprocess.Popen([sys.executable, "-m", "stock_platform.cli", "dashboard", "--home", str(home),
+                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.2)
+        with sync_playwright() as pw:
+            browser, page = browser_page(pw, chromium)
+            page.set_viewport_size({"width": 1440, "height": 2300})
+            page.goto(f"http://127.0.0.1:{port}")
+            page.locator(".js-plotly-plot").nth(1).wait_for(timeout=60_000)
+            page.locator("[data-testid=stDataFrame]").wait_for(timeout=60_000)
+            page.wait_for_timeout(3000)
+            out = DOCS / "dashboard.png"
+            page.screenshot(path=str(out), full_page=True)
+            print(f"wrote {out.relative_to(DOCS.parent)} ({out.stat().st_size:,} bytes)")
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=("ui", "dashboard"))
     ap.add_argument("--postgres", default="postgresql+psycopg2://postgres@127.0.0.1:5432/test",
-                    help="a Postgres server where a temporary database may be created")
+                    help="ui: a Postgres server where a temporary database may be created")
+    ap.add_argument("--home", help="dashboard: a STOCK_PLATFORM_HOME the demo filled")
     args = ap.parse_args()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
         print("error: no chromium on PATH (Debian: apt-get install chromium)", file=sys.stderr)
         return 2
+    if args.what == "dashboard":
+        if not args.home:
+            print("error: dashboard needs --home", file=sys.stderr)
+            return 2
+        dashboard(chromium, Path(args.home).resolve())
+        return 0
 
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
@@ -72,8 +125,7 @@ def main() -> int:
             from playwright.sync_api import sync_playwright
 
             with sync_playwright() as pw:
-                browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-                page = browser.new_page(viewport={"width": 1440, "height": 860})
+                browser, page = browser_page(pw, chromium)
                 ui = deployment.url
                 screenshot(page, f"{ui}/assets/prediction_evaluation?view=lineage&lineageScope=upstream&lineageDepth=6",
                            DOCS / "asset-lineage.png", wait_for_text="price_snapshots")

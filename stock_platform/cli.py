@@ -426,28 +426,27 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    """List the registered model versions (the lake's serving copies) and the champion; `--demote` rolls back."""
+    """List the registered model versions (the lake's serving copies); `--demote`/`--promote` overrule the gate."""
     _use_home(args)
     import polars as pl
 
-    from stock_platform.assets.model import demote, served_versions
+    from stock_platform.assets.model import served_versions, set_promoted
     from stock_platform.definitions import build_resources
     from stock_platform.settings import get_settings
 
-    try:
-        resources = build_resources(get_settings())
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    resources = build_resources(get_settings())
     lake, tracking = resources["lake"], resources["tracking"]
-    if args.demote is not None:
+    for version, promoted in ((args.demote, False), (args.promote, True)):
+        if version is None:
+            continue
         try:
-            champion = demote(lake, tracking, args.demote)
+            champion = set_promoted(lake, tracking, version, promoted)
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        print(f"demoted v{args.demote}: predictions no longer use it; champion is now "
-              f"{f'v{champion}' if champion else 'none'} (re-materialize `predictions` for the days it served)")
+        print(f"{'promoted' if promoted else 'demoted'} v{version}: predictions {'may' if promoted else 'no longer'} "
+              f"use it; champion is now {f'v{champion}' if champion else 'none'} (re-materialize `predictions` "
+              "for the days concerned)")
     served = served_versions(lake, tracking.model_name).drop("booster", "model_name")
     pl.Config.set_tbl_rows(50)
     pl.Config.set_tbl_width_chars(200)
@@ -455,6 +454,28 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(f"{tracking.model_name}: {served.height} registered version(s)")
     print(served)
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The prediction API (FastAPI + uvicorn) over the configured lake."""
+    _use_home(args)
+    from stock_platform.serving.api import serve
+
+    serve(args.host, args.port)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """The Streamlit dashboard over the configured lake (check results from the home's Dagster instance)."""
+    _use_home(args)
+    from stock_platform.settings import get_settings
+
+    os.environ.setdefault("DAGSTER_HOME", str(get_settings().dagster_home))
+    script = Path(__file__).resolve().parent / "serving" / "dashboard.py"
+    # Streamlit replaces this process: signals (Ctrl-C, a supervisor's SIGTERM) reach the server itself.
+    os.execv(sys.executable, [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
+                              "--server.address", args.host, "--server.port", str(args.port),
+                              "--browser.gatherUsageStats", "false"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -506,11 +527,27 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--home", help="STOCK_PLATFORM_HOME (default ./.stock_platform)")
     report.set_defaults(func=cmd_report)
 
-    models = sub.add_parser("models", help="list registered model versions; --demote rolls a champion back")
+    models = sub.add_parser("models", help="list registered model versions; --demote rolls a champion back, "
+                            "--promote overrules the gate")
     models.add_argument("--demote", type=int, metavar="VERSION",
                         help="stop using VERSION for predictions; champion moves to the newest promoted one left")
+    models.add_argument("--promote", type=int, metavar="VERSION",
+                        help="overrule the gate: VERSION may serve predictions (champion: the newest promoted)")
     models.add_argument("--home", help="STOCK_PLATFORM_HOME (default ./.stock_platform)")
     models.set_defaults(func=cmd_models)
+
+    serve = sub.add_parser("serve", help="the prediction API (GET /tickers, /prices, /predictions, /evaluation, "
+                           "WebSocket /ws/updates)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--home", help="STOCK_PLATFORM_HOME (default ./.stock_platform)")
+    serve.set_defaults(func=cmd_serve)
+
+    dash = sub.add_parser("dashboard", help="the market and prediction dashboard (Streamlit)")
+    dash.add_argument("--host", default="127.0.0.1")
+    dash.add_argument("--port", type=int, default=8501)
+    dash.add_argument("--home", help="STOCK_PLATFORM_HOME (default ./.stock_platform)")
+    dash.set_defaults(func=cmd_dashboard)
     return parser
 
 
@@ -523,7 +560,11 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except SettingsError as exc:  # a bad setting or option, wherever a command reads it
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def test_the_image_runs_the_processes_the_native_deployment_starts():
     services = compose_services()
     dockerfile = (REPO / "docker" / "Dockerfile").read_text()
     app = {name for name, svc in services.items() if svc.get("build")}
-    assert app == {*PROCESSES, "mlflow"}, "every stock_platform process runs the one image"
+    assert app == {*PROCESSES, "mlflow", "api", "dashboard"}, "every stock_platform process runs the one image"
     assert {services[name]["image"] for name in app} == {"stock-platform:${STOCK_PLATFORM_VERSION:-latest}"}
     assert [services[name]["command"][0] for name in PROCESSES] == ["dagster", "dagster-webserver", "dagster-daemon"]
     assert services["code"]["command"][-2:] == ["-m", "stock_platform.definitions"]
@@ -68,6 +68,12 @@ def test_the_image_runs_the_processes_the_native_deployment_starts():
         assert services[name]["command"][-2:] == ["-w", "/opt/dagster/home/workspace.yaml"]
     assert "COPY docker/workspace.yaml ${DAGSTER_HOME}/workspace.yaml" in dockerfile
     assert "USER stock" in dockerfile and "pip install -r requirements.lock" in dockerfile
+    # the API and the dashboard are the CLI's own subcommands
+    from stock_platform.cli import build_parser
+
+    for name, command in (("api", "serve"), ("dashboard", "dashboard")):
+        assert services[name]["command"][:2] == ["stock-platform", command]
+        assert build_parser().parse_args(services[name]["command"][1:]).command == command
 
 
 def test_the_compose_file_is_complete_and_holds_no_secret():
@@ -77,7 +83,7 @@ def test_the_compose_file_is_complete_and_holds_no_secret():
 
     compose = yaml.safe_load(COMPOSE.read_text())
     services = compose["services"]
-    assert set(services) == {"postgres", "minio", "minio-buckets", "mlflow", *PROCESSES}
+    assert set(services) == {"postgres", "minio", "minio-buckets", "mlflow", *PROCESSES, "api", "dashboard"}
     for name, svc in services.items():
         assert "image" in svc, name
         for dep in svc.get("depends_on", {}):

@@ -12,7 +12,7 @@ import pytest
 from stock_platform.assets.forecast import (EVALUATION_TABLE, PREDICTIONS_TABLE, model_for_each_day,
                                             prediction_evaluation, predictions, predictions_check)
 from stock_platform.assets.lake import SNAPSHOT_TABLE
-from stock_platform.assets.model import demote, load_booster, promoted_versions
+from stock_platform.assets.model import load_booster, promoted_versions, set_promoted
 from stock_platform.lib.calendar import trading_days
 from stock_platform.resources import UniverseResource
 from stock_platform.resources.warehouse import WarehouseResource
@@ -126,7 +126,7 @@ def test_rolling_back_a_model_moves_champion_and_predictions_to_the_previous_ver
                                   registry.predict(x.select(registry.feature_name()).to_numpy()))
     assert promoted_versions(lake, tracking.model_name) == [(1, TRAIN_ENDS[1]), (2, TRAIN_ENDS[2])]
 
-    assert demote(lake, tracking, 2) == 1
+    assert set_promoted(lake, tracking, 2, False) == 1
     assert str(tracking.champion().version) == "1"
     assert tracking.client().get_model_version(tracking.model_name, "2").tags["promoted"] == "false"
     assert promoted_versions(lake, tracking.model_name) == [(1, TRAIN_ENDS[1])]
@@ -134,6 +134,8 @@ def test_rolling_back_a_model_moves_champion_and_predictions_to_the_previous_ver
     assert result.success, failure_message(result)
     assert set(lake.read(PREDICTIONS_TABLE)["model_version"]) == {1}
 
-    assert demote(lake, tracking, 1) is None and tracking.champion() is None
+    assert set_promoted(lake, tracking, 1, False) is None and tracking.champion() is None
+    assert set_promoted(lake, tracking, 2, True) == 2 and str(tracking.champion().version) == "2"
+    assert promoted_versions(lake, tracking.model_name) == [(2, TRAIN_ENDS[2])]
     with pytest.raises(ValueError, match="no registered version 7"):
-        demote(lake, tracking, 7)
+        set_promoted(lake, tracking, 7, False)

@@ -85,7 +85,8 @@ def predictions(context: dg.AssetExecutionContext, lake: LakeResource, tracking:
                 "created_at")
         .sort("ticker", "date")
     )
-    version = lake.replace_dates(PREDICTIONS_TABLE, out, start, end)
+    # with a change data feed: the API's /ws/updates streams new forecasts from it
+    version = lake.replace_dates(PREDICTIONS_TABLE, out, start, end, change_data_feed=True)
     warehouse.upsert("stock_pred", out.with_columns(
         model=pl.format("{}/{}", "model_name", "model_version")))
     without = sorted(set(dates) - set(plan))

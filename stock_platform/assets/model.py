@@ -14,7 +14,7 @@ from stock_platform.resources.tuning import TuningResource
 LEAKAGE_CHECK = "no_leakage"
 # The serving copy of every registered version (booster text, training end, promoted flag): `predictions` reads
 # this lake table, not MLflow, so a landing run needs neither the MLflow import nor a registry round trip
-# (~3 s). MLflow stays the record of runs, trials and the `champion` alias; `register_version` and `demote`
+# (~3 s). MLflow stays the record of runs, trials and the `champion` alias; `register_version` and `set_promoted`
 # write both, in that order.
 MODELS_TABLE = "model_versions"
 MODELS_KEYS = ("model_name", "version")
@@ -107,18 +107,19 @@ def promoted_versions(lake: LakeResource, model_name: str) -> list[tuple[int, dt
     return list(zip(rows["version"].to_list(), rows["train_end"].to_list(), strict=True))
 
 
-def demote(lake: LakeResource, tracking: TrackingResource, version: int) -> int | None:
-    """Roll back: `version` is no longer used by `predictions`; `champion` moves to the newest promoted version
-    left (returned; None: no champion)."""
+def set_promoted(lake: LakeResource, tracking: TrackingResource, version: int, promoted: bool) -> int | None:
+    """An operator's decision over the gate's: demote (roll back) or promote `version`, in MLflow (tag) and in
+    the serving copy; `champion` moves to the newest promoted version (returned; None: no champion left)."""
     import polars as pl
 
     rows = served_versions(lake, tracking.model_name)
     row = rows.filter(pl.col("version") == version)
     if row.is_empty():
         raise ValueError(f"model {tracking.model_name} has no registered version {version}")
-    tracking.tag_version(str(version), {"promoted": "false", "gate": f"demoted {dt.datetime.now(dt.UTC):%F %T} UTC"})
+    gate = f"{'promoted' if promoted else 'demoted'} by an operator {dt.datetime.now(dt.UTC):%F %T} UTC"
+    tracking.tag_version(str(version), {"promoted": str(promoted).lower(), "gate": gate})
     _publish(lake, tracking.model_name, version, **{k: v for k, v in row.row(0, named=True).items()
-                                                     if k not in MODELS_KEYS} | {"promoted": False})
+                                                     if k not in MODELS_KEYS} | {"promoted": promoted, "gate": gate})
     left = [v for v, _ in promoted_versions(lake, tracking.model_name)]
     if not left:
         tracking.remove_champion()

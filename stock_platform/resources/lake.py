@@ -137,13 +137,14 @@ class LakeResource(dg.ConfigurableResource):
                 raise
 
     def replace_dates(self, name: str, df: pl.DataFrame, start: dt.date, end: dt.date, *,
-                      date_column: str = "date") -> int:
+                      date_column: str = "date", change_data_feed: bool = False) -> int:
         """Atomically replace the rows with `date_column` in [start, end] by `df`; return the new version.
 
         The table is partitioned by `date_column`, so a replace rewrites only the range's partitions.
         A long range is replaced in consecutive sub-ranges of `dates_per_commit` dates, one commit each:
         every partition is replaced atomically, and a rerun after a failure is idempotent.
         Rows of `df` outside the range are refused (they would survive a later replace of their range).
+        `change_data_feed` applies when the table is created: a replace then records deletes and inserts.
         """
         import polars as pl
         from deltalake import write_deltalake
@@ -152,7 +153,7 @@ class LakeResource(dg.ConfigurableResource):
         if not outside.is_empty():
             raise LakeError(f"lake table {name}: {outside.height} row(s) outside {start}..{end}, "
                             f"e.g. {outside.row(0, named=True)}")
-        self.ensure_table(name, dict(df.schema), partition_by=[date_column])
+        self.ensure_table(name, dict(df.schema), partition_by=[date_column], change_data_feed=change_data_feed)
 
         def write(part: pl.DataFrame, first: dt.date, last: dt.date) -> int:
             write_deltalake(self.table_uri(name), part.to_arrow(), mode="overwrite",

@@ -1,0 +1,183 @@
+"""The prediction API (`stock-platform serve`): prices, forecasts beside the naive forecast, evaluation
+metrics, and a WebSocket feed of new snapshot rows and forecasts from the lake's change data feed.
+
+Read-only, over the lake (`LakeResource`); nothing is recomputed here but the evaluation's aggregates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Annotated, Any
+
+from fastapi import FastAPI, HTTPException, Path, Query, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
+
+from stock_platform.resources.lake import LakeResource
+from stock_platform.serving import queries as q
+from stock_platform.settings import TICKER_PATTERN
+
+MAX_LIMIT = 5000
+MAX_FEED_ROWS = 1000  # rows per WebSocket message; a bigger change arrives in several
+Ticker = Annotated[str, Path(pattern=TICKER_PATTERN, max_length=15, description="e.g. AAPL",
+                             examples=["AAPL"])]
+Start = Annotated[dt.date | None, Query(description="first date, YYYY-MM-DD (inclusive)")]
+End = Annotated[dt.date | None, Query(description="last date, YYYY-MM-DD (inclusive)")]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"rows per page (at most {MAX_LIMIT})")]
+Offset = Annotated[int, Query(ge=0, le=10_000_000, description="rows to skip")]
+
+
+class TickerInfo(BaseModel):
+    ticker: str
+    first_date: dt.date
+    last_date: dt.date
+    sessions: int
+
+
+class Bar(BaseModel):
+    date: dt.date
+    open: float
+    high: float
+    low: float
+    close: float
+    adj_close: float
+    volume: int
+    source: str
+    ingested_at: dt.datetime
+
+
+class Prediction(BaseModel):
+    date: dt.date
+    target_date: dt.date
+    pred_return: float
+    pred_close: float
+    naive_close: float | None  # the naive random walk's forecast: the close of `date`
+    actual_close: float | None  # the target day's close, once known
+    model_name: str
+    model_version: int
+    created_at: dt.datetime
+
+
+class Page(BaseModel):
+    ticker: str
+    start: dt.date | None
+    end: dt.date | None
+    total: int
+    offset: int
+    limit: int
+    next_offset: int | None
+
+
+class BarPage(Page):
+    items: list[Bar]
+
+
+class PredictionPage(Page):
+    items: list[Prediction]
+
+
+class Evaluation(BaseModel):
+    window_days: int
+    first_target_date: dt.date | None
+    last_target_date: dt.date | None
+    metrics: dict[str, float | None]
+
+
+class Health(BaseModel):
+    status: str
+    lake: str
+    versions: dict[str, int]
+
+
+def create_app(lake: LakeResource, *, poll_seconds: float = 1.0) -> FastAPI:
+    app = FastAPI(title="stock_platform API", version="1.0",
+                  description="Daily prices, next-day forecasts beside the naive random walk, and their evaluation.")
+
+    def dates(start: dt.date | None, end: dt.date | None) -> None:
+        if start and end and start > end:  # reported in FastAPI's validation-error shape, as the schema says
+            raise RequestValidationError([{"type": "value_error", "loc": ["query", "end"], "input": str(end),
+                                           "msg": f"end {end} is before start {start}"}])
+
+    def known(ticker: str) -> None:
+        if ticker not in set(q.tickers(lake)["ticker"]):
+            raise HTTPException(404, f"ticker {ticker!r} is not in the lake (GET /tickers lists them)")
+
+    def page(df, ticker, start, end, offset, limit) -> dict[str, Any]:
+        nxt = offset + limit
+        return {"ticker": ticker, "start": start, "end": end, "total": df.height, "offset": offset, "limit": limit,
+                "next_offset": nxt if nxt < df.height else None, "items": q.records(df.slice(offset, limit))}
+
+    @app.get("/health", response_model=Health)
+    def health() -> dict:
+        return {"status": "ok", "lake": lake.uri, "versions": q.versions(lake)}
+
+    @app.get("/tickers", response_model=list[TickerInfo])
+    def tickers() -> list[dict]:
+        return q.records(q.tickers(lake))
+
+    @app.get("/prices/{ticker}", response_model=BarPage, responses={404: {"description": "unknown ticker"}})
+    def prices(ticker: Ticker, start: Start = None, end: End = None, limit: Limit = 500, offset: Offset = 0) -> dict:
+        dates(start, end)
+        known(ticker)
+        return page(q.prices(lake, ticker, start, end), ticker, start, end, offset, limit)
+
+    @app.get("/predictions/{ticker}", response_model=PredictionPage,
+             responses={404: {"description": "unknown ticker"}})
+    def predictions(ticker: Ticker, start: Start = None, end: End = None, limit: Limit = 500,
+                    offset: Offset = 0) -> dict:
+        dates(start, end)
+        known(ticker)
+        return page(q.predictions(lake, ticker, start, end), ticker, start, end, offset, limit)
+
+    @app.get("/evaluation", response_model=Evaluation)
+    def evaluation(window: Annotated[int, Query(ge=1, le=2520, description="the last N target days")] = 20) -> dict:
+        return q.evaluation(lake, window)
+
+    @app.websocket("/ws/updates")
+    async def updates(websocket: WebSocket) -> None:
+        """Sends `{"type": "cursor", "versions": {...}}` first, then one `{"type": "changes", "table", "from_version",
+        "to_version", "rows"}` message per table and batch as new versions land. Pass `price_snapshots=V` and/or
+        `predictions=V` (query parameters) to resume after version V; by default only what lands after connecting."""
+        await websocket.accept()
+        cursor = await asyncio.to_thread(q.versions, lake)
+        for table in q.FEED_TABLES:
+            value = websocket.query_params.get(table)
+            if value is not None:
+                if not value.lstrip("-").isdigit():
+                    await websocket.close(code=1008, reason=f"{table}: version cursor {value!r} is not an integer")
+                    return
+                cursor[table] = int(value)
+        try:
+            await websocket.send_json({"type": "cursor", "versions": cursor})
+            while True:
+                latest = await asyncio.to_thread(q.versions, lake)
+                for table in q.FEED_TABLES:
+                    if latest[table] > cursor[table]:
+                        rows = await asyncio.to_thread(q.changes, lake, table, cursor[table], latest[table])
+                        for first in range(0, max(rows.height, 1), MAX_FEED_ROWS):
+                            await websocket.send_json({
+                                "type": "changes", "table": table, "from_version": cursor[table],
+                                "to_version": latest[table], "rows": q.records(rows.slice(first, MAX_FEED_ROWS))})
+                        cursor[table] = latest[table]
+                await asyncio.sleep(poll_seconds)
+        except WebSocketDisconnect:
+            return
+
+    return app
+
+
+def app_from_settings(poll_seconds: float = 1.0) -> FastAPI:
+    """The app on the configured lake (STOCK_PLATFORM_LAKE_URI, AWS_ENDPOINT_URL)."""
+    from stock_platform.settings import get_settings
+
+    settings = get_settings()
+    return create_app(LakeResource(uri=settings.lake_uri, aws_endpoint_url=settings.aws_endpoint_url),
+                      poll_seconds=poll_seconds)
+
+
+def serve(host: str, port: int) -> None:
+    import uvicorn
+
+    print(f"stock_platform API on http://{host}:{port} (OpenAPI docs at /docs)", flush=True)
+    uvicorn.run(app_from_settings(), host=host, port=port, log_level="warning")
