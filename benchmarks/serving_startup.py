@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,11 +19,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from stock_platform_tests.deployment import free_port  # noqa: E402
 
 def until_answered(args: list[str], url: str, env: dict[str, str]) -> float:
     started = time.perf_counter()

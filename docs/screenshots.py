@@ -50,15 +50,14 @@ def browser_page(pw, chromium: str):
 def dashboard(chromium: str, home: Path) -> None:
     """`stock-platform dashboard` on the demo's home, photographed once its charts are drawn."""
     import os
-    import socket
     import subprocess
     import urllib.request
 
     from playwright.sync_api import sync_playwright
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from stock_platform_tests.deployment import free_port
+
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STOCK_PLATFORM_", "DAGSTER_"))}
     proc = subprocess.Popen([sys.executable, "-m", "stock_platform.cli", "dashboard", "--home", str(home),
                              "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

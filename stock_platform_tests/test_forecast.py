@@ -12,7 +12,7 @@ import pytest
 from stock_platform.assets.forecast import (EVALUATION_TABLE, PREDICTIONS_TABLE, model_for_each_day,
                                             prediction_evaluation, predictions, predictions_check)
 from stock_platform.assets.lake import SNAPSHOT_TABLE
-from stock_platform.assets.model import load_booster, promoted_versions, set_promoted
+from stock_platform.assets.model import load_booster, promoted_versions, served_versions, set_promoted
 from stock_platform.lib.calendar import trading_days
 from stock_platform.resources import UniverseResource
 from stock_platform.resources.warehouse import WarehouseResource
@@ -120,22 +120,22 @@ def test_rolling_back_a_model_moves_champion_and_predictions_to_the_previous_ver
     register(res, lake)
     # the serving copy predicts exactly what the registry's model predicts
     x = lake.read("features", dt.date(2024, 6, 10), dt.date(2024, 6, 10)).filter("warm")
-    served = load_booster(lake, tracking.model_name, 2)
+    served = load_booster(served_versions(lake, tracking.model_name), 2)
     registry = tracking.load("2")
     np.testing.assert_array_equal(served.predict(x.select(served.feature_name()).to_numpy()),
                                   registry.predict(x.select(registry.feature_name()).to_numpy()))
-    assert promoted_versions(lake, tracking.model_name) == [(1, TRAIN_ENDS[1]), (2, TRAIN_ENDS[2])]
+    assert promoted_versions(served_versions(lake, tracking.model_name)) == [(1, TRAIN_ENDS[1]), (2, TRAIN_ENDS[2])]
 
     assert set_promoted(lake, tracking, 2, False) == 1
     assert str(tracking.champion().version) == "1"
     assert tracking.client().get_model_version(tracking.model_name, "2").tags["promoted"] == "false"
-    assert promoted_versions(lake, tracking.model_name) == [(1, TRAIN_ENDS[1])]
+    assert promoted_versions(served_versions(lake, tracking.model_name)) == [(1, TRAIN_ENDS[1])]
     result = run(res, instance)
     assert result.success, failure_message(result)
     assert set(lake.read(PREDICTIONS_TABLE)["model_version"]) == {1}
 
     assert set_promoted(lake, tracking, 1, False) is None and tracking.champion() is None
     assert set_promoted(lake, tracking, 2, True) == 2 and str(tracking.champion().version) == "2"
-    assert promoted_versions(lake, tracking.model_name) == [(2, TRAIN_ENDS[2])]
+    assert promoted_versions(served_versions(lake, tracking.model_name)) == [(2, TRAIN_ENDS[2])]
     with pytest.raises(ValueError, match="no registered version 7"):
         set_promoted(lake, tracking, 7, False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ import pytest
 from stock_platform.resources.lake import LakeResource
 from stock_platform.resources.warehouse import WarehouseResource
 from stock_platform.serving.api import MAX_LIMIT, create_app
+from stock_platform_tests.deployment import free_port
 
 pytestmark = pytest.mark.slow
 TICKERS = ("AAPL", "MSFT", "XOM", "JPM")
@@ -156,12 +156,6 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(lake):
     assert not failures, "\n\n".join(failures[:3])
     assert set(calls) == {op.ok().label for op in operations}  # every operation was exercised
     assert len(calls) > 50
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

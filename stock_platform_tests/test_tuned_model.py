@@ -70,7 +70,7 @@ def test_two_weeks_register_two_versions_and_champion_follows_the_gate(tmp_path,
     served = served_versions(res["lake"], tracking.model_name)
     assert served["version"].to_list() == [1, 2]
     assert served["promoted"].to_list() == [first["promoted"], second["promoted"]]
-    assert load_booster(res["lake"], tracking.model_name, 2).model_to_string() == model.model_to_string()
+    assert load_booster(served, 2).model_to_string() == model.model_to_string()
 
 
 def test_a_feature_from_tomorrows_price_fails_the_leakage_check_and_is_never_promoted(tmp_path, instance):

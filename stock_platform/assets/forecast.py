@@ -49,8 +49,9 @@ def predictions(context: dg.AssetExecutionContext, lake: LakeResource, tracking:
 
     dates = partition_dates(context)
     start, end = dates[0], dates[-1]
-    plan = model_for_each_day(dates, promoted_versions(lake, tracking.model_name))
-    registered = dict(served_versions(lake, tracking.model_name).select("version", "registered_at").iter_rows())
+    served = served_versions(lake, tracking.model_name)  # read once: the plan, the boosters, their registration
+    plan = model_for_each_day(dates, promoted_versions(served))
+    registered = dict(served.select("version", "registered_at").iter_rows())
     feats = lake.read(FEATURES_TABLE, start, end).filter(pl.col("warm") & pl.col("date").is_in(list(plan)))
     closes = lake.snapshot(SNAPSHOT_TABLE, start=start, end=end).select("ticker", "date", "close")
     sessions = trading_days(start, end + dt.timedelta(days=10))
@@ -60,7 +61,7 @@ def predictions(context: dg.AssetExecutionContext, lake: LakeResource, tracking:
         rows = feats.filter(pl.col("date").is_in([d for d, v in plan.items() if v == version]))
         if rows.is_empty():
             continue
-        model = load_booster(lake, tracking.model_name, version)
+        model = load_booster(served, version)
         parts.append(rows.select("ticker", "date").with_columns(
             pred_return=pl.Series(model.predict(rows.select(model.feature_name()).to_numpy())),
             model_version=pl.lit(version, pl.Int32),
@@ -110,7 +111,7 @@ def predictions_check(context: dg.AssetCheckExecutionContext, lake: LakeResource
     import polars as pl
 
     dates = partition_dates(context)
-    plan = model_for_each_day(dates, promoted_versions(lake, tracking.model_name))
+    plan = model_for_each_day(dates, promoted_versions(served_versions(lake, tracking.model_name)))
     expected = (lake.read(FEATURES_TABLE, dates[0], dates[-1], columns=["ticker", "date", "warm"])
                 .filter(pl.col("warm") & pl.col("date").is_in(list(plan)) & pl.col("ticker").is_in(universe.tickers))
                 .select("ticker", "date"))

@@ -101,9 +101,10 @@ def served_versions(lake: LakeResource, model_name: str):
             .drop("updated_at").sort("version"))
 
 
-def promoted_versions(lake: LakeResource, model_name: str) -> list[tuple[int, dt.date]]:
-    """(version, last day of its training data) of every version the gate promoted and nobody demoted."""
-    rows = served_versions(lake, model_name).filter("promoted")
+def promoted_versions(served) -> list[tuple[int, dt.date]]:
+    """(version, last day of its training data) of every version the gate promoted and nobody demoted, from
+    `served_versions` rows."""
+    rows = served.filter("promoted")
     return list(zip(rows["version"].to_list(), rows["train_end"].to_list(), strict=True))
 
 
@@ -120,7 +121,7 @@ def set_promoted(lake: LakeResource, tracking: TrackingResource, version: int, p
     tracking.tag_version(str(version), {"promoted": str(promoted).lower(), "gate": gate})
     _publish(lake, tracking.model_name, version, **{k: v for k, v in row.row(0, named=True).items()
                                                      if k not in MODELS_KEYS} | {"promoted": promoted, "gate": gate})
-    left = [v for v, _ in promoted_versions(lake, tracking.model_name)]
+    left = [v for v, _ in promoted_versions(served_versions(lake, tracking.model_name))]
     if not left:
         tracking.remove_champion()
         return None
@@ -128,14 +129,14 @@ def set_promoted(lake: LakeResource, tracking: TrackingResource, version: int, p
     return left[-1]
 
 
-def load_booster(lake: LakeResource, model_name: str, version: int):
-    """The LightGBM booster of a registered version, from its serving copy."""
+def load_booster(served, version: int):
+    """The LightGBM booster of a registered version, from its serving copy (`served_versions` rows)."""
     import lightgbm as lgb
     import polars as pl
 
-    text = served_versions(lake, model_name).filter(pl.col("version") == version)["booster"]
+    text = served.filter(pl.col("version") == version)["booster"]
     if text.is_empty():
-        raise dg.Failure(f"model {model_name} v{version} has no serving copy in the lake table {MODELS_TABLE}")
+        raise dg.Failure(f"model version {version} has no serving copy in the lake table {MODELS_TABLE}")
     return lgb.Booster(model_str=text[0])
 
 
