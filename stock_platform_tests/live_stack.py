@@ -16,13 +16,15 @@ import polars as pl
 TICKERS = ("AAPL", "MSFT", "XOM")
 HISTORY = (dt.date(2023, 5, 1), dt.date(2024, 6, 14))  # > 252 sessions: warm features by June 2024
 TRAIN_END = dt.date(2024, 6, 9)
-INSTANCE_YAML = """telemetry:
-  enabled: false
-run_coordinator:
+QUEUE_YAML = """run_coordinator:
   module: dagster._core.run_coordinator.queued_run_coordinator
   class: QueuedRunCoordinator
   config:
     dequeue_interval_seconds: 1
+"""
+WARM_LAUNCHER_YAML = """run_launcher:
+  module: stock_platform.launcher
+  class: WarmProcessRunLauncher
 """
 
 
@@ -53,12 +55,15 @@ register_promoted_model(defs.resources["lake"], defs.resources["tracking"], dt.d
 """
 
 
-def prepare(home: Path, env: dict[str, str], *, queued: bool = True) -> None:
+def prepare(home: Path, env: dict[str, str], *, queued: bool = True, warm_launcher: bool = True) -> None:
     """History (prices -> features) as one in-process run, and a promoted model trained up to TRAIN_END.
 
-    `queued=False`: the sensor daemon launches runs itself (no queue: no dequeue wait, no concurrency limits)."""
+    `queued=False`: the sensor daemon launches runs itself (no queue: no dequeue wait, no concurrency limits).
+    `warm_launcher=False`: Dagster's DefaultRunLauncher (the code server spawns each run's process) instead of
+    stock_platform.launcher.WarmProcessRunLauncher (production's)."""
     (home / "dagster").mkdir(parents=True, exist_ok=True)
-    (home / "dagster" / "dagster.yaml").write_text(INSTANCE_YAML if queued else "telemetry:\n  enabled: false\n")
+    (home / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n" + (QUEUE_YAML if queued else "")
+                                                   + (WARM_LAUNCHER_YAML if warm_launcher else ""))
     done = subprocess.run([sys.executable, "-W", "ignore", "-c", PREPARE, HISTORY[0].isoformat(),
                            HISTORY[1].isoformat(), TRAIN_END.isoformat()], env=env, capture_output=True, text=True,
                           timeout=600)
