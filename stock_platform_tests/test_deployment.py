@@ -10,6 +10,7 @@ import subprocess
 import polars as pl
 import pytest
 
+from stock_platform.launcher import WORKER_PID_TAG
 from stock_platform.lib.calendar import trading_days
 from stock_platform.resources.lake import LakeResource
 from stock_platform.resources.warehouse import WarehouseResource
@@ -18,6 +19,7 @@ from stock_platform_tests.deployment import (ASSET_CHECKS, COMPOSE, PROCESSES, R
 
 TICKERS = ("AAPL", "MSFT", "XOM")
 FIRST, LAST = dt.date(2023, 1, 3), dt.date(2024, 3, 28)  # > 272 sessions: features warm by the end
+RUN_TAGS = "query($runId: ID!) { runOrError(runId: $runId) { ... on Run { tags { key value } } } }"
 
 
 @pytest.mark.postgres
@@ -34,6 +36,9 @@ def test_a_backfill_submitted_through_the_webserver_runs_on_postgres_and_reports
         assert done["numPartitions"] == len(sessions)
         # single-run backfill policy: the whole range in one run, not one run per day
         assert len(done["runs"]) == 1 and done["runs"][0]["status"] == "SUCCESS"
+        # dagster.yaml's launcher ran it, in one of the daemon's pre-started workers
+        tags = deployment.graphql(RUN_TAGS, {"runId": done["runs"][0]["runId"]})["runOrError"]["tags"]
+        assert WORKER_PID_TAG in {tag["key"] for tag in tags}
 
         checks = deployment.graphql(ASSET_CHECKS, {"keys": [{"path": [a]} for a in assets]})["assetNodes"]
         found = {(node["assetKey"]["path"][0], check["name"]): (check["blocking"],
