@@ -87,7 +87,7 @@ class WarmProcessRunLauncher(DefaultRunLauncher):
                                 stdin=subprocess.PIPE, text=True)
 
     def _take_worker(self) -> subprocess.Popen:
-        """The oldest ready spare, or a new worker if there is none."""
+        """The oldest live spare (the likeliest to have finished its warm-up), or a new worker if there is none."""
         with self._lock:
             self._spares = [p for p in self._spares if p.poll() is None]
             return self._spares.pop(0) if self._spares else self._start_worker()

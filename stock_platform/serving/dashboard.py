@@ -12,10 +12,13 @@ import datetime as dt
 import polars as pl
 import streamlit as st
 
+from stock_platform.assets.forecast import predictions_check
+from stock_platform.checks import features_schema_check, prices_schema_check
 from stock_platform.serving import queries as q
 
-CHECKS = (("prices", "prices_schema"), ("features", "features_schema"),
-          ("predictions", "predictions_complete_and_plausible"))
+# The blocking checks whose latest results the data-quality panel shows.
+CHECK_KEYS = [key for check in (prices_schema_check, features_schema_check, predictions_check)
+              for key in check.check_keys]
 
 
 @st.cache_resource
@@ -43,12 +46,11 @@ def check_history(dagster_home: str, limit: int = 20) -> pl.DataFrame:
     done = COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES  # passed or failed, not planned ones a skip left behind
     rows = []
     with dg.DagsterInstance.from_config(dagster_home) as instance:
-        for asset, name in CHECKS:
-            key = dg.AssetCheckKey(dg.AssetKey(asset), name)
+        for key in CHECK_KEYS:
             for record in instance.event_log_storage.get_asset_check_execution_history(key, limit=limit, status=done):
                 evaluation = record.event.dagster_event.event_specific_data if record.event else None
                 metadata = getattr(evaluation, "metadata", {}) or {}
-                rows.append({"check": f"{asset}.{name}", "status": record.status.value,
+                rows.append({"check": f"{key.asset_key.to_user_string()}.{key.name}", "status": record.status.value,
                              "partition": getattr(evaluation, "partition", None) or "",
                              "at": dt.datetime.fromtimestamp(record.create_timestamp, dt.UTC),
                              "details": ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in metadata.items()

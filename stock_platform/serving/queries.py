@@ -12,13 +12,16 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from stock_platform.assets.forecast import EVALUATION_TABLE as EVALUATION
+from stock_platform.assets.forecast import PREDICTIONS_TABLE as PREDICTIONS
+from stock_platform.assets.ingestion import QUARANTINE_TABLE as QUARANTINE
+from stock_platform.assets.lake import SNAPSHOT_TABLE as SNAPSHOTS
+from stock_platform.assets.ml import FEATURES_TABLE as FEATURES
 from stock_platform.resources.lake import LakeResource
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-SNAPSHOTS, FEATURES, PREDICTIONS, EVALUATION, QUARANTINE = (
-    "price_snapshots", "features", "predictions", "prediction_evaluation", "prices_quarantine")
 FEED_TABLES = (SNAPSHOTS, PREDICTIONS)  # what /ws/updates streams from the change data feed
 CHART_INDICATORS = ("sma_50", "sma_200", "bb_mid", "bb_upper", "bb_lower", "rsi_14", "macd", "macd_signal",
                     "macd_hist")
