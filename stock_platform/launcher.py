@@ -152,14 +152,15 @@ class WarmProcessRunLauncher(DefaultRunLauncher):
         with self._lock:
             self._disposed = True
             spares, self._spares = self._spares, []
-        for spare in spares:  # end of stdin: a spare exits without running anything
-            if spare.stdin:
-                spare.stdin.close()
+        for spare in spares:  # a spare holds no run yet: nothing is lost
+            spare.terminate()
         for spare in spares:
             try:
                 spare.wait(10)
             except subprocess.TimeoutExpired:
                 spare.kill()
+            if spare.stdin:
+                spare.stdin.close()
 
 
 # ------------------------------------------------------------------------------------------------ worker
