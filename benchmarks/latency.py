@@ -40,17 +40,17 @@ def percentile(values: list[float], q: float) -> float:
 
 
 RUN_TIMINGS = """
-import json, os, sys
+import json, sys
 import dagster as dg
 skip = int(sys.argv[1])
 out = {"created -> started": [], "started -> ended": [], "steps": {}}
 with dg.DagsterInstance.get() as instance:
-    runs = [r for r in instance.get_runs() if r.tags.get("stock_platform/trigger") == "landing_zone_sensor"]
-    for run in sorted(runs, key=lambda r: instance.get_run_record_by_id(r.run_id).create_timestamp)[skip:]:
-        stats, record = instance.get_run_stats(run.run_id), instance.get_run_record_by_id(run.run_id)
+    records = instance.get_run_records(dg.RunsFilter(tags={"stock_platform/trigger": "landing_zone_sensor"}))
+    for record in sorted(records, key=lambda r: r.create_timestamp)[skip:]:
+        stats = instance.get_run_stats(record.dagster_run.run_id)
         out["created -> started"].append(stats.start_time - record.create_timestamp.timestamp())
         out["started -> ended"].append(stats.end_time - stats.start_time)
-        for s in instance.get_run_step_stats(run.run_id):
+        for s in instance.get_run_step_stats(record.dagster_run.run_id):
             out["steps"].setdefault(s.step_key, []).append(s.end_time - s.start_time)
 print(json.dumps(out))
 """
