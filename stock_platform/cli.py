@@ -65,15 +65,46 @@ def _apply_demo_environment(args: argparse.Namespace) -> None:
     os.environ.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
 
 
-def demo_range(years: float, end: dt.date | None = None) -> tuple[dt.date, dt.date]:
-    """The last `years` of trading days ending at the last session before `end` (default: before today)."""
-    from stock_platform.lib.calendar import trading_days
+def demo_range(years: float, end: dt.date | None = None, *, now: dt.datetime | None = None) -> tuple[dt.date, dt.date]:
+    """The last `years` of trading days ending at `end` (default: the last session before New York's today at
+    `now`, by default the clock)."""
+    from stock_platform.lib.calendar import exchange_date, trading_days
 
-    end = end or dt.date.today() - dt.timedelta(days=1)
+    end = end or exchange_date(now) - dt.timedelta(days=1)
     sessions = trading_days(end - dt.timedelta(days=int(round(years * 365.25))), end)
     if not sessions:
         raise SettingsError(f"--years {years}: no trading day in range")
     return sessions[0], sessions[-1]
+
+
+def _start_follows_the_range(start: dt.date) -> None:
+    """The demo's partitions begin at its range: STOCK_PLATFORM_START becomes the range's first session when it
+    is unset (or the default) and the range starts earlier. An explicit later value is the user's: say how to fix."""
+    from stock_platform.settings import DEFAULT_START
+
+    raw = os.environ.get("STOCK_PLATFORM_START")
+    configured = dt.date.fromisoformat(raw.strip()) if raw else DEFAULT_START
+    if start >= configured:
+        return
+    if raw and configured != DEFAULT_START:
+        raise SettingsError(f"the range starts {start}, before STOCK_PLATFORM_START={raw}: run "
+                            f"`export STOCK_PLATFORM_START={start}` (or `unset STOCK_PLATFORM_START`) and retry")
+    os.environ["STOCK_PLATFORM_START"] = start.isoformat()
+
+
+def ui_command(settings) -> str:
+    """The command that opens this home's Dagster UI with the partitions the demo used."""
+    import shlex
+
+    from stock_platform.settings import DEFAULT_START
+
+    env = {"DAGSTER_HOME": settings.dagster_home, "STOCK_PLATFORM_HOME": settings.home}
+    if settings.start != DEFAULT_START:
+        env["STOCK_PLATFORM_START"] = settings.start
+    for variable in ("STOCK_PLATFORM_SOURCE", "STOCK_PLATFORM_TICKERS", "STOCK_PLATFORM_FILES_DIR"):
+        if os.environ.get(variable):
+            env[variable] = os.environ[variable]
+    return " ".join(f"{k}={shlex.quote(str(v))}" for k, v in env.items()) + " dagster dev"
 
 
 def _step_errors(result) -> str:
@@ -300,6 +331,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
+        start, end = demo_range(args.years, dt.date.fromisoformat(args.end) if args.end else None)
+        _start_follows_the_range(start)  # before anything reads the settings or builds the partitions
         _apply_demo_environment(args)
         import dagster as dg
 
@@ -308,17 +341,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         settings = get_settings()
         settings.check_warehouse_reachable()
-        start, end = demo_range(args.years, dt.date.fromisoformat(args.end) if args.end else None)
-        if start < settings.start:
-            raise SettingsError(f"--years {args.years}: starts {start}, before STOCK_PLATFORM_START={settings.start}")
-    except SettingsError as exc:
+    except (SettingsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
     tickers = list(settings.tickers)
     print(f"stock-platform demo: {len(tickers)} tickers ({', '.join(tickers)}), {start} .. {end}, "
           f"source={settings.source}")
-    print(f"  Dagster instance: {settings.dagster_home}  (open the UI: DAGSTER_HOME={settings.dagster_home} dagster dev)")
+    print(f"  Dagster instance: {settings.dagster_home}  (open the UI: {ui_command(settings)})")
     print(f"  lake: {settings.lake_uri}")
 
     try:

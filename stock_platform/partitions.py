@@ -6,7 +6,7 @@ import datetime as dt
 
 import dagster as dg
 
-from stock_platform.lib.calendar import EXCHANGE_TIMEZONE, nyse_holidays
+from stock_platform.lib.calendar import EXCHANGE_TIMEZONE, exchange_date, nyse_holidays
 from stock_platform.settings import get_settings
 
 _settings = get_settings()
@@ -14,8 +14,9 @@ _settings = get_settings()
 
 def _trading_days(start: dt.date) -> dg.TimeWindowPartitionsDefinition:
     # Weekday windows (Mon..Fri); NYSE holidays are excluded by Dagster itself. end_offset=1 makes
-    # today's partition exist during the day, so the 18:00 close schedule can fill it.
-    last = dt.date.today() + dt.timedelta(days=400)
+    # today's partition exist during the day, so the 18:00 close schedule can fill it. Holidays are listed
+    # to well past New York's today (Dagster itself decides the last partition from its clock in New York).
+    last = exchange_date() + dt.timedelta(days=400)
     return dg.TimeWindowPartitionsDefinition(
         start=start.isoformat(),
         fmt="%Y-%m-%d",

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from stock_platform.lib.calendar import exchange_date
+
 TICKER_PATTERN = r"^[A-Z0-9][A-Z0-9.\-^=]{0,14}$"
 _TICKER_RE = re.compile(TICKER_PATTERN)
 # Table and object names that reach a file path or a URI: lowercase identifiers only.
@@ -124,8 +126,8 @@ class Settings:
             engine.dispose()
 
 
-def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Read the environment (or `env`) into validated Settings."""
+def load_settings(env: Mapping[str, str] | None = None, *, now: dt.datetime | None = None) -> Settings:
+    """Read the environment (or `env`) into validated Settings; `now` (default: the clock) dates "today"."""
     env = dict(os.environ if env is None else env)
 
     home = Path(env.get("STOCK_PLATFORM_HOME") or "./.stock_platform").expanduser().resolve()
@@ -141,8 +143,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         start = dt.date.fromisoformat(start_raw.strip())
     except ValueError:
         raise SettingsError(f"STOCK_PLATFORM_START={start_raw!r}: not a date (expected YYYY-MM-DD)") from None
-    if not dt.date(1990, 1, 1) <= start <= dt.date.today():
-        raise SettingsError(f"STOCK_PLATFORM_START={start_raw!r}: must be between 1990-01-01 and today")
+    today = exchange_date(now)
+    if not dt.date(1990, 1, 1) <= start <= today:
+        raise SettingsError(f"STOCK_PLATFORM_START={start_raw!r}: must be between 1990-01-01 and today in New York "
+                            f"({today})")
 
     files_dir = None
     if env.get("STOCK_PLATFORM_FILES_DIR"):

@@ -2,9 +2,15 @@ from __future__ import annotations
 
 import datetime as dt
 
-import dagster as dg
+from zoneinfo import ZoneInfo
 
-from stock_platform.lib.calendar import is_trading_day, nyse_holidays, trading_days as calendar_days
+import dagster as dg
+import pytest
+
+from stock_platform.cli import demo_range
+from stock_platform.lib.calendar import (exchange_date, is_trading_day, next_session, nyse_holidays, previous_session,
+                                         trading_days as calendar_days)
+from stock_platform.settings import SettingsError, load_settings
 from stock_platform.partitions import model_weeks, trading_days
 
 
@@ -28,12 +34,49 @@ def test_trading_days_match_the_calendar_every_year():
     assert all(250 <= n <= 253 for n in per_year.values()), per_year
 
 
-def test_todays_partition_exists_for_the_close_schedule():
-    today = dt.date.today()
-    last = dt.date.fromisoformat(trading_days.get_last_partition_key())
-    assert last <= today
-    if is_trading_day(today):
-        assert last == today
+UTC, NY = dt.UTC, ZoneInfo("America/New_York")
+# (instant, New York's date then, the last trading-day partition then): the date logic at fixed instants,
+# never at the hour the suite happens to run.
+INSTANTS = [
+    pytest.param(dt.datetime(2026, 12, 2, 2, 0, tzinfo=UTC), "2026-12-01", "2026-12-01",
+                 id="02:00 UTC Wednesday is Tuesday evening in New York"),
+    pytest.param(dt.datetime(2026, 12, 4, 21, 0, tzinfo=NY), "2026-12-04", "2026-12-04",
+                 id="21:00 New York Friday (Saturday in UTC)"),
+    pytest.param(dt.datetime(2026, 12, 5, 12, 0, tzinfo=NY), "2026-12-05", "2026-12-04", id="Saturday"),
+    # On a holiday Dagster's end_offset=1 counts the next non-excluded window: the next session's partition
+    # exists a day early (as a session's own partition exists from its midnight, before its bars do).
+    pytest.param(dt.datetime(2026, 11, 26, 12, 0, tzinfo=NY), "2026-11-26", "2026-11-27", id="Thanksgiving"),
+    pytest.param(dt.datetime(2026, 3, 8, 7, 30, tzinfo=UTC), "2026-03-08", "2026-03-06",
+                 id="03:30 EDT, just after the spring DST switch"),
+    pytest.param(dt.datetime(2026, 3, 9, 4, 30, tzinfo=UTC), "2026-03-09", "2026-03-09",
+                 id="00:30 EDT Monday (still Sunday in EST terms)"),
+    pytest.param(dt.datetime(2026, 11, 2, 4, 30, tzinfo=UTC), "2026-11-01", "2026-10-30",
+                 id="23:30 EST Sunday after the fall DST switch (Monday in UTC)"),
+    pytest.param(dt.datetime(2026, 11, 2, 5, 30, tzinfo=UTC), "2026-11-02", "2026-11-02", id="00:30 EST Monday"),
+]
+
+
+@pytest.mark.parametrize(("instant", "ny_date", "last_partition"), INSTANTS)
+def test_date_logic_at_fixed_instants(instant, ny_date, last_partition):
+    today = dt.date.fromisoformat(ny_date)
+    assert exchange_date(instant) == today
+    with dg.partition_loading_context(instant):  # Dagster's "now" for the partitions
+        assert trading_days.get_last_partition_key() == last_partition
+    if is_trading_day(today):  # the 18:00 close schedule's partition exists all day
+        assert last_partition == ny_date
+    else:
+        assert dt.date.fromisoformat(last_partition) in (previous_session(today), next_session(today))
+    # the demo's default range ends at the last session before New York's today
+    assert demo_range(0.5, now=instant)[1] == previous_session(today)
+    # STOCK_PLATFORM_START may be New York's today, not the day after
+    assert load_settings({"STOCK_PLATFORM_START": ny_date}, now=instant).start == today
+    with pytest.raises(SettingsError, match=f"today in New York \\({ny_date}\\)"):
+        load_settings({"STOCK_PLATFORM_START": (today + dt.timedelta(days=1)).isoformat()}, now=instant)
+
+
+def test_an_instant_without_a_time_zone_is_refused():
+    with pytest.raises(ValueError, match="has no time zone"):
+        exchange_date(dt.datetime(2026, 12, 2, 2, 0))
 
 
 def test_holiday_list_has_the_fixed_holidays():

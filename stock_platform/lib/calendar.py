@@ -1,4 +1,7 @@
-"""The NYSE trading calendar: weekdays without the exchange's holidays and special closures.
+"""The NYSE trading calendar: weekdays without the exchange's holidays and special closures, and the exchange's date.
+
+"Today" is New York's date, never the host's: `exchange_date(instant)` turns an instant into it, and
+`exchange_now()` is the one place product code reads the wall clock (tests pass instants instead).
 
 Holidays come from the maintained `holidays` package (its NYSE calendar matches exchange_calendars'
 XNYS sessions, special closures included). Its answer is cached on disk per package version, so loading
@@ -14,8 +17,40 @@ import tempfile
 from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 EXCHANGE_TIMEZONE = "America/New_York"
+_EXCHANGE_TZ = ZoneInfo(EXCHANGE_TIMEZONE)
+
+
+def exchange_now() -> dt.datetime:
+    """The current instant in New York time (the only wall-clock read of the date logic)."""
+    return dt.datetime.now(_EXCHANGE_TZ)
+
+
+def exchange_date(instant: dt.datetime | None = None) -> dt.date:
+    """New York's calendar date at `instant` (default: now). A naive instant is refused: it has no time zone."""
+    instant = exchange_now() if instant is None else instant
+    if instant.tzinfo is None:
+        raise ValueError(f"exchange_date: {instant.isoformat()} has no time zone (pass an aware instant)")
+    return instant.astimezone(_EXCHANGE_TZ).date()
+
+
+def previous_session(day: dt.date) -> dt.date:
+    """The last NYSE session strictly before `day`."""
+    return _step_session(day, -1)
+
+
+def next_session(day: dt.date) -> dt.date:
+    """The first NYSE session strictly after `day`."""
+    return _step_session(day, 1)
+
+
+def _step_session(day: dt.date, step: int) -> dt.date:
+    day += dt.timedelta(days=step)
+    while not is_trading_day(day):
+        day += dt.timedelta(days=step)
+    return day
 
 
 def _cache_file(first_year: int, last_year: int) -> Path:
