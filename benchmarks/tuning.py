@@ -32,14 +32,14 @@ def main() -> int:
     from stock_platform.lib import modeling as m
     from stock_platform.lib.calendar import trading_days
     from stock_platform.lib.demo_market import generate, true_signal
-    from stock_platform.lib.indicators import compute_features, feature_columns
+    from stock_platform.lib.indicators import MODEL_FEATURES, compute_features
     from stock_platform.resources.tuning import TuningResource
 
     end = dt.date(2024, 12, 31)
     start = dt.date(end.year - args.years + 1, 1, 2)
     prices = generate([f"T{i:03d}" for i in range(args.tickers)], start, end)
     data = m.training_set(compute_features(prices), m.next_day_returns(prices, trading_days(start, end)),
-                          feature_columns())
+                          MODEL_FEATURES)
     folds = m.walk_forward_folds(data.sessions, folds=3, test_sessions=60)
     print(f"data: {args.tickers} tickers x {args.years} years -> {len(data.y):,} labelled warm rows, "
           f"{data.sessions} sessions; {len(folds)} folds x 60 sessions; {args.trials} trials")

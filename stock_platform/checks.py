@@ -5,6 +5,7 @@ import dagster as dg
 
 from stock_platform.assets.ingestion import PRICES_TABLE, QUARANTINE_TABLE, prices
 from stock_platform.assets.ml import FEATURES_TABLE, features
+from stock_platform.gates import FAILED_PARTITIONS, FEATURES_CHECK, PRICES_CHECK
 from stock_platform.partitions import daily_check, partition_dates
 from stock_platform.resources import UniverseResource
 from stock_platform.resources.lake import LakeResource
@@ -12,6 +13,19 @@ from stock_platform.resources.lake import LakeResource
 # Below this share of valid rows the check warns (it does not block: the stored rows are valid).
 MIN_DQ_SCORE = 0.99
 _MAX_TABLE_ROWS = 25
+
+
+def _failed_partitions(stored, cases) -> dict:
+    """Metadata naming the partitions (dates) of the rows that broke the contract: a reader of a range whose
+    check failed then refuses only those days (see gates.py); a failure of the frame as a whole names none."""
+    import dagster as dg
+    import polars as pl
+
+    rows = cases["index"]
+    if rows.is_null().any():
+        return {}
+    days = stored.with_row_index("_row").filter(pl.col("_row").is_in(rows.cast(pl.UInt32).implode()))["date"]
+    return {FAILED_PARTITIONS: dg.MetadataValue.json(sorted({d.isoformat() for d in days}))}
 
 
 def _markdown(df) -> str:
@@ -25,7 +39,7 @@ def _markdown(df) -> str:
 
 @daily_check(
     asset=prices,
-    name="prices_schema",
+    name=PRICES_CHECK.name,
     description="Stored rows satisfy the pandera prices contract (prices > 0, OHLC ordering, volume >= 0, unique "
     "(ticker, date), trading days of the partition, tickers of the universe). Reports quarantined rows and the "
     f"DQ score per partition; warns below {MIN_DQ_SCORE:.0%}.",
@@ -61,6 +75,7 @@ def prices_schema_check(context: dg.AssetCheckExecutionContext, lake: LakeResour
     }
     if not cases.is_empty():
         metadata["failure_cases"] = dg.MetadataValue.md(_markdown(cases))
+        metadata |= _failed_partitions(stored, cases)
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
                                    description=f"{metadata['failed_rows']} stored row(s) break the prices contract")
     if score < MIN_DQ_SCORE:
@@ -71,8 +86,8 @@ def prices_schema_check(context: dg.AssetCheckExecutionContext, lake: LakeResour
 
 @daily_check(
     asset=features,
-    name="features_schema",
-    description="Stored features satisfy the pandera features contract: no inf/NaN, nulls only in warm-up rows, "
+    name=FEATURES_CHECK.name,
+    description="Stored features satisfy the pandera features contract: no inf/NaN, every model input in warm rows, "
     "RSI/stochastics/ADX in [0, 100], OBV ratio in [-1, 1], Bollinger bands ordered, 52-week distances signed "
     "right, unique (ticker, date).",
 )
@@ -91,6 +106,7 @@ def features_schema_check(context: dg.AssetCheckExecutionContext, lake: LakeReso
         return dg.AssetCheckResult(passed=False, metadata=metadata, description=f"no features stored for {dates[0]}..{dates[-1]}")
     if not cases.is_empty():
         metadata["failure_cases"] = dg.MetadataValue.md(_markdown(cases))
+        metadata |= _failed_partitions(stored, cases)
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
                                    description=f"{metadata['failed_rows']} feature row(s) break the contract")
     return dg.AssetCheckResult(passed=True, metadata=metadata)

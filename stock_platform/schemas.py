@@ -58,6 +58,8 @@ def prices_schema(tickers: Sequence[str], dates: Sequence[dt.date]) -> pa.DataFr
                        "low > min(open, close)"),
             _row_check(pa, "high_ge_open_close", pl.col("high") >= pl.max_horizontal("open", "close"),
                        "high < max(open, close)"),
+            # a dividend is paid out of the price: one at or above the day's close is a unit or parsing error
+            _row_check(pa, "dividend_below_close", pl.col("dividends") < pl.col("close"), "dividend >= close"),
         ],
         unique=["ticker", "date"],
         strict=True,
@@ -115,10 +117,11 @@ def split_valid(schema: pa.DataFrameSchema, df: pl.DataFrame) -> tuple[pl.DataFr
 
 
 def features_schema(dates: Sequence[dt.date]) -> pa.DataFrameSchema:
-    """The `features` contract: finite values, nulls only in warm-up rows, indicator ranges, ordered bands."""
+    """The `features` contract: finite values, every model input in warm rows, indicator ranges, ordered bands.
+    (A long-window indicator such as ema_200 is null until its own window is full, warm or not.)"""
     import pandera.polars as pa
 
-    from stock_platform.lib.indicators import feature_columns
+    from stock_platform.lib.indicators import MODEL_FEATURES, feature_columns
 
     def finite_or_null(name: str):
         return pa.Check(lambda data: data.lazyframe.select(pl.col(data.key).is_finite() | pl.col(data.key).is_null()),
@@ -148,9 +151,9 @@ def features_schema(dates: Sequence[dt.date]) -> pa.DataFrameSchema:
     return pa.DataFrameSchema(
         columns,
         checks=[
-            _row_check(pa, "nulls_only_in_warm_up",
-                       ~pl.col("warm") | pl.all_horizontal(pl.col(feature_columns()).is_not_null()),
-                       "a warm row has a null feature"),
+            _row_check(pa, "model_inputs_in_warm_rows",
+                       ~pl.col("warm") | pl.all_horizontal(pl.col(list(MODEL_FEATURES)).is_not_null()),
+                       "a warm row has a null model input"),
             _row_check(pa, "bands_ordered",
                        pl.col("bb_lower").is_null() | ((pl.col("bb_lower") <= pl.col("bb_mid") + tol)
                                                        & (pl.col("bb_mid") <= pl.col("bb_upper") + tol)),

@@ -3,6 +3,7 @@
 It is the test oracle for `lib/indicators.py` (same definitions, other code) and the baseline the
 features benchmark compares the polars pass with. Finite-window EMAs use pandas' weighted rolling
 mean with scipy's exponential window (tau = -1/ln(1 - alpha)), the same weights as the polars code.
+The adjustment factor is a plain loop over the rows (the forward recursion of `lib/corporate_actions.py`).
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import math
 import numpy as np
 import pandas as pd
 
-from stock_platform.lib.indicators import EMA_SPANS, LOOKBACK, RETURN_HORIZONS, SMA_WINDOWS, ema_weights
+from stock_platform.lib.indicators import EMA_SPANS, MODEL_FEATURES, PRICE_LEVEL, RETURN_HORIZONS, SMA_WINDOWS, YEAR, window_length
 
 
 def _ema(s: pd.Series, alpha: float) -> pd.Series:
-    n = len(ema_weights(alpha))
+    n = window_length(alpha)
     tau = -1.0 / math.log(1 - alpha)
     return s.rolling(n, min_periods=n, win_type="exponential").mean(tau=tau, center=n - 1, sym=False)
 
@@ -26,9 +27,22 @@ def _div(num: pd.Series, den: pd.Series, when_zero: float) -> pd.Series:
     return out.where(den != 0, when_zero).where(num.notna() & den.notna())
 
 
+def _factor(g: pd.DataFrame) -> pd.Series:
+    """F(t) = F(t-1) * close(t-1) / (close(t-1) / split(t) - dividend(t)), F = 1 on the first row."""
+    close, div = g["close"].to_numpy(), g["dividends"].to_numpy()
+    split = g["splits"].where(g["splits"] > 0, 1.0).to_numpy()
+    out = np.ones(len(g))
+    for t in range(1, len(g)):
+        ref = close[t - 1] / split[t] - div[t]
+        out[t] = out[t - 1] * (close[t - 1] / ref if ref > 0 else split[t])
+    return pd.Series(out, index=g.index)
+
+
 def _one_ticker(g: pd.DataFrame) -> pd.DataFrame:
-    f = g["adj_close"] / g["close"]
-    h, lo, c = g["high"] * f, g["low"] * f, g["close"] * f
+    f = _factor(g)
+    h = g[["high", "open", "close"]].max(axis=1) * f
+    lo = g[["low", "open", "close"]].min(axis=1) * f
+    c = g["close"] * f
     v = g["volume"].astype(float) / g["splits"].where(g["splits"] > 0, 1.0).cumprod()
     r = pd.DataFrame({"ticker": g["ticker"].values, "date": g["date"].values}, index=g.index)
     for k in RETURN_HORIZONS:
@@ -71,9 +85,11 @@ def _one_ticker(g: pd.DataFrame) -> pd.DataFrame:
     r["rvol_20"] = r["logret_1d"].rolling(20, min_periods=20).std() * math.sqrt(252)
     logv = np.log(v + 1)
     r["volume_z_20"] = _div(logv - logv.rolling(20, min_periods=20).mean(), logv.rolling(20, min_periods=20).std(), 0.0)
-    r["dist_52w_high"] = c / h.rolling(LOOKBACK, min_periods=LOOKBACK).max() - 1
-    r["dist_52w_low"] = c / lo.rolling(LOOKBACK, min_periods=LOOKBACK).min() - 1
+    r["dist_52w_high"] = c / h.rolling(YEAR, min_periods=YEAR).max() - 1
+    r["dist_52w_low"] = c / lo.rolling(YEAR, min_periods=YEAR).min() - 1
     r["day_of_week"] = pd.to_datetime(g["date"]).dt.dayofweek + 1
+    for col in PRICE_LEVEL:  # in the share basis of the row's own day
+        r[col] = r[col] / f
     return r
 
 
@@ -81,6 +97,5 @@ def reference_features(prices: pd.DataFrame) -> pd.DataFrame:
     """Indicators for every row of a pandas prices frame, one ticker at a time."""
     parts = [_one_ticker(g) for _, g in prices.sort_values(["ticker", "date"]).groupby("ticker", sort=True)]
     out = pd.concat(parts, ignore_index=True)
-    cols = [c for c in out.columns if c not in ("ticker", "date")]
-    out["warm"] = out[cols].notna().all(axis=1)
+    out["warm"] = out[list(MODEL_FEATURES)].notna().all(axis=1)
     return out

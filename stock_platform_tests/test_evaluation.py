@@ -14,12 +14,13 @@ D0, D1, D2 = dt.date(2024, 6, 3), dt.date(2024, 6, 4), dt.date(2024, 6, 5)
 
 
 def closes():
-    # B splits 2:1 on D1: raw close halves, adj_close carries the true return (+2%)
+    # B splits 2:1 on D1: the as-traded close halves, the split ratio carries the true return (+2%)
     return pl.DataFrame({
         "ticker": ["A", "A", "A", "B", "B"],
         "date": [D0, D1, D2, D0, D1],
         "close": [100.0, 102.0, 101.0, 50.0, 25.5],
-        "adj_close": [100.0, 102.0, 101.0, 25.0, 25.5],
+        "dividends": [0.0] * 5,
+        "splits": [0.0, 0.0, 0.0, 0.0, 2.0],
     })
 
 

@@ -9,11 +9,11 @@ import pytest
 
 from stock_platform.assets.ingestion import prices
 from stock_platform.assets.lake import price_snapshots
-from stock_platform.assets.ml import FEATURES_TABLE, features
+from stock_platform.assets.ml import FEATURES_TABLE, features, lookback_start
 from stock_platform.automation import daily_assets_job
 from stock_platform.checks import features_schema_check, prices_schema_check
 from stock_platform.lib.calendar import trading_days as sessions
-from stock_platform.lib.indicators import feature_columns
+from stock_platform.lib.indicators import WARM_ROWS, feature_columns
 from stock_platform.resources.landing import LandingResource
 from stock_platform.resources.warehouse import WarehouseResource
 from stock_platform_tests.helpers import failure_message, materialization_metadata, run_range
@@ -43,14 +43,15 @@ def test_backfill_then_daily_run_agree_and_the_check_blocks_bad_rows(defs, insta
     n = len(sessions(dt.date(2023, 1, 3), dt.date(2024, 3, 28)))
     assert stored.height == meta["dagster/row_count"] == 3 * n
     assert stored.columns == ["ticker", "date", *feature_columns(), "warm"]
-    # history starts 2023-01-03: the first 251 sessions of each ticker are warm-up
-    assert meta["warm_up_rows"] == 3 * 251 and meta["warm_rows"] == 3 * (n - 251)
+    # history starts 2023-01-03: the first WARM_ROWS - 1 sessions of each ticker are warm-up
+    assert meta["warm_up_rows"] == 3 * (WARM_ROWS - 1) and meta["warm_rows"] == 3 * (n - WARM_ROWS + 1)
     backfilled = lake.read(FEATURES_TABLE, dt.date(2024, 3, 25), dt.date(2024, 3, 28))
 
     # a daily run of the last days reads only its lookback window and gives the same values
     daily = run_range(defs, instance, "2024-03-25", "2024-03-28", job="features_only")
     assert daily.success
-    assert "2023-02-" in materialization_metadata(daily, "features")["history_read"]
+    window = materialization_metadata(daily, "features")["history_read"]
+    assert window.startswith(f"{lookback_start(dt.date(2024, 3, 25))}..2024-03-28")
     again = lake.read(FEATURES_TABLE, dt.date(2024, 3, 25), dt.date(2024, 3, 28))
     assert again.select("ticker", "date", "warm").equals(backfilled.select("ticker", "date", "warm"))
     for col in feature_columns():

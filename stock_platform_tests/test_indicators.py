@@ -11,12 +11,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stock_platform.assets.ml import lookback_start
 from stock_platform.lib.calendar import trading_days
 from stock_platform.lib.demo_market import generate
-from stock_platform.lib.indicators import LOOKBACK, compute_features, ema_weights, feature_columns
+from stock_platform.lib.indicators import (LOOKBACK, MODEL_FEATURES, WARM_ROWS, WARM_UP, compute_features,
+                                           feature_columns, window_length)
 from stock_platform_tests.reference_indicators import reference_features
 
-DAYS = trading_days(dt.date(2022, 1, 3), dt.date(2024, 6, 28))
+DAYS = trading_days(dt.date(2015, 1, 2), dt.date(2024, 6, 28))
 
 
 def bars(close, *, high=None, low=None, volume=None, splits=None, ticker="AAA") -> pl.DataFrame:
@@ -50,22 +52,22 @@ def test_ema_on_a_straight_line_lags_by_its_weighted_mean_age():
     f = compute_features(bars(np.arange(1, 301, dtype=float)))
     for span in (10, 20, 50):
         a = 2 / (span + 1)
-        w = np.array(ema_weights(a))[::-1]  # newest first
+        w = (1 - a) ** np.arange(window_length(a))  # newest first
         lag = float((np.arange(len(w)) * w).sum() / w.sum())
         assert last(f, f"ema_{span}") == pytest.approx(300 - lag)
-        assert lag == pytest.approx((1 - a) / a, rel=1e-3)  # truncation at 1e-4 barely matters
+        assert lag == pytest.approx((1 - a) / a, rel=1e-3)  # truncation at 1e-5 barely matters
 
 
 def test_oscillators_at_their_limits():
-    rising = compute_features(bars(np.linspace(10, 40, 300), high=np.linspace(10.5, 40.5, 300),
-                                   low=np.linspace(9.5, 39.5, 300)))
-    falling = compute_features(bars(np.linspace(40, 10, 300), high=np.linspace(40.5, 10.5, 300),
-                                    low=np.linspace(39.5, 9.5, 300)))
+    rising = compute_features(bars(np.linspace(10, 40, 400), high=np.linspace(10.5, 40.5, 400),
+                                   low=np.linspace(9.5, 39.5, 400)))
+    falling = compute_features(bars(np.linspace(40, 10, 400), high=np.linspace(40.5, 10.5, 400),
+                                    low=np.linspace(39.5, 9.5, 400)))
     assert last(rising, "rsi_14") == pytest.approx(100) and last(falling, "rsi_14") == pytest.approx(0)
     assert last(rising, "obv_ratio_20") == pytest.approx(1) and last(falling, "obv_ratio_20") == pytest.approx(-1)
     assert last(rising, "minus_di_14") == pytest.approx(0) and last(rising, "adx_14") == pytest.approx(100)
     assert last(rising, "dist_52w_low") > 0 and last(falling, "dist_52w_high") < 0
-    zigzag = compute_features(bars(100 + np.tile([1.0, -1.0], 150)))
+    zigzag = compute_features(bars(100 + np.tile([1.0, -1.0], 200)))
     assert last(zigzag, "rsi_14") == pytest.approx(50, abs=3)
 
 
@@ -91,10 +93,16 @@ def test_volume_z_ignores_a_split():
 
 
 def test_warm_up_rows_are_marked_and_null_never_zero():
-    f = compute_features(bars(np.linspace(10, 20, 300)))
-    assert f["warm"].to_list() == [False] * (LOOKBACK - 1) + [True] * (300 - LOOKBACK + 1)
+    n = LOOKBACK + 50
+    f = compute_features(bars(np.linspace(10, 20, n)))
+    assert f["warm"].to_list() == [False] * (WARM_ROWS - 1) + [True] * (n - WARM_ROWS + 1)
+    # each indicator is null exactly until its own window is full, then never again
+    for col, first in WARM_UP.items():
+        assert f[col].is_null().to_list() == [True] * first + [False] * (n - first), col
+    assert WARM_ROWS == 311 and LOOKBACK == 1152  # ADX's two Wilder windows; the EMA-200's window
+    assert set(MODEL_FEATURES).isdisjoint({"sma_200", "ema_200", "dist_ema_200", "macd", "atr_14", "bb_upper"})
     cold = f.filter(~pl.col("warm"))
-    assert cold["dist_52w_high"].null_count() == cold.height
+    assert cold["dist_52w_high"].null_count() == WARM_UP["dist_52w_high"]
     assert (cold["sma_200"].is_null() | (cold["sma_200"] != 0)).all()
 
 
@@ -105,7 +113,8 @@ def test_day_of_week():
 
 # ------------------------------------------------------------------------------------- the oracle
 def test_polars_pass_equals_the_independent_pandas_implementation():
-    prices = generate(["AAPL", "MSFT", "XOM"], dt.date(2021, 1, 4), dt.date(2024, 6, 28))
+    prices = generate(["AAPL", "MSFT", "XOM"], dt.date(2019, 1, 2), dt.date(2024, 6, 28))
+    assert prices["splits"].gt(0).any() and prices["dividends"].gt(0).any()  # the factor is exercised
     ours = compute_features(prices).sort("ticker", "date").to_pandas()
     ref = reference_features(prices.to_pandas()).sort_values(["ticker", "date"]).reset_index(drop=True)
     assert (ours["warm"].to_numpy() == ref["warm"].to_numpy()).all()
@@ -119,12 +128,12 @@ def test_polars_pass_equals_the_independent_pandas_implementation():
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 10_000),
-    cutoff=st.integers(LOOKBACK - 20, 330),
+    cutoff=st.integers(WARM_ROWS - 20, LOOKBACK + 40),
     shock=st.floats(0.5, 2.0),
 )
 def test_changing_prices_after_d_never_changes_features_at_or_before_d(seed, cutoff, shock):
     rng = np.random.default_rng(seed)
-    n = 360
+    n = LOOKBACK + 60
     close = 50 * np.exp(np.cumsum(rng.normal(0, 0.02, n)))
     high, low = close * (1 + rng.uniform(0, 0.02, n)), close * (1 - rng.uniform(0, 0.02, n))
     volume = rng.integers(1_000, 100_000, n)
@@ -135,7 +144,9 @@ def test_changing_prices_after_d_never_changes_features_at_or_before_d(seed, cut
     changed = base.with_columns(
         [pl.when(after).then(pl.col(c) * shock).otherwise(pl.col(c)) for c in ("open", "high", "low", "close", "adj_close")]
         + [pl.when(after).then(pl.col("volume") * 3).otherwise(pl.col("volume")),
-           pl.when(after & (pl.col("ticker") == "AAA")).then(2.0).otherwise(pl.col("splits")).alias("splits")]
+           pl.when(after & (pl.col("ticker") == "AAA")).then(2.0).otherwise(pl.col("splits")).alias("splits"),
+           pl.when(after & (pl.col("ticker") == "BBB")).then(pl.col("close") * 0.05).otherwise(pl.col("dividends"))
+           .alias("dividends")]
     )
     before = compute_features(base).filter(pl.col("date") <= d)
     later = compute_features(changed).filter(pl.col("date") <= d)
@@ -143,11 +154,13 @@ def test_changing_prices_after_d_never_changes_features_at_or_before_d(seed, cut
 
 
 def test_a_lookback_window_gives_the_same_values_as_the_full_history():
-    prices = generate(["AAPL", "JPM"], dt.date(2019, 1, 2), dt.date(2024, 6, 28))
+    prices = generate(["AAPL", "JPM"], dt.date(2017, 1, 3), dt.date(2024, 6, 28))
     full = compute_features(prices).filter(pl.col("date") >= dt.date(2024, 6, 3))
-    window_start = trading_days(dt.date(2022, 1, 3), dt.date(2024, 6, 3))[-(LOOKBACK + 1)]
+    window_start = lookback_start(dt.date(2024, 6, 3))  # what the `features` asset reads
+    assert len(trading_days(window_start, dt.date(2024, 6, 3))) > LOOKBACK
     windowed = compute_features(prices.filter(pl.col("date") >= window_start)).filter(pl.col("date") >= dt.date(2024, 6, 3))
     assert windowed["warm"].all()
+    assert windowed.select(pl.sum_horizontal(pl.col(feature_columns()).null_count())).item() == 0  # all in the window
     assert windowed.select("ticker", "date").equals(full.select("ticker", "date"))
     # equal up to float rounding (rolling sums accumulate from different first rows)
     for col in feature_columns():
@@ -159,3 +172,75 @@ def test_prices_with_nulls_are_refused_not_zero_filled():
                                                       .otherwise(pl.col("close")))
     with pytest.raises(ValueError, match=r"prices have nulls \({'close': 1}\)"):
         compute_features(rows)
+
+
+# ------------------------------------------------------------------------- bounded by construction
+BOUNDED = {c: (0.0, 100.0) for c in ("rsi_14", "stoch_k_14", "stoch_d_3", "plus_di_14", "minus_di_14", "adx_14")}
+BOUNDED |= {"obv_ratio_20": (-1.0, 1.0), "dist_52w_high": (-1.0, 0.0), "dist_52w_low": (0.0, math.inf),
+            "bb_width": (0.0, math.inf), "atr_14": (0.0, math.inf), "rvol_20": (0.0, math.inf)}
+
+
+def _segment(kind: str, length: int, price: float, rng: np.random.Generator):
+    """(open, high, low, close) rows of one adversarial stretch starting from `price`."""
+    rows = []
+    for _ in range(length):
+        if kind == "flat":  # nothing trades differently all day: every range is zero
+            o = h = l = c = price
+        elif kind == "limit_up":  # closes at the high, the high of the window, day after day
+            o = l = price
+            c = h = price * 1.1
+        elif kind == "limit_down":
+            o = h = price
+            c = l = price * 0.9
+        elif kind == "tiny":  # moves of one part in 1e12
+            o, c = price, price * (1 + rng.choice([-1e-12, 0.0, 1e-12]))
+            h, l = max(o, c), min(o, c)
+        else:  # an ordinary day
+            o = price * float(np.exp(rng.normal(0, 0.01)))
+            c = price * float(np.exp(rng.normal(0, 0.02)))
+            h, l = max(o, c) * float(np.exp(abs(rng.normal(0, 0.01)))), min(o, c) * float(np.exp(-abs(rng.normal(0, 0.01))))
+        rows.append((o, h, l, c))
+        price = c
+    return rows, price
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    segments=st.lists(st.tuples(st.sampled_from(["flat", "limit_up", "limit_down", "tiny", "normal"]),
+                                st.integers(1, 120)), min_size=3, max_size=12),
+    base=st.sampled_from([1e-6, 0.0672, 1.0, 123.456, 5e4, 1e9]),
+    seed=st.integers(0, 1000),
+    zero_volume=st.booleans(),
+)
+def test_bounded_indicators_stay_in_range_on_adversarial_series(segments, base, seed, zero_volume):
+    rng = np.random.default_rng(seed)
+    rows, price = [], base
+    for kind, length in segments:
+        part, price = _segment(kind, length, price, rng)
+        rows += part
+    rows = (rows * (WARM_ROWS // len(rows) + 2))[: WARM_ROWS + 60]  # long enough for every oscillator
+    o, h, lo, c = (np.array(x) for x in zip(*rows))
+    n = len(c)
+    volume = np.zeros(n, dtype=np.int64) if zero_volume else rng.integers(0, 10**9, n)
+    frame = bars(c, high=h, low=lo, volume=volume).with_columns(open=pl.Series(o))
+    f = compute_features(frame)
+    for col, (low, high) in BOUNDED.items():
+        values = f[col].drop_nulls()
+        assert values.is_finite().all(), col
+        assert values.min() >= low and values.max() <= high, (col, values.min(), values.max())
+    assert f.filter(pl.col("bb_lower") > pl.col("bb_mid")).is_empty()
+    assert f.filter(pl.col("bb_mid") > pl.col("bb_upper")).is_empty()
+    assert f["warm"].sum() == n - WARM_ROWS + 1
+
+
+def test_a_rally_of_closes_at_the_high_gives_oscillators_of_exactly_100():
+    """The failure seen on real prices: %D = mean of three %K of 100 came out as 100.00000000000004."""
+    close = 50 * 1.013 ** np.arange(WARM_ROWS + 40)
+    f = compute_features(bars(close, high=close, low=close / 1.013))
+    tail = f.tail(30)
+    for col in ("stoch_k_14", "stoch_d_3", "rsi_14", "plus_di_14", "adx_14"):
+        assert tail[col].max() <= 100.0 and tail[col].min() > 99.99, col
+    assert (tail["stoch_d_3"] == 100.0).all() and (tail["rsi_14"] == 100.0).all()
+    from stock_platform.schemas import failure_cases, features_schema
+
+    assert failure_cases(features_schema(f["date"].to_list()), f).is_empty()

@@ -11,14 +11,16 @@ import pytest
 from stock_platform.lib import modeling as m
 from stock_platform.lib.calendar import trading_days
 from stock_platform.lib.demo_market import generate, true_signal
-from stock_platform.lib.indicators import compute_features, feature_columns
+from stock_platform.lib.indicators import MODEL_FEATURES, compute_features
 
 D = trading_days(dt.date(2024, 1, 2), dt.date(2024, 1, 12))  # Jan 15 is a holiday
 
 
 def test_label_is_the_next_sessions_return_and_a_gap_gives_none():
+    # B pays a dividend of 0.5 on D[1] (ex-day reference 5.0 - 0.5 = 4.5; close 4.95: +10% total return)
     closes = pl.DataFrame({"ticker": ["A"] * 4 + ["B"] * 2, "date": [D[0], D[1], D[2], D[4], D[0], D[1]],
-                           "adj_close": [10.0, 11.0, 9.9, 12.0, 5.0, 5.5]})
+                           "close": [10.0, 11.0, 9.9, 12.0, 5.0, 4.95], "dividends": [0.0] * 5 + [0.5],
+                           "splits": [0.0] * 6})
     labels = m.next_day_returns(closes, D)
     got = {(r["ticker"], r["date"]): (r["target_date"], round(r["label"], 10)) for r in labels.iter_rows(named=True)}
     # A on D[2] has no bar on D[3]: no label rather than a two-day return; the last bars have none either
@@ -71,7 +73,7 @@ def market():
     start, end = dt.date(2021, 1, 4), dt.date(2024, 12, 31)
     prices = generate([f"T{i:03d}" for i in range(100)], start, end)
     data = m.training_set(compute_features(prices), m.next_day_returns(prices, trading_days(start, end)),
-                          feature_columns())
+                          MODEL_FEATURES)
     folds = m.walk_forward_folds(data.sessions, folds=4, test_sessions=60)
     test = np.concatenate([data.rows(f.test_first, f.test_last) for f in folds])
     signal = data.keys.join(true_signal(prices), on=["ticker", "date"], how="left")["true_signal"].to_numpy()

@@ -54,3 +54,33 @@ def history_frame(ticker: str, dates: list[str]) -> pd.DataFrame:
     index.name = "Date"
     bars = _bars(ticker, index, 50.0)
     return bars[["Open", "High", "Low", "Close", "Adj Close", "Volume", "Dividends", "Stock Splits"]]
+
+
+def yahoo_answer(truth: pd.DataFrame, ticker: str, start, end_exclusive, as_of) -> pd.DataFrame:
+    """What yf.download([ticker], start, end, auto_adjust=False, actions=True) returns on day `as_of` for a
+    ticker whose as-traded history is `truth` (index: dates; Open, High, Low, Close, Volume, Dividends,
+    Stock Splits as of each day), as Yahoo builds it:
+
+    - Open/High/Low/Close and Dividends are divided, and Volume multiplied, by every split after the row up to
+      `as_of` (Yahoo re-bases history on each split);
+    - Adj Close is Close times Yahoo's dividend factor: the product over dividends after the row up to `as_of`
+      of (1 - dividend / previous close), in one basis (so it is re-based on every dividend too);
+    - rows after `as_of` do not exist yet; the columns are the ['Price', 'Ticker'] MultiIndex.
+    """
+    known = truth[truth.index <= pd.Timestamp(as_of)]
+    splits = known["Stock Splits"].where(known["Stock Splits"] > 0, 1.0)
+    later_splits = splits[::-1].cumprod()[::-1].shift(-1, fill_value=1.0)  # product of splits after each row
+    out = known.copy()
+    for col in ("Open", "High", "Low", "Close", "Dividends"):
+        out[col] = known[col] / later_splits
+    out["Volume"] = (known["Volume"] * later_splits).round().astype("int64")
+    prev_close = out["Close"].shift(1)
+    step = (1 - out["Dividends"] / prev_close).where(out["Dividends"] > 0, 1.0)
+    later_dividends = step[::-1].cumprod()[::-1].shift(-1, fill_value=1.0)
+    out["Adj Close"] = out["Close"] * later_dividends
+    window = out[(out.index >= pd.Timestamp(start)) & (out.index < pd.Timestamp(end_exclusive))]
+    window.index = pd.DatetimeIndex(window.index).astype("datetime64[s]")
+    window.index.name = "Date"
+    frame = window[FIELDS]
+    frame.columns = pd.MultiIndex.from_tuples([(f, ticker) for f in FIELDS], names=["Price", "Ticker"])
+    return frame

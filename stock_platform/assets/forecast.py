@@ -7,6 +7,7 @@ import dagster as dg
 from stock_platform.assets.lake import SNAPSHOT_TABLE, price_snapshots
 from stock_platform.assets.ml import FEATURES_TABLE, features
 from stock_platform.assets.model import load_booster, promoted_versions, served_versions, tuned_model
+from stock_platform.gates import FEATURES_CHECK, PREDICTIONS_CHECK, check_status
 from stock_platform.partitions import daily_asset, daily_check, partition_dates
 from stock_platform.resources import UniverseResource
 from stock_platform.resources.lake import LakeResource
@@ -21,6 +22,12 @@ PREVIOUS_SESSION = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
 # A day's model is from a finished week: offsets count the daily side, and five sessions back is always in an
 # earlier week (after a holiday week, two weeks back). Lineage only: the version is picked by its training end.
 EARLIER_WEEK = dg.TimeWindowPartitionMapping(start_offset=-5, end_offset=-5)
+
+
+def usable_days(days: list[dt.date], blocked) -> list[dt.date]:
+    """`days` without the partitions a `gates.CheckStatus` reports failed."""
+    failed = set(blocked.failed)
+    return [d for d in days if d.isoformat() not in failed]
 
 
 def model_for_each_day(days: list[dt.date], promoted: list[tuple[int, dt.date]]) -> dict[dt.date, int]:
@@ -50,7 +57,11 @@ def predictions(context: dg.AssetExecutionContext, lake: LakeResource, tracking:
     dates = partition_dates(context)
     start, end = dates[0], dates[-1]
     served = served_versions(lake, tracking.model_name)  # read once: the plan, the boosters, their registration
-    plan = model_for_each_day(dates, promoted_versions(served))
+    # blocking across runs: no forecast from a day whose latest features check failed (said in the metadata)
+    blocked = check_status(context.instance, FEATURES_CHECK, [d.isoformat() for d in dates])
+    if blocked.failed:
+        context.log.warning(f"no predictions for {blocked.describe()}")
+    plan = model_for_each_day(usable_days(dates, blocked), promoted_versions(served))
     registered = dict(served.select("version", "registered_at").iter_rows())
     feats = lake.read(FEATURES_TABLE, start, end).filter(pl.col("warm") & pl.col("date").is_in(list(plan)))
     closes = lake.snapshot(SNAPSHOT_TABLE, start=start, end=end).select("ticker", "date", "close")
@@ -100,18 +111,21 @@ def predictions(context: dg.AssetExecutionContext, lake: LakeResource, tracking:
         "days_without_model": len(without),
         "first_day_without_model": str(without[0]) if without else None,
         "tickers": out["ticker"].n_unique(),
+        "excluded_partitions": dg.MetadataValue.json({"check": FEATURES_CHECK.to_user_string(),
+                                                      "partitions": blocked.failed}),
     })
 
 
-@daily_check(asset=predictions, name="predictions_complete_and_plausible",
-             description="Every universe ticker with warm features on a day that has a model has a prediction; "
-             "every predicted return is finite and within ±50%.")
+@daily_check(asset=predictions, name=PREDICTIONS_CHECK.name,
+             description="Every universe ticker with warm features on a day that has a model (and whose features "
+             "passed their check) has a prediction; every predicted return is finite and within ±50%.")
 def predictions_check(context: dg.AssetCheckExecutionContext, lake: LakeResource, tracking: TrackingResource,
                       universe: UniverseResource) -> dg.AssetCheckResult:
     import polars as pl
 
     dates = partition_dates(context)
-    plan = model_for_each_day(dates, promoted_versions(served_versions(lake, tracking.model_name)))
+    blocked = check_status(context.instance, FEATURES_CHECK, [d.isoformat() for d in dates])
+    plan = model_for_each_day(usable_days(dates, blocked), promoted_versions(served_versions(lake, tracking.model_name)))
     expected = (lake.read(FEATURES_TABLE, dates[0], dates[-1], columns=["ticker", "date", "warm"])
                 .filter(pl.col("warm") & pl.col("date").is_in(list(plan)) & pl.col("ticker").is_in(universe.tickers))
                 .select("ticker", "date"))
@@ -154,11 +168,18 @@ def prediction_evaluation(context: dg.AssetExecutionContext, lake: LakeResource,
     start, end = dates[0], dates[-1]
     preds = (lake.read(PREDICTIONS_TABLE, start, end, date_column="target_date")
              if lake.exists(PREDICTIONS_TABLE) else pl.DataFrame())
+    # blocking across runs: forecasts made on a day whose latest predictions check failed are not scored
+    blocked = check_status(context.instance, PREDICTIONS_CHECK,
+                           sorted({d.isoformat() for d in preds["date"]}) if preds.height else [])
+    if blocked.failed:
+        context.log.warning(f"not evaluating forecasts of {blocked.describe()}")
+        preds = preds.filter(~pl.col("date").is_in([dt.date.fromisoformat(k) for k in blocked.failed]))
     if preds.is_empty():
         context.log.info(f"no predictions target {start}..{end}: nothing to evaluate")
-        return dg.MaterializeResult(metadata={"dagster/row_count": 0, "evaluated": 0, "pending": 0})
+        return dg.MaterializeResult(metadata={"dagster/row_count": 0, "evaluated": 0, "pending": 0,
+                                              "excluded_partitions": dg.MetadataValue.json(blocked.failed)})
     closes = lake.snapshot(SNAPSHOT_TABLE, start=preds["date"].min(), end=end).select(
-        "ticker", "date", "close", "adj_close")
+        "ticker", "date", "close", "dividends", "splits")
     table = evaluate(preds, closes)
     version = lake.replace_dates(EVALUATION_TABLE, table, start, end, date_column="target_date")
     warehouse.upsert("stock_pred_eval", table.rename({"date": "asof_date", "target_date": "date"}).with_columns(
@@ -172,6 +193,7 @@ def prediction_evaluation(context: dg.AssetExecutionContext, lake: LakeResource,
         "pending": preds.height - table.height,  # target close not stored yet: a later run fills them
         "coverage": table.height / preds.height,
         "model_vs_naive": dg.MetadataValue.md(summary_markdown(summary)),
+        "excluded_partitions": dg.MetadataValue.json(blocked.failed),
     }
     metadata |= {k: v for k, v in summary.items() if k in ("mase", "hit_rate", "ic", "dm_stat", "dm_p_value")}
     if table["target_date"].n_unique() >= 2:

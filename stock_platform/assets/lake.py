@@ -3,6 +3,7 @@
 import dagster as dg
 
 from stock_platform.assets.ingestion import PRICES_TABLE, LandingConfig, landed_events, prices
+from stock_platform.gates import PRICES_CHECK, refuse_failed
 from stock_platform.partitions import daily_asset, partition_dates
 from stock_platform.resources.landing import LandingResource
 from stock_platform.resources.lake import LakeResource
@@ -35,6 +36,8 @@ def price_snapshots(context: dg.AssetExecutionContext, config: LandingConfig, la
 
     dates = partition_dates(context)
     start, end = dates[0], dates[-1]
+    # blocking across runs: a day whose latest prices check failed is not upserted (an earlier run's verdict)
+    refuse_failed(context.instance, PRICES_CHECK, [d.isoformat() for d in dates], reader="price_snapshots")
     batch = (lake.read(PRICES_TABLE, start, end) if lake.exists(PRICES_TABLE) else pl.DataFrame())
     if batch.is_empty():
         raise dg.Failure(f"no prices stored for {start}..{end}: materialize `prices` for these partitions first")

@@ -7,8 +7,8 @@ from stock_platform.partitions import daily_asset, partition_dates
 from stock_platform.resources.lake import LakeResource
 
 FEATURES_TABLE = "features"
-# Sessions read before a partition: the indicators' LOOKBACK (252 rows) plus room for a few missing days.
-LOOKBACK_SESSIONS = 272
+# Sessions read before a partition beyond the indicators' LOOKBACK rows: room for a few days a ticker missed.
+LOOKBACK_MARGIN = 20
 
 
 def lookback_start(start):
@@ -16,18 +16,21 @@ def lookback_start(start):
     import datetime as dt
 
     from stock_platform.lib.calendar import trading_days as sessions
+    from stock_platform.lib.indicators import LOOKBACK
 
-    window = sessions(start - dt.timedelta(days=LOOKBACK_SESSIONS * 2), start)
-    return window[-(LOOKBACK_SESSIONS + 1)] if len(window) > LOOKBACK_SESSIONS else window[0]
+    n = LOOKBACK + LOOKBACK_MARGIN
+    window = sessions(start - dt.timedelta(days=n * 2), start)
+    return window[-(n + 1)] if len(window) > n else window[0]
 
 
 @daily_asset(
     deps=[price_snapshots],
     group_name="ml",
     kinds={"polars", "deltalake"},
-    description="Technical indicators per (ticker, date) from split/dividend-adjusted snapshot prices, computed for "
-    "all tickers in one polars pass. A value at date d uses only rows up to d's close (at most 252 of them); rows "
-    "without enough history have `warm = false` and nulls where an indicator is undefined.",
+    description="Technical indicators per (ticker, date) from snapshot prices adjusted by the platform's own "
+    "point-in-time split/dividend factor, computed for all tickers in one polars pass. A value at date d uses only "
+    "rows up to d's close (at most 1,152 of them, the EMA-200's window); each indicator is null until its window "
+    "is full, and `warm` marks rows whose model inputs (the scale-free columns) are all defined.",
 )
 def features(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     import polars as pl

@@ -6,12 +6,13 @@ import dagster as dg
 
 from stock_platform.assets.lake import SNAPSHOT_TABLE
 from stock_platform.assets.ml import FEATURES_TABLE, features
+from stock_platform.gates import FEATURES_CHECK, LEAKAGE_CHECK as LEAKAGE_CHECK_KEY, check_status
 from stock_platform.partitions import model_weeks
 from stock_platform.resources.lake import LakeResource
 from stock_platform.resources.tracking import TrackingResource
 from stock_platform.resources.tuning import TuningResource
 
-LEAKAGE_CHECK = "no_leakage"
+LEAKAGE_CHECK = LEAKAGE_CHECK_KEY.name
 # The serving copy of every registered version (booster text, training end, promoted flag): `predictions` reads
 # this lake table, not MLflow, so a landing run needs neither the MLflow import nor a registry round trip
 # (~3 s). MLflow stays the record of runs, trials and the `champion` alias; `register_version` and `set_promoted`
@@ -37,23 +38,26 @@ def week_end(context: dg.AssetExecutionContext) -> dt.date:
     return context.partition_time_window.end.date() - dt.timedelta(days=1)
 
 
-def load_training_set(lake: LakeResource, end: dt.date):
-    """Warm features up to `end` with next-day-return labels known by `end` (labels from snapshots)."""
+def load_training_set(lake: LakeResource, end: dt.date, exclude=None):
+    """Warm features up to `end` with next-day-return labels known by `end` (labels from snapshots). `exclude`,
+    given the feature dates read, names the ones to leave out (partitions whose blocking check failed)."""
     import polars as pl
 
     from stock_platform.lib.calendar import trading_days
-    from stock_platform.lib.modeling import KEYS, next_day_returns, training_set
+    from stock_platform.lib.indicators import MODEL_FEATURES
+    from stock_platform.lib.modeling import next_day_returns, training_set
 
     if not lake.exists(FEATURES_TABLE):
         raise dg.Failure("no features table: materialize `features` first")
     feats = lake.read(FEATURES_TABLE, end=end)
+    if exclude is not None:
+        feats = feats.filter(~pl.col("date").is_in(exclude(feats["date"].unique().sort().to_list())))
     if feats.is_empty():
         raise dg.Failure(f"no feature rows up to {end}: materialize `features` for these dates first")
-    closes = lake.snapshot(SNAPSHOT_TABLE, start=feats["date"].min(), end=end).select("ticker", "date", "adj_close")
+    closes = lake.snapshot(SNAPSHOT_TABLE, start=feats["date"].min(), end=end).select("ticker", "date", "close", "dividends", "splits")
     labels = next_day_returns(closes, trading_days(feats["date"].min(), end))
-    names = [c for c in feats.columns if c not in (*KEYS, "warm")]
     try:
-        return training_set(feats.filter(pl.col("date") <= end), labels, names)
+        return training_set(feats.filter(pl.col("date") <= end), labels, MODEL_FEATURES)
     except ValueError as exc:
         raise dg.Failure(f"tuned_model up to {end}: {exc}") from exc
 
@@ -167,7 +171,16 @@ def tuned_model(context: dg.AssetExecutionContext, config: TuningConfig, lake: L
     from stock_platform.lib import modeling as m
 
     end = week_end(context)
-    data = load_training_set(lake, end)
+    excluded = []  # blocking across runs: feature days whose latest features_schema evaluation failed, and say so
+
+    def failed_days(days: list[dt.date]) -> list[dt.date]:
+        status = check_status(context.instance, FEATURES_CHECK, [d.isoformat() for d in days])
+        if status.failed:
+            context.log.warning(f"training leaves out {status.describe()}")
+        excluded.extend(status.failed)
+        return [dt.date.fromisoformat(k) for k in status.failed]
+
+    data = load_training_set(lake, end, exclude=failed_days)
     ics = m.feature_ics(data)
     leaks = {k: v for k, v in ics.items() if abs(v) > m.LEAKAGE_IC}
 
@@ -256,6 +269,8 @@ def tuned_model(context: dg.AssetExecutionContext, config: TuningConfig, lake: L
             "layout": f"{data.sessions} sessions ({data.dates[0]}..{data.dates[-1]}), {len(data.y):,} rows; "
                       f"{len(folds)} folds x {test_sessions} sessions, gap {gap}, holdout {config.holdout_sessions}",
             "dagster/row_count": len(data.y),
+            "excluded_partitions": dg.MetadataValue.json({"check": FEATURES_CHECK.to_user_string(),
+                                                          "count": len(excluded), "first": excluded[:20]}),
             "trials_complete": f"{len(complete)} of {len(trials)}",
             "leaky_features": json.dumps({k: round(v, 3) for k, v in leaks.items()}),
         },

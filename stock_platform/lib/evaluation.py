@@ -1,8 +1,8 @@
 """Out-of-sample evaluation of next-day forecasts against the naive random walk (no Dagster).
 
 A prediction made at d's close targets the next session t: `pred_close = close(d) * (1 + pred_return)`.
-The truth is t's close expressed in d's share basis, `close(d) * adj_close(t) / adj_close(d)`: equal to
-t's raw close except across a split or dividend on t, which neither forecast can know. The naive forecast
+The truth is t's close expressed in d's share basis, `close(d) * (1 + total return of t)`: equal to t's
+as-traded close except across a split or dividend on t, which neither forecast can know. The naive forecast
 is `close(d)` (the random walk).
 """
 
@@ -21,15 +21,16 @@ def evaluate(predictions: pl.DataFrame, closes: pl.DataFrame) -> pl.DataFrame:
     """One row per prediction whose target day's close is known (the others are pending).
 
     predictions: ticker, date, target_date, pred_return, pred_close, model_version;
-    closes: ticker, date, close, adj_close (rows of both the as-of and the target days).
+    closes: ticker, date, close, dividends, splits (as traded; rows of both the as-of and the target days).
     """
-    asof = closes.select("ticker", "date", base_close="close", base_adj="adj_close")
-    target = closes.select("ticker", target_date="date", target_adj="adj_close")
-    rows = predictions.join(asof, on=["ticker", "date"]).join(target, on=["ticker", "target_date"])
-    true_return = pl.col("target_adj") / pl.col("base_adj") - 1
+    from stock_platform.lib.corporate_actions import total_returns
+
+    asof = closes.select("ticker", "date", base_close="close")
+    target = total_returns(closes).select("ticker", target_date="date", date="prev_date", true_return="total_return")
+    # the target's return is measured from d's close: d must be the ticker's previous bar
+    rows = predictions.join(asof, on=["ticker", "date"]).join(target, on=["ticker", "target_date", "date"])
     return (
-        rows.with_columns(true_return=true_return)
-        .with_columns(true_close=pl.col("base_close") * (1 + pl.col("true_return")), naive_close=pl.col("base_close"))
+        rows.with_columns(true_close=pl.col("base_close") * (1 + pl.col("true_return")), naive_close=pl.col("base_close"))
         .with_columns(
             abs_error=(pl.col("pred_close") - pl.col("true_close")).abs(),
             naive_abs_error=(pl.col("naive_close") - pl.col("true_close")).abs(),

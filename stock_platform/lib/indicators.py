@@ -1,82 +1,84 @@
 """Technical indicators as polars expressions, for all tickers in one vectorised pass, free of look-ahead.
 
+Prices are adjusted by the platform's own point-in-time factor (`lib/corporate_actions.py`): indicators run on
+the total-return series `price * F`, and the price-level ones (moving averages, bands, ATR, MACD) are then
+expressed in the share basis of their own day (divided by F(d)), so a split or a dividend never shows as a
+price move, and no value uses an action after its date. Volume is split-adjusted forward (divided by the
+running product of split ratios); only scale-free volume features are produced.
+
 Every indicator at date d is a function of the ticker's rows up to and including d, and of at most
-`LOOKBACK` (252) of them. That makes a daily run that reads a lookback window give exactly the values a
-10-year backfill gives. Exponential averages are therefore *finite-window* EMAs: the usual weights
-(1 - alpha)^k, truncated once they fall below 1e-4 of the newest (or at LOOKBACK rows) and
-renormalised. Wilder's smoothing (RSI, ATR, ADX) is the same with alpha = 1/n.
+`LOOKBACK` of them: a daily run that reads a lookback window gives the values a 10-year backfill gives.
+Exponential averages (EMA, and Wilder's smoothing with alpha = 1/n for RSI, ATR, ±DI, ADX) are therefore
+finite-window averages: the standard weights (1 - alpha)^k, cut where the weight left out, (1 - alpha)^n of
+the whole, falls below `TRUNCATION` (1e-5), and renormalised. That keeps them within ~1e-5 of the standard,
+infinite-history indicator (TA-Lib's, once its own seed has washed out); they are null until their window
+is full (`WARM_UP`), never approximated from a shorter history.
 
-Prices are split/dividend adjusted throughout: open/high/low/close scaled by adj_close / close.
-Volume is split-adjusted forward (divided by the running product of split ratios), which needs no
-future information; only scale-free volume features are produced.
+Bounded indicators are exact by construction, not clipped: windowed sums are computed from non-negative
+terms only (`window_sum`), and every bounded value is a ratio a / b or a / (a + b) of such sums whose
+numerator cannot exceed its denominator term by term. Floating-point addition and multiplication by a
+non-negative constant are monotone, so the computed ratio cannot exceed 1 either (RSI, %K, %D, ±DI, ADX in
+[0, 100]; the OBV ratio in [-1, 1]; the 52-week distances on their side of 0).
 
-A row is `warm` when every indicator is defined (the ticker has LOOKBACK rows of history); before that
-the undefined indicators are null, never zero.
+A row is `warm` when every model input (`MODEL_FEATURES`, the scale-free columns) is defined.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import polars as pl
 
-LOOKBACK = 252
-_TRUNCATE_BELOW = 1e-4
+from stock_platform.lib.corporate_actions import split_ratio, with_factor
+
+TRUNCATION = 1e-5
 KEYS = ("ticker", "date")
-
-
-def _window(alpha: float) -> int:
-    return min(LOOKBACK, math.ceil(math.log(_TRUNCATE_BELOW) / math.log(1 - alpha)) + 1)
-
-
-def ema_weights(alpha: float) -> list[float]:
-    """Oldest-first weights of the finite-window EMA with smoothing `alpha`."""
-    n = _window(alpha)
-    return [(1 - alpha) ** k for k in range(n - 1, -1, -1)]
-
-
-def ewm_state(expr: pl.Expr, alpha: float) -> pl.Expr:
-    """The recursion y(t) = (1 - alpha) y(t-1) + alpha x(t), y(0) = x(0) behind `ema` (nulls count as 0)."""
-    return expr.fill_null(0.0).ewm_mean(alpha=alpha, adjust=False)
-
-
-def ema(expr: pl.Expr, *, span: int | None = None, alpha: float | None = None, dense: bool = False,
-        state: pl.Expr | None = None, row: pl.Expr | None = None) -> pl.Expr:
-    """Finite-window exponential moving average (alpha = 2/(span+1) unless given); null until the window fills.
-
-    O(n) rather than O(n x window). With d = 1 - alpha, the recursive average y = `ewm_state` satisfies
-    y(t) - d^n y(t-n) = alpha * sum_{k<n} d^k x(t-k) (taking y(-1) = x(0)), so the n-row window's weighted
-    mean is (y(t) - d^n y(t-n)) / (1 - d^n).
-
-    On a frame sorted by ticker, pass the per-ticker `state` (a column computed in an earlier step: polars
-    would evaluate it twice here) and `row`, each row's position in its ticker's series: a row's window is
-    complete once `row` reaches n - 1. `dense=True` promises `expr` has no nulls; otherwise a window holding
-    a null is incomplete.
-    """
-    a = alpha if alpha is not None else 2.0 / (span + 1)
-    d = 1.0 - a
-    n = len(ema_weights(a))
-    row = pl.int_range(pl.len()) if row is None else row
-    y = ewm_state(expr, a) if state is None else state
-    y_before = pl.when(row == n - 1).then(expr.fill_null(0.0).shift(n - 1)).otherwise(y.shift(n))  # y(-1) = x(0)
-    complete = row >= n - 1
-    if not dense:  # integer counts: a whole-column rolling sum is exact
-        complete = complete & (expr.is_not_null().cast(pl.Int32).rolling_sum(n) == n)
-    return pl.when(complete).then((y - d**n * y_before) / (1.0 - d**n))
-
-
-def wilder(expr: pl.Expr, n: int, **kw) -> pl.Expr:
-    """Wilder's smoothing of period n (an EMA with alpha = 1/n)."""
-    return ema(expr, alpha=1.0 / n, **kw)
-
-
-def _safe_div(num: pl.Expr, den: pl.Expr, *, when_zero: float) -> pl.Expr:
-    return pl.when(den.is_null() | num.is_null()).then(None).when(den == 0).then(when_zero).otherwise(num / den)
-
-
 SMA_WINDOWS = (10, 20, 50, 200)
 EMA_SPANS = (10, 20, 50, 200)
 RETURN_HORIZONS = (1, 5, 20)
+WILDER = 14  # RSI, ATR, ±DI, ADX
+MACD_SPANS = (12, 26, 9)
+BANDS, STOCH, STOCH_D, FLOW = 20, 14, 3, 20  # Bollinger, stochastic %K and %D, OBV ratio / volume z
+YEAR = 252  # 52-week high/low
+
+
+def window_length(alpha: float) -> int:
+    """Rows of an exponential average with smoothing `alpha` whose left-out weight (1 - alpha)^n < TRUNCATION."""
+    return math.ceil(math.log(TRUNCATION) / math.log1p(-alpha))
+
+
+def span_alpha(span: int) -> float:
+    return 2.0 / (span + 1)
+
+
+def _warm_up() -> dict[str, int]:
+    """Per feature: the row (0 = a ticker's first) from which it is defined."""
+    w = window_length(1.0 / WILDER) - 1  # a Wilder average of a series defined from row 0
+    fast, slow, signal = (window_length(span_alpha(s)) - 1 for s in MACD_SPANS)
+    rows = {f"{kind}_{h}d": h for h in RETURN_HORIZONS for kind in ("ret", "logret")}
+    for n in SMA_WINDOWS:
+        rows[f"sma_{n}"] = rows[f"dist_sma_{n}"] = n - 1
+    for n in EMA_SPANS:
+        rows[f"ema_{n}"] = rows[f"dist_ema_{n}"] = window_length(span_alpha(n)) - 1
+    rows["rsi_14"] = w + 1  # gains start on the second row
+    rows["macd"] = max(fast, slow)
+    rows["macd_signal"] = rows["macd_hist"] = rows["macd_hist_pct"] = max(fast, slow) + signal
+    rows |= dict.fromkeys(("bb_mid", "bb_upper", "bb_lower", "bb_pctb", "bb_width"), BANDS - 1)
+    rows |= dict.fromkeys(("atr_14", "atr_pct", "plus_di_14", "minus_di_14"), w)
+    rows["adx_14"] = 2 * w
+    rows["stoch_k_14"], rows["stoch_d_3"] = STOCH - 1, STOCH - 1 + STOCH_D - 1
+    rows["obv_ratio_20"] = rows["volume_z_20"] = FLOW - 1
+    rows["rvol_20"] = FLOW  # log returns start on the second row
+    rows["dist_52w_high"] = rows["dist_52w_low"] = YEAR - 1
+    rows["day_of_week"] = 0
+    return rows
+
+
+WARM_UP = _warm_up()
+# Columns in price units (of their own day): shown to people, never model inputs.
+PRICE_LEVEL = tuple(f"sma_{n}" for n in SMA_WINDOWS) + tuple(f"ema_{n}" for n in EMA_SPANS) + (
+    "macd", "macd_signal", "macd_hist", "bb_mid", "bb_upper", "bb_lower", "atr_14")
 
 
 def feature_columns() -> list[str]:
@@ -93,25 +95,93 @@ def feature_columns() -> list[str]:
     return cols
 
 
-def compute_features(prices: pl.DataFrame) -> pl.DataFrame:
-    """Indicators for every (ticker, date) of `prices` (the prices/snapshot columns); one polars pass.
+# Model inputs: distances, ratios, returns, oscillators and z-scores, so a model never learns a price level.
+# dist_ema_200 is left out: its window (~4.6 years) would delay every model row by as much; dist_sma_200
+# carries the same information.
+MODEL_FEATURES = tuple(c for c in feature_columns() if c not in PRICE_LEVEL and c != "dist_ema_200")
+WARM_ROWS = max(WARM_UP[c] for c in MODEL_FEATURES) + 1  # rows of history before a row is warm
+LOOKBACK = max(WARM_UP.values()) + 1  # rows of history any value at d depends on (d included)
 
-    The frame is sorted by ticker and date. Only what carries state from row to row (rolling sums, the
-    EMA recursion) runs per ticker (`.over`), so no bit of a ticker's values depends on another ticker;
-    shifts, rolling max/min and arithmetic run over the whole column, and `_row` (a row's position in its
-    ticker's history) nulls each value whose window would reach into the previous ticker.
+
+# ------------------------------------------------------------------------------------ windowed sums
+class WindowSums:
+    """sum_{k<n} decay^k x(t-k) over each row's last n rows of its ticker, for the columns of a frame sorted by
+    ticker (null until the window is full: `row` >= n - 1, or a null of x inside it).
+
+    Computed from sums of non-negative multiples of x only (no running subtraction), so it is monotone in x:
+    x <= y row by row gives a sum <= y's, and x >= 0 a sum >= 0, exactly in floating point. Each ticker's rows
+    are cut into blocks of n; a window is the head of its own block (a prefix sum) plus the tail of the block
+    before (a suffix sum), each weighted by powers of `decay`. Blocks are rows of a padded (blocks, n) array, so
+    the prefix sums are numpy's sequential `cumsum` along an axis: O(rows), no group-by.
     """
-    required = ["ticker", "date", "open", "high", "low", "close", "adj_close", "volume", "splits"]
+
+    def __init__(self, tickers: pl.Series):
+        counts = tickers.rle().struct.field("len").to_numpy().astype(np.int64)  # rows per ticker (frame sorted)
+        self._counts = counts
+        self._row = np.concatenate([np.arange(c) for c in counts]) if len(counts) else np.zeros(0, np.int64)
+        self._layouts: dict[int, tuple[np.ndarray, int, np.ndarray]] = {}
+
+    def _layout(self, n: int) -> tuple[np.ndarray, int, np.ndarray]:
+        """Each row's position in the padded layout (every ticker padded to whole blocks of n), the layout's
+        size, and the rows whose window would reach before their ticker's first row."""
+        if n not in self._layouts:
+            padded = -(-self._counts // n) * n
+            offsets = np.concatenate([np.zeros(1, np.int64), np.cumsum(padded)[:-1]])
+            self._layouts[n] = (np.repeat(offsets, self._counts) + self._row, int(padded.sum()), self._row < n - 1)
+        return self._layouts[n]
+
+    def __call__(self, x: pl.Series, n: int, decay: float = 1.0) -> pl.Series:
+        pos, size, short = self._layout(n)
+        x = x.cast(pl.Float64).fill_nan(None)
+        buf = np.zeros(size)
+        buf[pos] = x.fill_null(0.0).to_numpy()
+        blocks = buf.reshape(-1, n)
+        k = np.arange(n)
+        if decay == 1.0:
+            head = np.cumsum(blocks, axis=1)
+            tail = np.cumsum(blocks[:, ::-1], axis=1)[:, ::-1]
+            head[1:, : n - 1] += tail[:-1, 1:]
+        else:
+            head = np.multiply(blocks, decay ** -k)
+            np.cumsum(head, axis=1, out=head)
+            head *= decay ** k
+            tail = np.multiply(blocks[:, ::-1], decay ** (n - 1 - k)[::-1])
+            np.cumsum(tail, axis=1, out=tail)
+            # the window ending at block position k takes the previous block's tail from position k + 1
+            head[1:, : n - 1] += decay ** (k[: n - 1] + 1) * tail[:-1, ::-1][:, 1:]
+        out = head.ravel()[pos]
+        incomplete = short
+        if x.null_count():  # a window holding a null is incomplete (a rolling count of integers is exact)
+            nulls = np.cumsum(x.is_null().to_numpy())
+            window_nulls = nulls - np.concatenate([np.zeros(n, nulls.dtype), nulls[:-n]])[: len(nulls)]
+            incomplete = short | (window_nulls > 0)
+        out[incomplete] = np.nan
+        return pl.Series(out).fill_nan(None)
+
+
+def _ratio(num: pl.Expr, den: pl.Expr, *, when_zero: float) -> pl.Expr:
+    return pl.when(den.is_null() | num.is_null()).then(None).when(den == 0).then(when_zero).otherwise(num / den)
+
+
+def compute_features(prices: pl.DataFrame) -> pl.DataFrame:
+    """Indicators for every (ticker, date) of `prices` (as-traded prices/snapshot columns); one polars pass.
+
+    The frame is sorted by ticker and date. Only what carries state from row to row (windowed sums, rolling
+    statistics) runs per ticker (`.over`), so no bit of a ticker's values depends on another ticker; shifts,
+    rolling max/min and arithmetic run over the whole column, and `_row` (a row's position in its ticker's
+    history) nulls each value whose window would reach into the previous ticker.
+    """
+    required = ["ticker", "date", "open", "high", "low", "close", "volume", "dividends", "splits"]
     nulls = {c: n for c, n in prices.select(pl.col(required).null_count()).row(0, named=True).items() if n}
     if nulls:
         raise ValueError(f"compute_features: prices have nulls ({nulls}); validate them first")
     by = "ticker"
-    f = pl.col("adj_close") / pl.col("close")
-    df = prices.sort(KEYS).with_columns(
-        # close * f (not adj_close itself): the same rounding as high/low keeps low <= close <= high exact
-        o=pl.col("open") * f, h=pl.col("high") * f, l=pl.col("low") * f, c=pl.col("close") * f,
-        v=pl.col("volume").cast(pl.Float64)
-        / pl.when(pl.col("splits") > 0).then(pl.col("splits")).otherwise(1.0).cum_prod().over(by),
+    f = pl.col("factor")
+    df = with_factor(prices.select(required)).with_columns(
+        # the bar's range includes its open and close whatever the vendor sent: low <= close <= high exactly
+        o=pl.col("open") * f, c=pl.col("close") * f,
+        h=pl.max_horizontal("high", "open", "close") * f, l=pl.min_horizontal("low", "open", "close") * f,
+        v=pl.col("volume").cast(pl.Float64) / split_ratio().cum_prod().over(by),
         _row=pl.int_range(pl.len()).over(by),
     )
     row, col = pl.col("_row"), pl.col
@@ -124,91 +194,108 @@ def compute_features(prices: pl.DataFrame) -> pl.DataFrame:
         window = getattr(expr, f"rolling_{fn}")(n, **kw)
         return after(n - 1, window if fn in ("max", "min") else window.over(by))
 
-    # EMAs take two steps: the per-ticker recursion as a column `_y_<source>_<alpha>`, then the window.
-    def state(source: str, alpha: float) -> dict[str, pl.Expr]:
-        return {f"_y_{source}_{alpha}": ewm_state(col(source), alpha).over(by)}
+    windows = WindowSums(df["ticker"])
 
-    def smooth(source: str, alpha: float, *, dense: bool = False) -> pl.Expr:
-        return ema(col(source), alpha=alpha, dense=dense, state=col(f"_y_{source}_{alpha}"), row=row)
+    def with_sums(frame: pl.DataFrame, specs: dict[str, tuple[str, int, float]]) -> pl.DataFrame:
+        """Add windowed sums: name -> (source column, window rows, decay)."""
+        return frame.with_columns(**{name: windows(frame[src], n, d) for name, (src, n, d) in specs.items()})
 
-    span = {n: 2.0 / (n + 1) for n in (*EMA_SPANS, 12, 26, 9)}
-    w14 = 1.0 / 14  # Wilder's smoothing (RSI, ATR, ADX)
-    c, h, lo, v, logv = col("c"), col("h"), col("l"), col("v"), col("_logv")
+    def ema_spec(source: str, alpha: float) -> tuple[str, tuple[str, int, float]]:
+        """(column, spec) of the finite-window exponential sum of `source`."""
+        n = window_length(alpha)
+        return f"_e_{source}_{n}", (source, n, 1.0 - alpha)
+
+    def ema_mean(source: str, alpha: float) -> pl.Expr:
+        """The finite-window EMA from its sum column: the sum over the total weight of the window."""
+        n = window_length(alpha)
+        return col(f"_e_{source}_{n}") * (alpha / (1.0 - (1.0 - alpha) ** n))
+
+    spans = {n: span_alpha(n) for n in (*EMA_SPANS, *MACD_SPANS)}
+    w14 = 1.0 / WILDER
+    c, h, lo, v = col("c"), col("h"), col("l"), col("v")
     prev_c, prev_h, prev_l = after(1, c.shift(1)), after(1, h.shift(1)), after(1, lo.shift(1))
     up, down = h - prev_h, prev_l - lo  # null on a ticker's first row: no movement yet
+    logv = (v + 1).log()  # +1: a zero-volume day stays finite
 
-    # --- step 1: returns, moving averages, true range, directional movement, gains/losses
+    # --- step 1: returns, true range, directional movement, gains/losses, flows, rolling extremes
     df = df.with_columns(
         **{f"ret_{k}d": after(k, c / c.shift(k) - 1) for k in RETURN_HORIZONS},
         **{f"logret_{k}d": after(k, (c / c.shift(k)).log()) for k in RETURN_HORIZONS},
-        **{f"sma_{n}": rolling(c, n, "mean") for n in SMA_WINDOWS},
-        **{k: e for n in (*EMA_SPANS, 12, 26) for k, e in state("c", span[n]).items()},
+        # each term <= tr: h - prev_h <= h - prev_c and prev_l - l <= prev_c - l (prev_l <= prev_c <= prev_h)
         _tr=pl.max_horizontal(h - lo, (h - prev_c).abs(), (lo - prev_c).abs()),  # h - lo on the first row
         _pdm=pl.when((up > down) & (up > 0)).then(up).otherwise(0.0),
         _mdm=pl.when((down > up) & (down > 0)).then(down).otherwise(0.0),
         _gain=(c - prev_c).clip(lower_bound=0),
         _loss=(prev_c - c).clip(lower_bound=0),
-        _std20=rolling(c, 20, "std", ddof=0),
-        _hh14=rolling(h, 14, "max"),
-        _ll14=rolling(lo, 14, "min"),
-        _obv_flow=pl.when(c > prev_c).then(v).when(c < prev_c).then(-v).otherwise(0.0),
-        _logv=(v + 1).log(),  # +1: a zero-volume day stays finite
-        dist_52w_high=c / rolling(h, LOOKBACK, "max") - 1,
-        dist_52w_low=c / rolling(lo, LOOKBACK, "min") - 1,
+        _upv=pl.when(c > prev_c).then(v).otherwise(0.0),
+        _downv=pl.when(c < prev_c).then(v).otherwise(0.0),
+        _std20=rolling(c, BANDS, "std", ddof=0),
+        _hh14=rolling(h, STOCH, "max"),
+        _ll14=rolling(lo, STOCH, "min"),
+        _hh52=rolling(h, YEAR, "max"),
+        _ll52=rolling(lo, YEAR, "min"),
+        _logv_dev=logv - rolling(logv, FLOW, "mean"),
+        _logv_std=rolling(logv, FLOW, "std"),
         day_of_week=col("date").dt.weekday().cast(pl.Int8),
     )
-    # --- step 2: EMAs of the close, recursions of the step-1 series, rolling sums
+    # --- step 2: windowed sums (SMA, EMA of the close, Wilder sums, flows), %K
+    df = with_sums(df, dict([ema_spec("c", spans[n]) for n in (*EMA_SPANS, 12, 26)]
+                            + [ema_spec(s, w14) for s in ("_gain", "_loss", "_tr", "_pdm", "_mdm")]
+                            + [(f"_s_{n}", ("c", n, 1.0)) for n in SMA_WINDOWS]
+                            + [(f"_{s}20", (f"_{s}", FLOW, 1.0)) for s in ("upv", "downv")] + [("_v20", ("v", FLOW, 1.0))]))
     df = df.with_columns(
-        **{f"ema_{n}": smooth("c", span[n], dense=True) for n in EMA_SPANS},
-        macd=smooth("c", span[12], dense=True) - smooth("c", span[26], dense=True),
-        **{k: e for s in ("_gain", "_loss", "_tr", "_pdm", "_mdm") for k, e in state(s, w14).items()},
-        **{f"dist_sma_{n}": c / col(f"sma_{n}") - 1 for n in SMA_WINDOWS},
+        # logret_1d is null on the first row: its 20-row windows are complete from row 20 on
+        rvol_20=after(FLOW, col("logret_1d").rolling_std(FLOW).over(by) * math.sqrt(252)),
+        # ll <= l <= c <= h <= hh: 0 <= c - ll <= hh - ll, so the fraction is in [0, 1]
+        _k=_ratio(c - col("_ll14"), col("_hh14") - col("_ll14"), when_zero=0.5),
+        dist_52w_high=c / col("_hh52") - 1,
+        dist_52w_low=c / col("_ll52") - 1,
+    )
+    # --- step 3: averages, MACD line, RSI, ±DI, DX, %D, OBV ratio
+    sma = {n: col(f"_s_{n}") / n for n in SMA_WINDOWS}
+    ema = {n: ema_mean("c", spans[n]) for n in (*EMA_SPANS, 12, 26)}
+    g, ls, pdm, mdm = (col(f"_e_{s}_{window_length(w14)}") for s in ("_gain", "_loss", "_pdm", "_mdm"))
+    tr = col(f"_e__tr_{window_length(w14)}")
+    df = df.with_columns(
+        **{f"sma_{n}": sma[n] for n in SMA_WINDOWS},
+        **{f"dist_sma_{n}": c / sma[n] - 1 for n in SMA_WINDOWS},
+        **{f"ema_{n}": ema[n] for n in EMA_SPANS},
+        **{f"dist_ema_{n}": c / ema[n] - 1 for n in EMA_SPANS},
+        macd=ema[12] - ema[26],
+        rsi_14=100 * _ratio(g, g + ls, when_zero=0.5),
+        atr_14=ema_mean("_tr", w14),
+        plus_di_14=100 * _ratio(pdm, tr, when_zero=0.0),
+        minus_di_14=100 * _ratio(mdm, tr, when_zero=0.0),
+        _dx=_ratio((pdm - mdm).abs(), pdm + mdm, when_zero=0.0),  # |p - m| <= p + m for p, m >= 0
+        stoch_k_14=100 * col("_k"),
+        stoch_d_3=100 * after(STOCH_D - 1, (col("_k") + col("_k").shift(1) + col("_k").shift(2)) / 3),
+        # |up - down| <= up + down <= total volume, term by term
+        obv_ratio_20=_ratio(col("_upv20") - col("_downv20"), col("_v20"), when_zero=0.0),
+        volume_z_20=_ratio(col("_logv_dev"), col("_logv_std"), when_zero=0.0),
+    )
+    # --- step 4: the MACD signal and the ADX (the share of DX in its Wilder sum), the bands
+    n14 = window_length(w14)
+    df = with_sums(df.with_columns(_undx=1.0 - col("_dx")),
+                   dict([ema_spec("macd", spans[9]), ("_adx_a", ("_dx", n14, 1.0 - w14)),
+                         ("_adx_b", ("_undx", n14, 1.0 - w14))]))
+    df = df.with_columns(
+        macd_signal=ema_mean("macd", spans[9]),
         bb_mid=col("sma_20"),
         bb_upper=col("sma_20") + 2 * col("_std20"),
         bb_lower=col("sma_20") - 2 * col("_std20"),
-        stoch_k_14=100 * _safe_div(c - col("_ll14"), col("_hh14") - col("_ll14"), when_zero=0.5),
-        _obv20=rolling(col("_obv_flow"), 20, "sum"),
-        _v20=rolling(v, 20, "sum"),
-        # logret_1d is null on the first row: its 20-row windows are complete from row 20 on
-        rvol_20=after(20, col("logret_1d").rolling_std(20).over(by) * math.sqrt(252)),
-        _logv_dev=logv - rolling(logv, 20, "mean"),
-        _logv_std=rolling(logv, 20, "std"),
-    )
-    # --- step 3: Wilder averages, distances, ratios
-    df = df.with_columns(
-        **{f"dist_ema_{n}": c / col(f"ema_{n}") - 1 for n in EMA_SPANS},
-        **state("macd", span[9]),
-        _avg_gain=smooth("_gain", w14),
-        _avg_loss=smooth("_loss", w14),
-        # true range and directional movement are defined from the first row on (no nulls)
-        atr_14=smooth("_tr", w14, dense=True),
-        _pdm14=smooth("_pdm", w14, dense=True),
-        _mdm14=smooth("_mdm", w14, dense=True),
-        bb_pctb=_safe_div(c - col("bb_lower"), col("bb_upper") - col("bb_lower"), when_zero=0.5),
-        bb_width=(col("bb_upper") - col("bb_lower")) / col("bb_mid"),
-        stoch_d_3=rolling(col("stoch_k_14"), 3, "mean"),
-        obv_ratio_20=_safe_div(col("_obv20"), col("_v20"), when_zero=0.0),
-        volume_z_20=_safe_div(col("_logv_dev"), col("_logv_std"), when_zero=0.0),
-    )
-    # --- step 4: RSI, MACD signal, directional indicators
-    df = df.with_columns(
-        # 100 * (x / y), not (100 * x) / y: x <= y then guarantees <= 100 exactly in floating point
-        rsi_14=100 * _safe_div(col("_avg_gain"), col("_avg_gain") + col("_avg_loss"), when_zero=0.5),
-        macd_signal=smooth("macd", span[9]),
         atr_pct=col("atr_14") / c,
-        plus_di_14=100 * _safe_div(col("_pdm14"), col("atr_14"), when_zero=0.0),
-        minus_di_14=100 * _safe_div(col("_mdm14"), col("atr_14"), when_zero=0.0),
+    ).with_columns(
+        bb_pctb=_ratio(c - col("bb_lower"), col("bb_upper") - col("bb_lower"), when_zero=0.5),
+        bb_width=(col("bb_upper") - col("bb_lower")) / col("bb_mid"),
     )
-    # --- step 5: MACD histogram, ADX
     df = df.with_columns(
         macd_hist=col("macd") - col("macd_signal"),
-        _dx=100 * _safe_div((col("plus_di_14") - col("minus_di_14")).abs(),
-                            col("plus_di_14") + col("minus_di_14"), when_zero=0.0),
-    )
-    df = df.with_columns(macd_hist_pct=col("macd_hist") / c, **state("_dx", w14))
-    df = df.with_columns(adx_14=smooth("_dx", w14))
+        adx_14=100 * _ratio(col("_adx_a"), col("_adx_a") + col("_adx_b"), when_zero=0.0),
+    ).with_columns(macd_hist_pct=col("macd_hist") / c)
+    # price levels in the share basis of their own day
+    df = df.with_columns([col(x) / f for x in PRICE_LEVEL])
     cols = feature_columns()
     out = df.select(*KEYS, *cols)
     # NaN can only come from log/ratio of invalid inputs: treat it as undefined, like warm-up.
     out = out.with_columns([col(x).fill_nan(None) for x in cols if out.schema[x].is_float()])
-    return out.with_columns(warm=pl.all_horizontal(col(cols).is_not_null()))
+    return out.with_columns(warm=pl.all_horizontal(col(list(MODEL_FEATURES)).is_not_null()))

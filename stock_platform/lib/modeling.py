@@ -1,6 +1,6 @@
 """Forecasting without Dagster: labels, walk-forward folds, scores against the naive baseline, LightGBM trials.
 
-The target is the next trading day's return of the adjusted close. It is computed from prices *after* d and
+The target is the next trading day's total return (the platform's own split/dividend adjustment). It is computed from prices *after* d and
 joined to the features *at* d; nothing in a feature row may look past d's close (`features` guarantees it,
 `feature_ics` helps catch accidents).
 
@@ -40,18 +40,22 @@ LEAKAGE_IC = 0.3
 
 
 # ------------------------------------------------------------------------------------------- labels
-def next_day_returns(closes: pl.DataFrame, sessions: Sequence[dt.date]) -> pl.DataFrame:
-    """`ticker, date, target_date, label`: the return from d's adjusted close to the next session's.
+def next_day_returns(prices: pl.DataFrame, sessions: Sequence[dt.date]) -> pl.DataFrame:
+    """`ticker, date, target_date, label`: the total return from d's close to the next session's (splits and
+    dividends of the next session included, see `lib/corporate_actions.py`).
 
-    Only where the ticker has a bar on the very next session: a gap gives no label, not a multi-day return.
+    prices: ticker, date, close, dividends, splits (as traded). Only where the ticker has a bar on the very
+    next session: a gap gives no label, not a multi-day return.
     """
-    bars = closes.select("ticker", "date", "adj_close")
+    from stock_platform.lib.corporate_actions import total_returns
+
     following = pl.DataFrame({"date": sessions[:-1], "target_date": sessions[1:]},
                              schema={"date": pl.Date, "target_date": pl.Date})
     return (
-        bars.join(following, on="date")
-        .join(bars.rename({"date": "target_date", "adj_close": "next_close"}), on=["ticker", "target_date"])
-        .select("ticker", "date", "target_date", label=pl.col("next_close") / pl.col("adj_close") - 1)
+        total_returns(prices.select("ticker", "date", "close", "dividends", "splits"))
+        .rename({"date": "target_date", "prev_date": "date"})
+        .join(following, on=["date", "target_date"])
+        .select("ticker", "date", "target_date", label="total_return")
         .sort(KEYS)
     )
 

@@ -72,8 +72,20 @@ def _to_date(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
             .dt.date()
         )
         naive = text.str.to_datetime("%Y-%m-%d %H:%M:%S", strict=False).dt.date()
-        return pl.coalesce(plain, instant, naive)
+        return pl.coalesce(plain, instant, naive, _slashed_date(text))
     return pl.lit(None, dtype=pl.Date)
+
+
+def _slashed_date(text: pl.Expr) -> pl.Expr:
+    """`1/4/1999`-style dates of a whole column: month first (US exports) or day first, whichever the column's
+    values prove (a first part above 12 is a day, a second part above 12 a month). A column that proves
+    neither, or both, is ambiguous: its slashed dates stay unread (and their rows are rejected as such)."""
+    parts = text.str.extract_groups(r"^(\d{1,2})/(\d{1,2})/(\d{4})$")
+    first, second = parts.struct.field("1").cast(pl.Int32), parts.struct.field("2").cast(pl.Int32)
+    day_first, month_first = (first > 12).any(), (second > 12).any()
+    us = text.str.to_date("%m/%d/%Y", strict=False)
+    eu = text.str.to_date("%d/%m/%Y", strict=False)
+    return pl.when(month_first & ~day_first).then(us).when(day_first & ~month_first).then(eu)
 
 
 def conform(raw: pl.DataFrame, *, source: str, origin: str, ingested_at: dt.datetime | None = None
@@ -106,6 +118,11 @@ def conform(raw: pl.DataFrame, *, source: str, origin: str, ingested_at: dt.date
         )
         for c in ("date", *numeric)
     ]
+    if raw.schema["date"] == pl.Utf8:  # say why a d/m or m/d date could not be read
+        slashed = pl.col("date").str.strip_chars().str.contains(r"^\d{1,2}/\d{1,2}/\d{4}$")
+        problems[0] = pl.when(slashed & parsed["date"].is_null()).then(pl.format(
+            "date='{}' is ambiguous: no date of the file shows whether the day or the month comes first",
+            pl.col("date"))).otherwise(problems[0])
     vol = parsed["volume"]
     problems += [
         pl.when(vol.is_nan() | vol.is_infinite()).then(pl.format("volume={} is not finite", vol)),

@@ -96,6 +96,10 @@ def read_ticker_file(path: Path, ticker: str) -> pl.DataFrame:
             frame = pl.read_csv(path, infer_schema=False, null_values=["", "null", "NULL", "None"])
     except Exception as exc:  # noqa: BLE001 - polars raises several types for unreadable files
         raise SourceError(f"files source: cannot read {path}: {exc}") from None
+    first = frame.columns[0] if frame.columns else None
+    if first is not None and (first == "" or first.startswith("Unnamed:")) and not any(
+            _COLUMN_ALIASES.get(c.strip().lower()) == "date" for c in frame.columns):
+        frame = frame.rename({first: "date"})  # a pandas index written without a name: the dates
     frame = _rename_columns(frame, str(path))
     if "ticker" in frame.columns:
         frame = frame.drop("ticker")  # the file name is authoritative
@@ -186,11 +190,19 @@ def _with_retries(call, *, what: str, retries: int, backoff: float):
     raise AssertionError("unreachable")
 
 
-def fetch_yfinance(tickers: list[str], start: dt.date, end: dt.date, *, retries: int = 4, backoff: float = 1.0) -> FetchResult:
+def fetch_yfinance(tickers: list[str], start: dt.date, end: dt.date, *, retries: int = 4, backoff: float = 1.0,
+                   now: dt.datetime | None = None) -> FetchResult:
+    """Bars for [start, end], as traded. Yahoo re-bases every earlier price, dividend and volume on each split
+    (its `Close` is split-adjusted as of the download), so the answer is asked up to today, where it holds every
+    split Yahoo applied, and `unadjust_splits` puts each row back in its own day's share basis."""
     import yfinance as yf
 
-    ingested_at = dt.datetime.now(dt.UTC)
-    end_exclusive = (end + dt.timedelta(days=1)).isoformat()
+    from stock_platform.lib.calendar import exchange_date
+    from stock_platform.lib.corporate_actions import unadjust_splits
+
+    now = now or dt.datetime.now(dt.UTC)
+    ingested_at = now
+    end_exclusive = (max(end, exchange_date(now)) + dt.timedelta(days=1)).isoformat()
 
     def download(symbols: list[str]):
         return yf.download(symbols, start=start.isoformat(), end=end_exclusive, auto_adjust=False, actions=True,
@@ -221,8 +233,12 @@ def fetch_yfinance(tickers: list[str], start: dt.date, end: dt.date, *, retries:
     if not frames:
         raise SourceError(f"yfinance returned no data for {', '.join(tickers)} between {start} and {end} "
                           "(unknown or delisted tickers, or no trading in the range)")
-    good, bad = _conform_all([(pl.concat(frames, how="diagonal_relaxed"), "yfinance", "yfinance", ingested_at)])
-    return FetchResult(good, bad, missing)
+    raw = pl.concat(frames, how="diagonal_relaxed")
+    if "splits" in raw.columns:
+        raw = unadjust_splits(raw.with_columns(pl.col("splits").fill_null(0.0).fill_nan(0.0)))
+    good, bad = _conform_all([(raw, "yfinance", "yfinance", ingested_at)])
+    in_range = pl.col("date").is_between(start, end)
+    return FetchResult(good.filter(in_range), bad.filter(in_range | pl.col("date").is_null()), missing)
 
 
 def fetch(source: str, tickers: list[str], start: dt.date, end: dt.date, *, files_dir: str | None = None,
