@@ -142,6 +142,7 @@ def run_daily_stage(instance, defs, start: dt.date, end: dt.date, tickers: list[
     import dagster as dg
 
     from stock_platform.assets.ingestion import PRICES_TABLE
+    from stock_platform.gates import FEATURES_CHECK, PRICES_CHECK, check_status
     from stock_platform.partitions import trading_days
 
     keys = trading_days.get_partition_keys_in_range(dg.PartitionKeyRange(start.isoformat(), end.isoformat()))
@@ -149,6 +150,9 @@ def run_daily_stage(instance, defs, start: dt.date, end: dt.date, tickers: list[
     missing = set()
     for asset, _ in _daily_assets():
         missing |= set(keys) - instance.get_materialized_partitions(dg.AssetKey(asset))
+    # a partition whose latest blocking check failed is not up to date: run it again
+    for check in (PRICES_CHECK, FEATURES_CHECK):
+        missing |= set(check_status(instance, check, keys).failed)
     stored = set()
     if lake.exists(PRICES_TABLE):
         stored = set(lake.read(PRICES_TABLE, start, end, columns=["ticker"])["ticker"].unique())
@@ -221,7 +225,10 @@ def run_model_stage(instance, defs, week: str, trials: int, *, force: bool = Fal
     """Materialize `tuned_model` for `week` with a small tuning budget; skip when it already is."""
     import dagster as dg
 
-    if not force and week in instance.get_materialized_partitions(dg.AssetKey("tuned_model")):
+    from stock_platform.gates import LEAKAGE_CHECK, check_status
+
+    if (not force and week in instance.get_materialized_partitions(dg.AssetKey("tuned_model"))
+            and not check_status(instance, LEAKAGE_CHECK, [week]).failed):
         return None, 0.0
     started = time.perf_counter()
     config = {"ops": {"tuned_model": {"config": {"trials": trials, "time_budget_seconds": 60.0}}}}

@@ -43,7 +43,8 @@ def materialization_metadata(result, asset: str) -> dict:
 
 
 def build_lake(root: Path, *, leak: bool = False) -> LakeResource:
-    """Snapshots and features of a 40-ticker demo market; `leak` adds a feature made of tomorrow's return."""
+    """Snapshots and features of a 40-ticker demo market; `leak` makes the model input `ret_1d` tomorrow's return
+    (the classic off-by-one: a shift the wrong way)."""
     prices = generate([f"T{i:03d}" for i in range(40)], START, END)
     lake = LakeResource(uri=str(root / "lake"))
     ensure_snapshot_table(lake)
@@ -52,7 +53,8 @@ def build_lake(root: Path, *, leak: bool = False) -> LakeResource:
     features = compute_features(prices)
     if leak:
         tomorrow = next_day_returns(prices, trading_days(START, END)).select("ticker", "date", tomorrow="label")
-        features = features.join(tomorrow, on=["ticker", "date"], how="left")
+        features = (features.join(tomorrow, on=["ticker", "date"], how="left")
+                    .with_columns(ret_1d=pl.col("tomorrow")).drop("tomorrow"))
     lake.replace_dates(FEATURES_TABLE, features, START, END)
     return lake
 
@@ -73,3 +75,19 @@ def register_promoted_model(lake: LakeResource, tracking: TrackingResource, trai
     with tracking.run(f"trained to {train_end}", tags={}):
         return register_version(lake, tracking, booster, pd.DataFrame(data.x[:3], columns=data.feature_names),
                                 train_end=train_end, promoted=True, gate="promoted by the test")
+
+
+def fail_the_features_check(lake: LakeResource, instance: dg.DagsterInstance, day: dt.date, first: dt.date,
+                            last: dt.date) -> None:
+    """Corrupt one day's stored features (%K 120) and run the blocking features check over first..last in one
+    run, as an earlier run would have: it fails, and names only `day` among the range's partitions."""
+    from stock_platform.assets.ml import features
+    from stock_platform.checks import features_schema_check
+
+    lake.replace_dates(FEATURES_TABLE, lake.read(FEATURES_TABLE, day, day).with_columns(stoch_k_14=pl.lit(120.0)), day, day)
+    check_job = dg.define_asset_job("features_check", selection=dg.AssetSelection.checks(features_schema_check))
+    defs = dg.Definitions(assets=[features], asset_checks=[features_schema_check], jobs=[check_job],
+                          resources={"lake": lake})
+    [evaluation] = run_range(defs, instance, first.isoformat(), last.isoformat(), "features_check"
+                             ).get_asset_check_evaluations()
+    assert not evaluation.passed and evaluation.metadata["failed_partitions"].value == [day.isoformat()]

@@ -10,6 +10,10 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from stock_platform.gates import FEATURES_CHECK, check_status
+from stock_platform.resources.lake import LakeResource
+from stock_platform_tests.helpers import fail_the_features_check
+
 
 def cli(home, command: str, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STOCK_PLATFORM_", "DAGSTER_HOME"))}
@@ -56,6 +60,17 @@ def test_demo_runs_in_a_real_instance_and_a_second_run_changes_nothing(tmp_path)
         runs = instance.get_runs()
         assert len(runs) == 1 and runs[0].tags["stock_platform/launched_by"] == "demo"
         assert len(instance.get_materialized_partitions(dg.AssetKey("prices"))) == n_days
+
+        # a partition whose blocking check failed in a later run is not "up to date": the demo runs it again
+        days = sorted(lake["date"].unique())
+        fail_the_features_check(LakeResource(uri=str(tmp_path / "lake")), instance, days[-2], days[0], days[-1])
+        assert check_status(instance, FEATURES_CHECK, [d.isoformat() for d in days]).failed == [days[-2].isoformat()]
+    third = demo(tmp_path, *args)
+    assert third.returncode == 0, third.stderr
+    assert "up to date" not in third.stdout.splitlines()[3] and "partition(s) in one run" in third.stdout
+    with dg.DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
+        assert check_status(instance, FEATURES_CHECK, [d.isoformat() for d in days]).failed == []
+    assert pl.read_delta(str(tmp_path / "lake" / "features"))["stoch_k_14"].drop_nulls().max() <= 100
 
 
 @pytest.mark.slow

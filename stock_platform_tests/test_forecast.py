@@ -16,8 +16,8 @@ from stock_platform.assets.model import load_booster, promoted_versions, served_
 from stock_platform.lib.calendar import trading_days
 from stock_platform.resources import UniverseResource
 from stock_platform.resources.warehouse import WarehouseResource
-from stock_platform_tests.helpers import (build_lake, failure_message, materialization_metadata, model_resources,
-                                         register_promoted_model)
+from stock_platform_tests.helpers import (build_lake, fail_the_features_check, failure_message,
+                                         materialization_metadata, model_resources, register_promoted_model)
 
 pytestmark = pytest.mark.slow
 FIRST, LAST = dt.date(2024, 5, 13), dt.date(2024, 6, 14)
@@ -139,3 +139,26 @@ def test_rolling_back_a_model_moves_champion_and_predictions_to_the_previous_ver
     assert promoted_versions(served_versions(lake, tracking.model_name)) == [(2, TRAIN_ENDS[2])]
     with pytest.raises(ValueError, match="no registered version 7"):
         set_promoted(lake, tracking, 7, False)
+
+
+def test_a_day_whose_features_failed_their_check_in_an_earlier_run_is_not_forecast(tmp_path, instance):
+    """Blocking across runs: the check failed in another run, so Dagster does not stop this one; the readers do."""
+    lake = build_lake(tmp_path)
+    res = model_resources(tmp_path, lake) | {
+        "warehouse": WarehouseResource(url=f"sqlite:///{tmp_path}/warehouse.db"),
+        "universe": UniverseResource(tickers=[f"T{i:03d}" for i in range(40)])}
+    register(res, lake)
+    bad_day = dt.date(2024, 6, 5)
+    fail_the_features_check(lake, instance, bad_day, dt.date(2024, 6, 3), dt.date(2024, 6, 7))
+    result = run(res, instance)
+    assert result.success, failure_message(result)
+    preds = lake.read(PREDICTIONS_TABLE)
+    assert bad_day not in set(preds["date"]) and dt.date(2024, 6, 4) in set(preds["date"])
+    assert preds.height == 40 * (len(trading_days(dt.date(2024, 5, 20), LAST)) - 1)
+    md = materialization_metadata(result, "predictions")
+    assert md["excluded_partitions"] == {"check": "features:features_schema", "partitions": ["2024-06-05"]}
+    # the forecast check does not expect what was excluded, and the evaluation has no forecast made that day
+    assert [(c.check_name, c.passed) for c in result.get_asset_check_evaluations()] == [
+        ("predictions_complete_and_plausible", True)]
+    evaluated = lake.read(EVALUATION_TABLE, date_column="target_date")
+    assert bad_day not in set(evaluated["date"]) and dt.date(2024, 6, 4) in set(evaluated["date"])

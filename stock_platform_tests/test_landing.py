@@ -76,9 +76,16 @@ def test_newest_event_wins_and_deletes_remove_older_rows():
     assert bars.select("ticker", "date", "close").rows() == [("AAPL", dt.date(2024, 6, 18), 102.0)]
     gone = deletes(events)
     stored = pl.DataFrame({"ticker": ["MSFT", "XOM"], "date": [dt.date(2024, 6, 18)] * 2, "close": [400.0, 110.0],
+                           "dividends": [0.0, 0.0], "splits": [0.0, 0.0],
                            "ingested_at": [dt.datetime(2024, 6, 18, 20, 0, tzinfo=UTC)] * 2})
     # MSFT's stored row arrived after the delete: it stays; an older row would go
     assert apply_events(stored, bars.select(stored.columns), gone)["ticker"].to_list() == ["AAPL", "MSFT", "XOM"]
+    # a quote replacing the stored bar of a split day keeps the split (and the dividend): quotes carry none
+    split_day = pl.DataFrame({"ticker": ["AAPL"], "date": [dt.date(2024, 6, 18)], "close": [99.0],
+                              "dividends": [0.25], "splits": [4.0],
+                              "ingested_at": [dt.datetime(2024, 6, 18, 10, 0, tzinfo=UTC)]})
+    updated = apply_events(split_day, bars.select(stored.columns), gone)
+    assert updated.select("close", "dividends", "splits").rows() == [(102.0, 0.25, 4.0)]
     older = stored.with_columns(ingested_at=pl.lit(dt.datetime(2024, 6, 18, 19, 0, tzinfo=UTC)))
     assert apply_events(older, bars.select(stored.columns), gone)["ticker"].to_list() == ["AAPL", "XOM"]
 

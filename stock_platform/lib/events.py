@@ -126,9 +126,15 @@ def with_adj_close(bars: pl.DataFrame, history: pl.DataFrame) -> pl.DataFrame:
 
 def apply_events(current: pl.DataFrame, incoming: pl.DataFrame, gone: pl.DataFrame) -> pl.DataFrame:
     """Stored price rows updated by landed bars and deletes: per (ticker, date) the newest `ingested_at`
-    wins (a replayed or older event changes nothing), and a delete removes a row that arrived before it."""
+    wins (a replayed or older event changes nothing), and a delete removes a row that arrived before it. A
+    landed bar keeps the stored row's dividend and split (quotes carry none)."""
     from stock_platform.lib.snapshots import precombine
 
+    # a quote knows no corporate action: a bar replacing a stored row keeps that day's split and dividend
+    actions = current.select("ticker", "date", _div="dividends", _split="splits")
+    incoming = (incoming.join(actions, on=["ticker", "date"], how="left")
+                .with_columns(dividends=pl.coalesce("_div", "dividends"), splits=pl.coalesce("_split", "splits"))
+                .drop("_div", "_split"))
     merged = precombine(pl.concat([current, incoming.select(current.columns)], how="vertical_relaxed"),
                         ["ticker", "date"], "ingested_at")
     if gone.is_empty():
