@@ -125,6 +125,14 @@ def parent(args) -> int:
     print(f"{f'projected per-partition backfill: {n} runs (s)':62} {projected:12.0f}")
     print(f"{'projected per-partition / single-run':62} {projected / t_backfill:11.0f}x   >= 100x")
     print(f"{'peak RSS of the Dagster backfill process (GB)':62} {rss:12.2f}   < 3 GB")
+    print(f"{'daily run (one partition, all daily assets), mean of 5 (s)':62} {t_one:12.2f}   < 5 s")
+    print("  steps (median): " + " | ".join(f"{k} {v:.2f} s" for k, v in res["daily_steps"].items()))
+    (old_name, old), (new_name, new) = res["lookback"].items()
+    print(f"{'features window read + indicators, ' + old_name + ' (s)':62} {old['median_s']:12.2f}   "
+          f"{old['rows']:,} rows")
+    print(f"{'features window read + indicators, ' + new_name + ' (s)':62} {new['median_s']:12.2f}   "
+          f"{new['rows']:,} rows")
+    print(f"{'  the longer lookback costs':62} {new['median_s'] / old['median_s']:11.1f}x")
     print(f"{'features rows':62} {res['features_rows']:12,}")
     return 0
 
@@ -169,17 +177,49 @@ def dagster_part(args, work: Path, start: dt.date, end: dt.date) -> int:
         print(f"single-run backfill of {len(keys)} partitions x 3 assets ({args.instance} instance): {t_backfill:.1f} s  "
               + " | ".join(f"{k} {v:.1f} s" for k, v in steps.items()), flush=True)
 
-        # --- 3. per-partition runs, as a partition-per-run backfill would do them
+        # --- 3. per-partition runs, as a partition-per-run backfill (or the daily schedule) does them
         sample = [keys[len(keys) // 6 * i + 3] for i in range(5)]
-        per_run = []
+        per_run, daily_steps = [], {}
         for key in sample:
             t, r = timed(lambda key=key: run(key, key))
             assert r.success
             per_run.append(t)
+            for s in instance.get_run_step_stats(r.run_id):
+                daily_steps.setdefault(s.step_key, []).append(s.end_time - s.start_time)
+        lookback = lookback_cost(defs.resources["lake"], sample)
     print(json.dumps({"backfill": t_backfill, "steps": steps, "one_run": statistics.mean(per_run),
-                      "partitions": len(keys),
+                      "partitions": len(keys), "daily_steps": {k: statistics.median(v) for k, v in daily_steps.items()},
+                      "lookback": lookback,
                       "features_rows": pl.read_delta(str(work / "lake" / "features")).height}))
     return 0
+
+
+def lookback_cost(lake, days: list[str]) -> dict:
+    """What the daily `features` step pays for its window, side by side on the same lake and days: the window
+    before the EMA-200 fix (272 sessions: 252 rows + 20) against today's (LOOKBACK + LOOKBACK_MARGIN), each the
+    snapshot read plus the indicator pass, alternated so drift on this noisy machine hits both alike."""
+    import datetime as dt
+
+    from stock_platform.assets.lake import SNAPSHOT_TABLE
+    from stock_platform.lib.calendar import trading_days
+    from stock_platform.lib.indicators import LOOKBACK, compute_features
+    from stock_platform.assets.ml import LOOKBACK_MARGIN
+
+    def step(day: dt.date, sessions: int) -> tuple[float, int]:
+        start = trading_days(day - dt.timedelta(days=2 * sessions), day)[-(sessions + 1)]
+        t0 = time.perf_counter()
+        history = lake.snapshot(SNAPSHOT_TABLE, start=start, end=day)
+        compute_features(history)
+        return time.perf_counter() - t0, history.height
+
+    windows = {"272 sessions (before)": 272, f"{LOOKBACK + LOOKBACK_MARGIN} sessions (now)": LOOKBACK + LOOKBACK_MARGIN}
+    times = {name: [] for name in windows}
+    rows = {}
+    for day in (dt.date.fromisoformat(d) for d in days):
+        for name, sessions in windows.items():
+            t, rows[name] = step(day, sessions)
+            times[name].append(t)
+    return {name: {"median_s": statistics.median(ts), "rows": rows[name]} for name, ts in times.items()}
 
 
 if __name__ == "__main__":

@@ -166,10 +166,11 @@ def _ratio(num: pl.Expr, den: pl.Expr, *, when_zero: float) -> pl.Expr:
 def compute_features(prices: pl.DataFrame) -> pl.DataFrame:
     """Indicators for every (ticker, date) of `prices` (as-traded prices/snapshot columns); one polars pass.
 
-    The frame is sorted by ticker and date. Only what carries state from row to row (windowed sums, rolling
-    statistics) runs per ticker (`.over`), so no bit of a ticker's values depends on another ticker; shifts,
-    rolling max/min and arithmetic run over the whole column, and `_row` (a row's position in its ticker's
-    history) nulls each value whose window would reach into the previous ticker.
+    The frame is sorted by ticker and date. Only what carries state from row to row runs per ticker (the
+    windowed sums, in each ticker's own blocks; rolling statistics, `.over`), so no bit of a ticker's values
+    depends on another ticker; shifts, rolling max/min and arithmetic run over the whole column, and `_row`
+    (a row's position in its ticker's history) nulls each value whose window would reach into the previous
+    ticker.
     """
     required = ["ticker", "date", "open", "high", "low", "close", "volume", "dividends", "splits"]
     nulls = {c: n for c, n in prices.select(pl.col(required).null_count()).row(0, named=True).items() if n}
