@@ -83,7 +83,7 @@ def _one_ticker(g: pd.DataFrame) -> pd.DataFrame:
     flow = pd.Series(np.select([c > prev, c < prev], [v, -v], 0.0), index=g.index)
     r["obv_ratio_20"] = _div(flow.rolling(20, min_periods=20).sum(), v.rolling(20, min_periods=20).sum(), 0.0)
     r["rvol_20"] = r["logret_1d"].rolling(20, min_periods=20).std() * math.sqrt(252)
-    logv = np.log(v + 1)
+    logv = np.log(g["volume"].clip(lower=1).astype(float) / g["splits"].where(g["splits"] > 0, 1.0).cumprod())
     r["volume_z_20"] = _div(logv - logv.rolling(20, min_periods=20).mean(), logv.rolling(20, min_periods=20).std(), 0.0)
     r["dist_52w_high"] = c / h.rolling(YEAR, min_periods=YEAR).max() - 1
     r["dist_52w_low"] = c / lo.rolling(YEAR, min_periods=YEAR).min() - 1

@@ -158,7 +158,13 @@ def test_a_lookback_window_gives_the_same_values_as_the_full_history():
     full = compute_features(prices).filter(pl.col("date") >= dt.date(2024, 6, 3))
     window_start = lookback_start(dt.date(2024, 6, 3))  # what the `features` asset reads
     assert len(trading_days(window_start, dt.date(2024, 6, 3))) > LOOKBACK
-    windowed = compute_features(prices.filter(pl.col("date") >= window_start)).filter(pl.col("date") >= dt.date(2024, 6, 3))
+    window = prices.filter(pl.col("date") >= window_start)
+    windowed = compute_features(window).filter(pl.col("date") >= dt.date(2024, 6, 3))
+    # the daily run's shortcut: only the long EMAs over the whole window, the rest over the rows they need
+    shortcut = compute_features(window, since=dt.date(2024, 6, 3))
+    assert shortcut.select("ticker", "date", "warm").equals(windowed.select("ticker", "date", "warm"))
+    for col in feature_columns():
+        np.testing.assert_allclose(shortcut[col].to_numpy(), windowed[col].to_numpy(), rtol=1e-9, atol=1e-9, err_msg=col)
     assert windowed["warm"].all()
     assert windowed.select(pl.sum_horizontal(pl.col(feature_columns()).null_count())).item() == 0  # all in the window
     assert windowed.select("ticker", "date").equals(full.select("ticker", "date"))

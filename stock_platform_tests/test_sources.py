@@ -59,6 +59,27 @@ def test_files_source_reads_csv_exports_and_parquet(tmp_path):
     assert set(result.prices["source"]) == {"files"}
 
 
+def test_files_source_reads_the_date_formats_real_exports_use(tmp_path):
+    rows = "Open,High,Low,Close,Volume\n"
+    # a pandas index written without a header (backtesting's GOOG.csv), US month-first dates (arch's Yahoo
+    # exports: 1/13 proves it), day-first dates (13/1 proves it), and a file that proves neither
+    (tmp_path / "AAA.csv").write_text("," + rows + "2024-01-02,1,2,0.5,1.5,10\n2024-01-03,1,2,0.5,1.5,10\n")
+    (tmp_path / "BBB.csv").write_text("Date," + rows + "1/2/2024,1,2,0.5,1.5,10\n1/12/2024,1,2,0.5,1.5,10\n"
+                                      "1/16/2024,1,2,0.5,1.5,10\n")
+    (tmp_path / "CCC.csv").write_text("Date," + rows + "2/1/2024,1,2,0.5,1.5,10\n16/1/2024,1,2,0.5,1.5,10\n")
+    (tmp_path / "DDD.csv").write_text("Date," + rows + "2/1/2024,1,2,0.5,1.5,10\n3/1/2024,1,2,0.5,1.5,10\n")
+    got = PriceSourceResource(source="files", files_dir=str(tmp_path)).fetch(
+        ["AAA", "BBB", "CCC", "DDD"], dt.date(2024, 1, 1), dt.date(2024, 2, 29))
+    days = {t: sorted(got.prices.filter(pl.col("ticker") == t)["date"].to_list()) for t in ("AAA", "BBB", "CCC")}
+    assert days == {"AAA": [dt.date(2024, 1, 2), dt.date(2024, 1, 3)],
+                    "BBB": [dt.date(2024, 1, 2), dt.date(2024, 1, 12), dt.date(2024, 1, 16)],
+                    "CCC": [dt.date(2024, 1, 2), dt.date(2024, 1, 16)]}
+    # ambiguous: neither guessed nor dropped silently, each row quarantined with the reason
+    assert got.rejects["ticker"].to_list() == ["DDD", "DDD"]
+    assert "date='2/1/2024' is ambiguous: no date of the file shows whether the day or the month comes first" \
+        in got.rejects["reason"].to_list()
+
+
 def test_files_source_filters_the_range_and_reports_missing_tickers(tmp_path):
     _yahoo_csv(tmp_path / "AAPL.csv", dates=["2023-12-29", *JAN, "2024-01-08"])
     result = PriceSourceResource(source="files", files_dir=str(tmp_path)).fetch(["AAPL", "MSFT"], START, END)
@@ -113,6 +134,7 @@ def fake_yf(monkeypatch):
 
     def download(tickers, **kwargs):
         state["download_calls"] += 1
+        state["last_download"] = kwargs
         assert kwargs["auto_adjust"] is False and kwargs["actions"] is True
         if state["download_calls"] <= state["fail_first"]:
             raise yfinance.exceptions.YFRateLimitError()
@@ -140,6 +162,18 @@ def test_yfinance_source_validates_and_keeps_adjustment_columns(fake_yf):
     assert result.prices.height == 8 and set(result.prices["source"]) == {"yfinance"}
     aapl = result.prices.filter(pl.col("ticker") == "AAPL").sort("date")
     assert aapl["adj_close"].to_list() == pytest.approx([v * 0.98 for v in aapl["close"]])
+
+
+def test_yfinance_is_asked_up_to_new_yorks_today_and_answers_only_the_range(fake_yf):
+    """Yahoo's answer must reach today to hold every split it applied; the rows after the range are not kept.
+    "Today" is New York's at the instant passed in: 02:00 UTC on 2024-01-10 is still January 9th there."""
+    from stock_platform.resources.sources import fetch_yfinance
+
+    fake_yf["download"] = yf_fixtures.download_frame(["AAPL"], [*JAN, "2024-01-08", "2024-01-09"])
+    result = fetch_yfinance(["AAPL"], START, END, now=dt.datetime(2024, 1, 10, 2, 0, tzinfo=dt.UTC))
+    assert fake_yf["last_download"]["start"] == START.isoformat()
+    assert fake_yf["last_download"]["end"] == "2024-01-10"  # exclusive: through New York's January 9th
+    assert result.prices["date"].max() == END and result.prices.height == len(JAN)
 
 
 def test_yfinance_retries_rate_limits_with_backoff(fake_yf):

@@ -43,7 +43,7 @@ def features(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Materi
     history = lake.snapshot(SNAPSHOT_TABLE, start=read_from, end=end) if lake.exists(SNAPSHOT_TABLE) else None
     if history is None or history.filter(pl.col("date") >= start).is_empty():
         raise dg.Failure(f"no price snapshots for {start}..{end}: materialize `price_snapshots` first")
-    table = compute_features(history).filter(pl.col("date").is_between(start, end))
+    table = compute_features(history, since=start).filter(pl.col("date") <= end)
     version = lake.replace_dates(FEATURES_TABLE, table, start, end)
     warm = int(table["warm"].sum())
     return dg.MaterializeResult(

@@ -30,7 +30,7 @@ import math
 import numpy as np
 import polars as pl
 
-from stock_platform.lib.corporate_actions import split_ratio, with_factor
+from stock_platform.lib.corporate_actions import daily_factor, split_ratio, with_factor
 
 TRUNCATION = 1e-5
 KEYS = ("ticker", "date")
@@ -101,6 +101,11 @@ def feature_columns() -> list[str]:
 MODEL_FEATURES = tuple(c for c in feature_columns() if c not in PRICE_LEVEL and c != "dist_ema_200")
 WARM_ROWS = max(WARM_UP[c] for c in MODEL_FEATURES) + 1  # rows of history before a row is warm
 LOOKBACK = max(WARM_UP.values()) + 1  # rows of history any value at d depends on (d included)
+# EMAs whose window is longer than every other indicator's: `compute_features(since=...)` runs them over the
+# whole frame and everything else over the rows its values need (a daily run: 311 of the 1,152 rows).
+LONG_SPANS = tuple(n for n in EMA_SPANS if WARM_UP[f"ema_{n}"] >= WARM_ROWS)
+_LONG = {f"{kind}_{n}" for n in LONG_SPANS for kind in ("ema", "dist_ema")}
+SHORT_LOOKBACK = max(v for c, v in WARM_UP.items() if c not in _LONG) + 1
 
 
 # ------------------------------------------------------------------------------------ windowed sums
@@ -163,24 +168,62 @@ def _ratio(num: pl.Expr, den: pl.Expr, *, when_zero: float) -> pl.Expr:
     return pl.when(den.is_null() | num.is_null()).then(None).when(den == 0).then(when_zero).otherwise(num / den)
 
 
-def compute_features(prices: pl.DataFrame) -> pl.DataFrame:
-    """Indicators for every (ticker, date) of `prices` (as-traded prices/snapshot columns); one polars pass.
+def compute_features(prices: pl.DataFrame, since=None) -> pl.DataFrame:
+    """Indicators for every (ticker, date) of `prices` (as-traded prices/snapshot columns), or for the rows
+    from `since` on (the same values, computed from the rows they need only: a daily run's shortcut).
 
-    The frame is sorted by ticker and date. Only what carries state from row to row runs per ticker (the
-    windowed sums, in each ticker's own blocks; rolling statistics, `.over`), so no bit of a ticker's values
-    depends on another ticker; shifts, rolling max/min and arithmetic run over the whole column, and `_row`
-    (a row's position in its ticker's history) nulls each value whose window would reach into the previous
-    ticker.
+    Exactly one implementation serves both: the long EMAs (`LONG_SPANS`) always run over the whole frame,
+    the rest over the whole frame or over each ticker's last `SHORT_LOOKBACK` rows before `since` and after.
     """
     required = ["ticker", "date", "open", "high", "low", "close", "volume", "dividends", "splits"]
     nulls = {c: n for c, n in prices.select(pl.col(required).null_count()).row(0, named=True).items() if n}
     if nulls:
         raise ValueError(f"compute_features: prices have nulls ({nulls}); validate them first")
+    frame = prices.select(required).sort(KEYS)
+    short = frame
+    if since is not None:
+        row = pl.int_range(pl.len()).over("ticker")
+        first = pl.when(pl.col("date") >= since).then(row).min().over("ticker")
+        short = frame.filter(row >= first - (SHORT_LOOKBACK - 1))
+    out = _indicators(short).join(_long_averages(frame), on=KEYS, how="left")
+    if since is not None:
+        out = out.filter(pl.col("date") >= since)
+    cols = feature_columns()
+    out = out.select(*KEYS, *cols)
+    # NaN can only come from log/ratio of invalid inputs: treat it as undefined, like warm-up.
+    out = out.with_columns([pl.col(x).fill_nan(None) for x in cols if out.schema[x].is_float()])
+    return out.with_columns(warm=pl.all_horizontal(pl.col(list(MODEL_FEATURES)).is_not_null()))
+
+
+def _long_averages(frame: pl.DataFrame) -> pl.DataFrame:
+    """`ticker, date` and the long EMAs with the close's distance to them (see `_indicators`)."""
+    df = with_factor(frame).with_columns(c=pl.col("close") * pl.col("factor"))
+    windows = WindowSums(df["ticker"])
+    cols = {}
+    for n in LONG_SPANS:
+        alpha = span_alpha(n)
+        rows = window_length(alpha)
+        ema = windows(df["c"], rows, 1.0 - alpha) * (alpha / (1.0 - (1.0 - alpha) ** rows))
+        cols[f"ema_{n}"] = ema / df["factor"]  # in the share basis of its own day
+        cols[f"dist_ema_{n}"] = df["c"] / ema - 1
+    return df.select(*KEYS).with_columns(**cols)
+
+
+def _indicators(frame: pl.DataFrame) -> pl.DataFrame:
+    """Every indicator but the long EMAs, for every row of `frame` (sorted by ticker and date).
+
+    Only what carries state from row to row runs per ticker (the
+    windowed sums, in each ticker's own blocks; rolling statistics, `.over`), so no bit of a ticker's values
+    depends on another ticker; shifts, rolling max/min and arithmetic run over the whole column, and `_row`
+    (a row's position in its ticker's history) nulls each value whose window would reach into the previous
+    ticker.
+    """
     by = "ticker"
     f = pl.col("factor")
-    df = with_factor(prices.select(required)).with_columns(
+    df = with_factor(frame).with_columns(
         # the bar's range includes its open and close whatever the vendor sent: low <= close <= high exactly
-        o=pl.col("open") * f, c=pl.col("close") * f,
+        _hr=pl.max_horizontal("high", "open", "close"), _lr=pl.min_horizontal("low", "open", "close"),
+        c=pl.col("close") * f,
         h=pl.max_horizontal("high", "open", "close") * f, l=pl.min_horizontal("low", "open", "close") * f,
         v=pl.col("volume").cast(pl.Float64) / split_ratio().cum_prod().over(by),
         _row=pl.int_range(pl.len()).over(by),
@@ -214,18 +257,28 @@ def compute_features(prices: pl.DataFrame) -> pl.DataFrame:
     spans = {n: span_alpha(n) for n in (*EMA_SPANS, *MACD_SPANS)}
     w14 = 1.0 / WILDER
     c, h, lo, v = col("c"), col("h"), col("l"), col("v")
-    prev_c, prev_h, prev_l = after(1, c.shift(1)), after(1, h.shift(1)), after(1, lo.shift(1))
-    up, down = h - prev_h, prev_l - lo  # null on a ticker's first row: no movement yet
-    logv = (v + 1).log()  # +1: a zero-volume day stays finite
+    prev_c = after(1, c.shift(1))
+    # True range and directional movement compare today's bar with yesterday's in yesterday's share basis
+    # (as-traded prices, today's scaled by the day's factor step, exactly 1 without an action), then scale
+    # by yesterday's factor: the +DM/-DM choice between two moves then never depends on where the frame
+    # starts (a tie stays a tie), and every term stays comparable with the true range term by term.
+    step, prev_f = daily_factor(by), after(1, f.shift(1))
+    hr, lr = col("_hr") * step, col("_lr") * step
+    yh, yl, yc = after(1, col("_hr").shift(1)), after(1, col("_lr").shift(1)), after(1, col("close").shift(1))
+    up, down = hr - yh, yl - lr  # null on a ticker's first row: no movement yet
+    # log of the split-adjusted volume, a zero-volume day counted as one share (finite): a split before the
+    # frame's first row shifts it by a constant, so the z-score never depends on where the frame starts
+    logv = pl.max_horizontal("volume", 1).cast(pl.Float64).log() - split_ratio().log().cum_sum().over(by)
 
     # --- step 1: returns, true range, directional movement, gains/losses, flows, rolling extremes
     df = df.with_columns(
         **{f"ret_{k}d": after(k, c / c.shift(k) - 1) for k in RETURN_HORIZONS},
         **{f"logret_{k}d": after(k, (c / c.shift(k)).log()) for k in RETURN_HORIZONS},
-        # each term <= tr: h - prev_h <= h - prev_c and prev_l - l <= prev_c - l (prev_l <= prev_c <= prev_h)
-        _tr=pl.max_horizontal(h - lo, (h - prev_c).abs(), (lo - prev_c).abs()),  # h - lo on the first row
-        _pdm=pl.when((up > down) & (up > 0)).then(up).otherwise(0.0),
-        _mdm=pl.when((down > up) & (down > 0)).then(down).otherwise(0.0),
+        # each DM <= tr: h - y_h <= h - y_c and y_l - l <= y_c - l (y_l <= y_c <= y_h); h - l on the first row
+        _tr=pl.when(row >= 1).then(pl.max_horizontal(hr - lr, (hr - yc).abs(), (lr - yc).abs()) * prev_f)
+        .otherwise((col("_hr") - col("_lr")) * f),
+        _pdm=pl.when((up > down) & (up > 0)).then(up * prev_f).otherwise(0.0),
+        _mdm=pl.when((down > up) & (down > 0)).then(down * prev_f).otherwise(0.0),
         _gain=(c - prev_c).clip(lower_bound=0),
         _loss=(prev_c - c).clip(lower_bound=0),
         _upv=pl.when(c > prev_c).then(v).otherwise(0.0),
@@ -240,7 +293,8 @@ def compute_features(prices: pl.DataFrame) -> pl.DataFrame:
         day_of_week=col("date").dt.weekday().cast(pl.Int8),
     )
     # --- step 2: windowed sums (SMA, EMA of the close, Wilder sums, flows), %K
-    df = with_sums(df, dict([ema_spec("c", spans[n]) for n in (*EMA_SPANS, 12, 26)]
+    short_spans = [n for n in EMA_SPANS if n not in LONG_SPANS]
+    df = with_sums(df, dict([ema_spec("c", spans[n]) for n in (*short_spans, 12, 26)]
                             + [ema_spec(s, w14) for s in ("_gain", "_loss", "_tr", "_pdm", "_mdm")]
                             + [(f"_s_{n}", ("c", n, 1.0)) for n in SMA_WINDOWS]
                             + [(f"_{s}20", (f"_{s}", FLOW, 1.0)) for s in ("upv", "downv")] + [("_v20", ("v", FLOW, 1.0))]))
@@ -254,14 +308,14 @@ def compute_features(prices: pl.DataFrame) -> pl.DataFrame:
     )
     # --- step 3: averages, MACD line, RSI, ±DI, DX, %D, OBV ratio
     sma = {n: col(f"_s_{n}") / n for n in SMA_WINDOWS}
-    ema = {n: ema_mean("c", spans[n]) for n in (*EMA_SPANS, 12, 26)}
+    ema = {n: ema_mean("c", spans[n]) for n in (*short_spans, 12, 26)}
     g, ls, pdm, mdm = (col(f"_e_{s}_{window_length(w14)}") for s in ("_gain", "_loss", "_pdm", "_mdm"))
     tr = col(f"_e__tr_{window_length(w14)}")
     df = df.with_columns(
         **{f"sma_{n}": sma[n] for n in SMA_WINDOWS},
         **{f"dist_sma_{n}": c / sma[n] - 1 for n in SMA_WINDOWS},
-        **{f"ema_{n}": ema[n] for n in EMA_SPANS},
-        **{f"dist_ema_{n}": c / ema[n] - 1 for n in EMA_SPANS},
+        **{f"ema_{n}": ema[n] for n in short_spans},
+        **{f"dist_ema_{n}": c / ema[n] - 1 for n in short_spans},
         macd=ema[12] - ema[26],
         rsi_14=100 * _ratio(g, g + ls, when_zero=0.5),
         atr_14=ema_mean("_tr", w14),
@@ -294,9 +348,6 @@ def compute_features(prices: pl.DataFrame) -> pl.DataFrame:
         adx_14=100 * _ratio(col("_adx_a"), col("_adx_a") + col("_adx_b"), when_zero=0.0),
     ).with_columns(macd_hist_pct=col("macd_hist") / c)
     # price levels in the share basis of their own day
-    df = df.with_columns([col(x) / f for x in PRICE_LEVEL])
-    cols = feature_columns()
-    out = df.select(*KEYS, *cols)
-    # NaN can only come from log/ratio of invalid inputs: treat it as undefined, like warm-up.
-    out = out.with_columns([col(x).fill_nan(None) for x in cols if out.schema[x].is_float()])
-    return out.with_columns(warm=pl.all_horizontal(col(list(MODEL_FEATURES)).is_not_null()))
+    levels = [x for x in PRICE_LEVEL if x not in _LONG]
+    df = df.with_columns([col(x) / f for x in levels])
+    return df.select(*KEYS, *[c for c in feature_columns() if c not in _LONG])
