@@ -27,7 +27,7 @@ from stock_platform_tests.real_data import ohlcv
 SPLIT, DIVIDEND = 4.0, 0.02
 
 
-def truth_with_actions(sessions: int = 420):
+def truth_with_actions(sessions: int = 330):
     """GOOG's real as-traded bars on the last `sessions` trading days up to 2024-06-28, with a 4:1 split on the
     fourth-last day and a 2% dividend on the second-last (prices after an action move to its basis)."""
     real = ohlcv("GOOG").tail(sessions)

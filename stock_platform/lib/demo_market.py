@@ -91,11 +91,14 @@ def generate(
     recent = np.zeros((k, REVERSAL_DAYS))  # last five log returns, a ring buffer
 
     shape = (k, n)
-    opens, highs, lows, closes, adj, vols, divs, splits = (np.empty(shape) for _ in range(8))
+    # The loop carries only what is recursive (variances, returns, the share basis); open, high, low and
+    # volume follow from each day's values and draws, all days at once after it.
+    closes, adj, divs, splits, refs, sigmas, rets, shares = (np.empty(shape) for _ in range(8))
     prev_close = p0.copy()
     prev_adj = p0.copy()
     shares_factor = np.ones(k)
     prev_eps, prev_f_eps = np.zeros(k), 0.0
+    no_dividend = np.zeros(k)
 
     for t in range(n):
         # conditional variance capped at 4x the ticker's base volatility (no runaway GARCH episodes)
@@ -106,22 +109,23 @@ def generate(
         eps = sigma * draws["z"][:, t]
         r = _MU - REVERSAL * recent.sum(axis=1) + beta * f_eps + eps
         recent[:, t % REVERSAL_DAYS] = r
+        growth = np.exp(r)
 
-        grown = prev_close * np.exp(r)
+        grown = prev_close * growth
         split = np.where((grown > split_at) & (draws["split"][:, t] < 0.02), np.where(grown > 3 * split_at, 4.0, 2.0), 1.0)
-        dividend = np.round(prev_close / split * div_yield, 2) if ex_div_day[t] else np.zeros(k)
+        dividend = np.round(prev_close / split * div_yield, 2) if ex_div_day[t] else no_dividend
         reference = prev_close / split - dividend  # the ex-day reference price
-        close = reference * np.exp(r)
-        open_ = reference * np.exp(0.4 * r + 0.25 * sigma * draws["gap"][:, t])
-        high = np.maximum(open_, close) * np.exp(0.5 * sigma * draws["hi"][:, t])
-        low = np.minimum(open_, close) * np.exp(-0.5 * sigma * draws["lo"][:, t])
-        shares_factor *= split
-        volume = volume0 * shares_factor * np.exp(0.35 * draws["vol"][:, t] + 8.0 * np.abs(r))
-
-        adj_close = prev_adj * np.exp(r)
-        opens[:, t], highs[:, t], lows[:, t], closes[:, t] = open_, high, low, close
-        adj[:, t], vols[:, t], divs[:, t], splits[:, t] = adj_close, volume, dividend, np.where(split > 1, split, 0.0)
+        close = reference * growth
+        shares_factor = shares_factor * split
+        adj_close = prev_adj * growth
+        closes[:, t], adj[:, t], divs[:, t], splits[:, t] = close, adj_close, dividend, np.where(split > 1, split, 0.0)
+        refs[:, t], sigmas[:, t], rets[:, t], shares[:, t] = reference, sigma, r, shares_factor
         prev_close, prev_adj, prev_eps, prev_f_eps = close, adj_close, eps, f_eps
+
+    opens = refs * np.exp(0.4 * rets + 0.25 * sigmas * draws["gap"])
+    highs = np.maximum(opens, closes) * np.exp(0.5 * sigmas * draws["hi"])
+    lows = np.minimum(opens, closes) * np.exp(-0.5 * sigmas * draws["lo"])
+    vols = volume0[:, None] * shares * np.exp(0.35 * draws["vol"] + 8.0 * np.abs(rets))
 
     first = int(np.searchsorted(np.array(sessions, dtype="datetime64[D]"), np.datetime64(start)))
     cols = {
