@@ -27,21 +27,23 @@ def _div(num: pd.Series, den: pd.Series, when_zero: float) -> pd.Series:
     return out.where(den != 0, when_zero).where(num.notna() & den.notna())
 
 
-def _factor(g: pd.DataFrame) -> pd.Series:
-    """F(t) = F(t-1) * close(t-1) / (close(t-1) / split(t) - dividend(t)), F = 1 on the first row."""
+def _factor(g: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """F(t) = F(t-1) * step(t), step(t) = close(t-1) / (close(t-1) / split(t) - dividend(t)), F = 1 on the
+    first row; returns (F, step)."""
     close, div = g["close"].to_numpy(), g["dividends"].to_numpy()
     split = g["splits"].where(g["splits"] > 0, 1.0).to_numpy()
-    out = np.ones(len(g))
+    out, steps = np.ones(len(g)), np.ones(len(g))
     for t in range(1, len(g)):
         ref = close[t - 1] / split[t] - div[t]
-        out[t] = out[t - 1] * (close[t - 1] / ref if ref > 0 else split[t])
-    return pd.Series(out, index=g.index)
+        steps[t] = close[t - 1] / ref if ref > 0 else split[t]
+        out[t] = out[t - 1] * steps[t]
+    return pd.Series(out, index=g.index), pd.Series(steps, index=g.index)
 
 
 def _one_ticker(g: pd.DataFrame) -> pd.DataFrame:
-    f = _factor(g)
-    h = g[["high", "open", "close"]].max(axis=1) * f
-    lo = g[["low", "open", "close"]].min(axis=1) * f
+    f, step = _factor(g)
+    high, low = g[["high", "open", "close"]].max(axis=1), g[["low", "open", "close"]].min(axis=1)
+    h, lo = high * f, low * f
     c = g["close"] * f
     v = g["volume"].astype(float) / g["splits"].where(g["splits"] > 0, 1.0).cumprod()
     r = pd.DataFrame({"ticker": g["ticker"].values, "date": g["date"].values}, index=g.index)
@@ -67,12 +69,15 @@ def _one_ticker(g: pd.DataFrame) -> pd.DataFrame:
     r["bb_upper"], r["bb_lower"] = r["bb_mid"] + 2 * std20, r["bb_mid"] - 2 * std20
     r["bb_pctb"] = _div(c - r["bb_lower"], r["bb_upper"] - r["bb_lower"], 0.5)
     r["bb_width"] = (r["bb_upper"] - r["bb_lower"]) / r["bb_mid"]
-    tr = pd.concat([h - lo, (h - prev).abs(), (lo - prev).abs()], axis=1).max(axis=1)
+    # true range and directional movement: today's bar against yesterday's, in yesterday's share basis
+    hs, ls, yc, yf = high * step, low * step, g["close"].shift(1), f.shift(1)
+    tr = pd.concat([hs - ls, (hs - yc).abs(), (ls - yc).abs()], axis=1).max(axis=1) * yf
+    tr.iloc[0] = (high.iloc[0] - low.iloc[0]) * f.iloc[0]
     r["atr_14"] = _ema(tr, 1 / 14)
     r["atr_pct"] = r["atr_14"] / c
-    up, down = h - h.shift(1), lo.shift(1) - lo
-    pdm = pd.Series(np.where((up > down) & (up > 0), up, 0.0), index=g.index)
-    mdm = pd.Series(np.where((down > up) & (down > 0), down, 0.0), index=g.index)
+    up, down = hs - high.shift(1), low.shift(1) - ls
+    pdm = pd.Series(np.where((up > down) & (up > 0), up * yf, 0.0), index=g.index)
+    mdm = pd.Series(np.where((down > up) & (down > 0), down * yf, 0.0), index=g.index)
     r["plus_di_14"] = _div(100 * _ema(pdm, 1 / 14), r["atr_14"], 0.0)
     r["minus_di_14"] = _div(100 * _ema(mdm, 1 / 14), r["atr_14"], 0.0)
     dx = _div(100 * (r["plus_di_14"] - r["minus_di_14"]).abs(), r["plus_di_14"] + r["minus_di_14"], 0.0)

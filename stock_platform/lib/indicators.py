@@ -262,9 +262,10 @@ def _indicators(frame: pl.DataFrame) -> pl.DataFrame:
     # (as-traded prices, today's scaled by the day's factor step, exactly 1 without an action), then scale
     # by yesterday's factor: the +DM/-DM choice between two moves then never depends on where the frame
     # starts (a tie stays a tie), and every term stays comparable with the true range term by term.
-    step, prev_f = daily_factor(by), after(1, f.shift(1))
-    hr, lr = col("_hr") * step, col("_lr") * step
-    yh, yl, yc = after(1, col("_hr").shift(1)), after(1, col("_lr").shift(1)), after(1, col("close").shift(1))
+    df = df.with_columns(_step=daily_factor(by), _prev_f=after(1, f.shift(1)), _yh=after(1, col("_hr").shift(1)),
+                         _yl=after(1, col("_lr").shift(1)), _yc=after(1, col("close").shift(1)))
+    prev_f, yh, yl, yc = col("_prev_f"), col("_yh"), col("_yl"), col("_yc")
+    hr, lr = col("_hr") * col("_step"), col("_lr") * col("_step")
     up, down = hr - yh, yl - lr  # null on a ticker's first row: no movement yet
     # log of the split-adjusted volume, a zero-volume day counted as one share (finite): a split before the
     # frame's first row shifts it by a constant, so the z-score never depends on where the frame starts
