@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 
 TICKERS = ("AAPL", "MSFT", "XOM")
-HISTORY = (dt.date(2023, 5, 1), dt.date(2024, 6, 14))  # > 252 sessions: warm features by June 2024
+HISTORY = (dt.date(2023, 2, 1), dt.date(2024, 6, 14))  # > 311 sessions (WARM_ROWS): warm rows from April 2024
 TRAIN_END = dt.date(2024, 6, 9)
 QUEUE_YAML = """run_coordinator:
   module: dagster._core.run_coordinator.queued_run_coordinator

@@ -131,7 +131,7 @@ class WindowSums:
         size, and the rows whose window would reach before their ticker's first row."""
         if n not in self._layouts:
             padded = -(-self._counts // n) * n
-            offsets = np.concatenate([np.zeros(1, np.int64), np.cumsum(padded)[:-1]])
+            offsets = np.cumsum(padded) - padded  # each ticker's first position
             self._layouts[n] = (np.repeat(offsets, self._counts) + self._row, int(padded.sum()), self._row < n - 1)
         return self._layouts[n]
 
