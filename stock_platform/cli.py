@@ -43,8 +43,9 @@ def _use_home(args: argparse.Namespace) -> None:
         os.environ["STOCK_PLATFORM_HOME"] = str(Path(args.home).expanduser().resolve())
 
 
-def _apply_demo_environment(args: argparse.Namespace) -> None:
-    """Turn the demo's options into the environment settings.py reads (before anything loads it)."""
+def _apply_demo_environment(args: argparse.Namespace):
+    """Turn the demo's options into the environment settings.py reads (before anything loads it); return the
+    settings they give (the demo's range may still move STOCK_PLATFORM_START)."""
     _use_home(args)
     if args.tickers:
         os.environ["STOCK_PLATFORM_TICKERS"] = ",".join(parse_tickers(args.tickers, where="--tickers"))
@@ -63,6 +64,7 @@ def _apply_demo_environment(args: argparse.Namespace) -> None:
     os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
     # One "planned" event per asset for a single-run backfill instead of one per partition.
     os.environ.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
+    return settings
 
 
 def demo_range(years: float, end: dt.date | None = None, *, now: dt.datetime | None = None) -> tuple[dt.date, dt.date]:
@@ -75,6 +77,25 @@ def demo_range(years: float, end: dt.date | None = None, *, now: dt.datetime | N
     if not sessions:
         raise SettingsError(f"--years {years}: no trading day in range")
     return sessions[0], sessions[-1]
+
+
+def default_end(settings, *, now: dt.datetime | None = None) -> tuple[dt.date | None, str]:
+    """The demo's end when `--end` is not given, and why: the last day every file covers for the `files`
+    source (history a user brought ends where it ends), no later than the last session before New York's
+    today; None (that session) for the other sources."""
+    from stock_platform.lib.calendar import exchange_date
+    from stock_platform.resources.sources import SourceError, files_last_common_date
+
+    if settings.source != "files":
+        return None, ""
+    try:
+        covered = files_last_common_date(settings.files_dir, list(settings.tickers))
+    except SourceError as exc:
+        raise SettingsError(str(exc)) from None
+    yesterday = exchange_date(now) - dt.timedelta(days=1)
+    if covered >= yesterday:
+        return None, ""
+    return covered, " (the last day every ticker's file covers; --end to change)"
 
 
 def _start_follows_the_range(start: dt.date) -> None:
@@ -338,9 +359,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
-        start, end = demo_range(args.years, dt.date.fromisoformat(args.end) if args.end else None)
-        _start_follows_the_range(start)  # before anything reads the settings or builds the partitions
-        _apply_demo_environment(args)
+        options = _apply_demo_environment(args)
+        end, why = (dt.date.fromisoformat(args.end), "") if args.end else default_end(options)
+        start, end = demo_range(args.years, end)
+        _start_follows_the_range(start)  # before anything builds the partitions or caches the settings
         import dagster as dg
 
         from stock_platform.definitions import defs
@@ -353,7 +375,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 2
 
     tickers = list(settings.tickers)
-    print(f"stock-platform demo: {len(tickers)} tickers ({', '.join(tickers)}), {start} .. {end}, "
+    print(f"stock-platform demo: {len(tickers)} tickers ({', '.join(tickers)}), {start} .. {end}{why}, "
           f"source={settings.source}")
     print(f"  Dagster instance: {settings.dagster_home}  (open the UI: {ui_command(settings)})")
     print(f"  lake: {settings.lake_uri}")

@@ -118,6 +118,18 @@ def test_demo_refuses_a_bad_ticker_with_a_clear_message(tmp_path):
     assert "--tickers: '../../ETC' is not a valid ticker" in out.stderr
 
 
+@pytest.mark.slow
+def test_demo_over_a_range_the_files_do_not_cover_says_so(tmp_path):
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "AAPL.csv").write_text("Date,Open,High,Low,Close,Volume\n2024-01-02,10,11,9,10.5,100\n")
+    out = demo(tmp_path / "home", "--source", "files", "--files-dir", str(files), "--tickers", "AAPL", "--years", "0.05",
+               "--end", "2025-06-30")
+    assert out.returncode == 1 and out.stdout.rstrip().endswith("FAILED")
+    assert "source 'files' returned no rows for AAPL between 2025-06-" in out.stderr
+    assert "tuned_model" not in out.stdout  # stopped before training on nothing
+
+
 def test_demo_fails_at_start_on_an_unreachable_warehouse(tmp_path):
     env_url = "postgresql://nobody@127.0.0.1:1/none"
     out = subprocess.run([sys.executable, "-W", "ignore", "-m", "stock_platform.cli", "demo", "--home", str(tmp_path)],

@@ -12,6 +12,7 @@ from stock_platform.lib.prices import PRICES_SCHEMA
 from stock_platform.resources import PriceSourceResource
 from stock_platform.resources.sources import SourceError, yfinance_to_polars
 from stock_platform.schemas import failure_cases, prices_schema
+from stock_platform.settings import SettingsError
 from stock_platform_tests import yf_fixtures
 
 JAN = ["2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05"]
@@ -85,6 +86,29 @@ def test_files_source_filters_the_range_and_reports_missing_tickers(tmp_path):
     result = PriceSourceResource(source="files", files_dir=str(tmp_path)).fetch(["AAPL", "MSFT"], START, END)
     assert result.prices["date"].min() == START and result.prices["date"].max() == END
     assert result.missing_tickers == ["MSFT"]
+
+
+def test_a_demo_on_files_ends_where_every_file_does_unless_told(tmp_path):
+    """History a user brought ends where it ends: the demo's default range ends on the last day every ticker's
+    file covers (never after the last session before New York's today), an explicit --end wins."""
+    from stock_platform.cli import default_end
+    from stock_platform.settings import load_settings
+
+    _yahoo_csv(tmp_path / "AAPL.csv", dates=JAN)
+    _yahoo_csv(tmp_path / "MSFT.csv", dates=JAN[:3])
+    (tmp_path / "XOM.csv").write_text("Date,Open,High,Low,Close,Volume\n2024-01-08,1,x,1,1,10\n")  # unreadable row only
+    env = {"STOCK_PLATFORM_SOURCE": "files", "STOCK_PLATFORM_FILES_DIR": str(tmp_path), "STOCK_PLATFORM_HOME": str(tmp_path)}
+    noon = dt.datetime(2026, 12, 2, 17, 0, tzinfo=dt.UTC)
+    settings = load_settings(env | {"STOCK_PLATFORM_TICKERS": "AAPL,MSFT,IBM"}, now=noon)  # IBM has no file
+    end, why = default_end(settings, now=noon)
+    assert end == dt.date(2024, 1, 4) and "the last day every ticker's file covers" in why
+    # files reaching New York's today: the usual end (the last session before today)
+    settings = load_settings(env | {"STOCK_PLATFORM_TICKERS": "AAPL"}, now=noon)
+    assert default_end(settings, now=dt.datetime(2024, 1, 5, 15, tzinfo=dt.UTC)) == (None, "")
+    # nothing readable: the error names the directory
+    with pytest.raises(SettingsError, match=f"no readable rows for XOM in {tmp_path}"):
+        default_end(load_settings(env | {"STOCK_PLATFORM_TICKERS": "XOM"}, now=noon), now=noon)
+    assert default_end(load_settings({"STOCK_PLATFORM_HOME": str(tmp_path)}, now=noon), now=noon) == (None, "")
 
 
 def test_files_source_without_any_file_names_the_directory(tmp_path):

@@ -125,6 +125,15 @@ def fetch_files(files_dir: Path, tickers: list[str], start: dt.date, end: dt.dat
     return FetchResult(good.filter(in_range), bad.filter(in_range | pl.col("date").is_null()), missing)
 
 
+def files_last_common_date(files_dir: Path, tickers: list[str]) -> dt.date:
+    """The last day that every ticker's file (of those present) has a readable row for: where a range over
+    the files naturally ends."""
+    rows = fetch_files(files_dir, tickers, dt.date.min, dt.date.max).prices
+    if rows.is_empty():
+        raise SourceError(f"files source: no readable rows for {', '.join(tickers)} in {files_dir}")
+    return rows.group_by("ticker").agg(pl.col("date").max())["date"].min()
+
+
 # ----------------------------------------------------------------------------------------- yfinance
 _YF_FIELDS = {"Open": "open", "High": "high", "Low": "low", "Close": "close", "Adj Close": "adj_close",
               "Volume": "volume", "Dividends": "dividends", "Stock Splits": "splits"}
