@@ -85,14 +85,29 @@ def test_replaying_a_batch_three_times_adds_no_rows_and_no_version(any_lake):
     assert any_lake.snapshot(SNAPSHOT_TABLE).height == rows.height
 
 
+def commit_stored_at(lake: LakeResource, version: int) -> dt.datetime:
+    """When the store says the commit file was written (its clock, not this process's): what time travel reads."""
+    from pathlib import Path
+
+    log = f"{lake.table_uri(SNAPSHOT_TABLE)}/_delta_log/{version:020d}.json"
+    if log.startswith("s3://"):
+        import boto3
+
+        bucket, _, key = log.removeprefix("s3://").partition("/")
+        s3 = boto3.client("s3", endpoint_url=lake.aws_endpoint_url, region_name=lake.aws_region)
+        return s3.head_object(Bucket=bucket, Key=key)["LastModified"]
+    return dt.datetime.fromtimestamp(Path(log).stat().st_mtime, dt.UTC)
+
+
 def test_time_travel_returns_the_values_before_a_correction(any_lake):
     v_before = upsert(any_lake, batch(2, D1, D2)).version
-    # timestamps resolve by the commit file's modification time: S3 gives it to the second
-    time.sleep(1.1)
-    moment = dt.datetime.now(dt.UTC)
-    time.sleep(1.1)
+    # timestamps resolve by the commit file's modification time (to the second on S3), so the instant between
+    # the two commits is taken from the store's clock, whatever this process's clock says (e.g. faketime)
+    time.sleep(2.2)
     correction = batch(1, D2, D2, hours_later=1, close_bump=1.25)
     v_after = upsert(any_lake, correction).version
+    moment = commit_stored_at(any_lake, v_before) + dt.timedelta(seconds=1.1)
+    assert moment < commit_stored_at(any_lake, v_after)
     now = one(any_lake.snapshot(SNAPSHOT_TABLE), "T000", D2)["close"]
     then = one(any_lake.snapshot(SNAPSHOT_TABLE, as_of=v_before), "T000", D2)["close"]
     at_time = one(any_lake.snapshot(SNAPSHOT_TABLE, as_of=moment), "T000", D2)["close"]
