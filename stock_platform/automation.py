@@ -16,10 +16,10 @@ from stock_platform.lib.calendar import EXCHANGE_TIMEZONE
 from stock_platform.partitions import CADENCE_TAG, DAILY_CADENCE
 from stock_platform.resources import PriceSourceResource, UniverseResource
 from stock_platform.resources.landing import LandedFile, LandingResource
+from stock_platform.resources.lake import LakeResource
 
-# Files modified within this many seconds of the newest one seen are remembered by identity in the cursor:
-# a file whose timestamp lands just behind another's (clock skew, S3's 1 s resolution) is still picked up.
-CURSOR_MARGIN_SECONDS = 120.0
+# At most this many new file versions are read per sensor tick (a backlog is taken over the next ticks).
+MAX_FILES_PER_TICK = 500
 
 # Every asset tagged with the daily cadence (partitions.DAILY), with its checks, in dependency order:
 # what a daily run or a backfill of trading days executes.
@@ -65,69 +65,108 @@ def weekly_retrain_schedule(context: dg.ScheduleEvaluationContext):
     return dg.RunRequest(run_key=f"weekly_retrain:{week}", partition_key=week.isoformat())
 
 
-def new_files(files: list[LandedFile], cursor: str | None) -> tuple[list[LandedFile], str]:
-    """Files not seen before the cursor, and the cursor after them."""
-    import json
-
-    state = json.loads(cursor) if cursor else {"watermark": 0.0, "recent": []}
-    seen = set(state["recent"])
-    low = state["watermark"] - CURSOR_MARGIN_SECONDS
-    fresh = [f for f in files if f.modified > low and f.identity not in seen]
-    watermark = max([state["watermark"], *(f.modified for f in fresh)])
-    recent = sorted({f.identity for f in files if f.modified > watermark - CURSOR_MARGIN_SECONDS})
-    return fresh, json.dumps({"watermark": watermark, "recent": recent})
-
-
-def landing_run_requests(batches: dict[dt.date, list[LandedFile]]) -> list[dg.RunRequest]:
-    """One run per trading day with that day's files; the run key names exactly those file versions, so a
-    re-evaluated tick or a replayed identical file never starts a second run."""
+def landing_run_request(day: dt.date, identities: list[tuple[str, str]]) -> dg.RunRequest:
+    """The run of `day`'s partition that applies the file versions `(key, version)`; its run key names exactly
+    those versions, so asking again (a re-evaluated tick, a replayed identical file) never starts a second run."""
     import hashlib
 
-    requests = []
-    for day, files in sorted(batches.items()):
-        keys = sorted(f.key for f in files)
-        digest = hashlib.sha1("\n".join(sorted(f.identity for f in files)).encode()).hexdigest()[:16]
-        config = {"config": {"landing_files": keys}}
-        requests.append(dg.RunRequest(
-            run_key=f"landing:{day}:{digest}", partition_key=day.isoformat(),
-            run_config={"ops": {"prices": config, "price_snapshots": config}},
-            tags={"stock_platform/trigger": "landing_zone_sensor", "stock_platform/landing_files": str(len(keys))}))
-    return requests
+    keys = sorted({key for key, _ in identities})
+    digest = hashlib.sha1("\n".join(sorted(f"{k}@{v}" for k, v in identities)).encode()).hexdigest()[:16]
+    config = {"config": {"landing_files": keys}}
+    return dg.RunRequest(
+        run_key=f"landing:{day}:{digest}", partition_key=day.isoformat(),
+        run_config={"ops": {"prices": config, "price_snapshots": config}},
+        tags={"stock_platform/trigger": "landing_zone_sensor", "stock_platform/landing_files": str(len(keys))})
+
+
+def pending_requests(ledger, instance: dg.DagsterInstance, sensor_name: str):
+    """The ledger's `requested` rows, split by whether a run with their key exists yet: the run requests to
+    ask again (a tick that recorded them may have ended before its runs were created), and the rows now
+    `submitted`, with their run's id."""
+    import polars as pl
+
+    from stock_platform.resources.landing import REQUESTED, SUBMITTED
+
+    again, submitted = [], []
+    for (run_key, day), rows in ledger.filter(pl.col("status") == REQUESTED).group_by("run_key", "day"):
+        runs = instance.get_run_records(dg.RunsFilter(tags={"dagster/sensor_name": sensor_name,
+                                                            "dagster/run_key": run_key}), limit=1)
+        if runs:
+            submitted.append(rows.with_columns(status=pl.lit(SUBMITTED), run_id=pl.lit(runs[0].dagster_run.run_id)))
+        else:
+            again.append(landing_run_request(dt.date.fromisoformat(day), list(zip(rows["key"], rows["version"]))))
+    return again, submitted
 
 
 # The sensor daemon evaluates sensors every 5 s at most (its fixed loop); a minimum interval of 5 s would skip
 # every other loop whose start drifts a few ms early (measured: waits of up to 10 s), so allow every loop.
 @dg.sensor(job=daily_assets_job, minimum_interval_seconds=1, default_status=dg.DefaultSensorStatus.STOPPED,
-           description="New quote-event files in the landing zone (STOCK_PLATFORM_LANDING_URI) -> one run per "
-           "trading day they touch: upsert into prices/price_snapshots, refresh features, predictions and the "
-           "evaluation. Unreadable or invalid files move to _quarantine/ with a reason file.")
-def landing_zone_sensor(context: dg.SensorEvaluationContext, landing: LandingResource):
+           description="New quote-event file versions in the landing zone (STOCK_PLATFORM_LANDING_URI), by the "
+           "landing ledger -> one run per trading day they touch: upsert into prices/price_snapshots, refresh "
+           "features, predictions and the evaluation. Unreadable or invalid files move to _quarantine/ with a "
+           "reason file.")
+def landing_zone_sensor(context: dg.SensorEvaluationContext, landing: LandingResource, lake: LakeResource):
+    """A file version is new when the ledger does not hold it: no clock is compared, so a file stamped in the
+    future, copied in with an old mtime, or listed out of order is taken like any other, and a rewritten file
+    (a new version) again. The ledger rows are recorded before the tick returns its run requests; a tick that
+    ends between the two leaves `requested` rows whose runs do not exist, and the next tick asks for them again
+    with the same run keys (Dagster starts one run per key): each file version is applied once."""
     import polars as pl
 
     from stock_platform.lib.calendar import is_trading_day
     from stock_platform.lib.events import EventFileError, event_days, read_events
+    from stock_platform.resources.landing import QUARANTINED, REQUESTED, read_ledger, record_in_ledger
 
-    fresh, cursor = new_files(landing.list(), context.cursor)
+    from stock_platform.partitions import trading_days
+
+    first_day, last_day = (dt.date.fromisoformat(k) for k in (trading_days.get_first_partition_key(),
+                                                               trading_days.get_last_partition_key()))
+    ledger = read_ledger(lake)
+    taken = set(zip(ledger["key"], ledger["version"]))
+    fresh = [f for f in landing.list() if (f.key, f.version) not in taken]
+    backlog = max(0, len(fresh) - MAX_FILES_PER_TICK)
     batches: dict[dt.date, list[LandedFile]] = {}
-    quarantined = []
-    for file in fresh:
+    rows = []
+    now = dt.datetime.now(dt.UTC)
+
+    def row(file: LandedFile, day: str, status: str, reason: str | None = None) -> dict:
+        return {"key": file.key, "version": file.version, "day": day, "size": file.size, "modified": file.modified,
+                "status": status, "run_key": None, "run_id": None, "reason": reason, "recorded_at": now}
+
+    for file in fresh[:MAX_FILES_PER_TICK]:
         try:
             events = read_events(file.key, landing.read(file.key))
             days = sorted(set(event_days(events).to_list()))
             closed = [d for d in days if not is_trading_day(d)]
             if closed:
                 raise EventFileError(f"{file.key}: events on non-trading day(s) {', '.join(map(str, closed))}")
+            outside = [d for d in days if not first_day <= d <= last_day]
+            if outside:  # no partition to run: in the future, or before STOCK_PLATFORM_START
+                raise EventFileError(f"{file.key}: events on day(s) {', '.join(map(str, outside))} outside the "
+                                     f"trading_days partitions ({first_day} .. {last_day})")
         except (EventFileError, pl.exceptions.PolarsError) as exc:
-            quarantined.append(landing.quarantine(file.key, str(exc)))
+            landing.quarantine(file.key, str(exc))
+            rows.append(row(file, "", QUARANTINED, str(exc)))
             context.log.warning(f"quarantined {file.key}: {exc}")
             continue
         for day in days:
             batches.setdefault(day, []).append(file)
-    context.update_cursor(cursor)
-    requests = landing_run_requests(batches)
+    requests = []
+    for day, files in sorted(batches.items()):
+        request = landing_run_request(day, [(f.key, f.version) for f in files])
+        requests.append(request)
+        rows += [row(f, day.isoformat(), REQUESTED) | {"run_key": request.run_key} for f in files]
+    again, submitted = pending_requests(ledger, context.instance, context.sensor_name)
+    new_rows = pl.DataFrame(rows, schema=ledger.schema) if rows else ledger.clear()
+    record_in_ledger(lake, pl.concat([new_rows, *(s.with_columns(recorded_at=pl.lit(now)) for s in submitted)],
+                                     how="vertical_relaxed"))
+    requests += again
     if not requests:
-        reason = f"no new landing files ({len(quarantined)} quarantined)" if quarantined else "no new landing files"
-        return dg.SkipReason(reason)
+        quarantined = sum(r["status"] == QUARANTINED for r in rows)
+        return dg.SkipReason(f"no new landing files ({quarantined} quarantined)" if quarantined
+                             else "no new landing files")
+    if backlog:
+        context.log.info(f"{backlog} more new file version(s) wait for the next ticks")
     return requests
 
 

@@ -17,6 +17,14 @@ pytestmark = pytest.mark.slow
 DAY = dt.date(2024, 6, 17)  # the first session after the prepared history
 
 
+def submitted(ledger_path) -> pl.DataFrame | None:
+    """The ledger once no file version in it waits for its run to be created (None before)."""
+    if not (ledger_path / "_delta_log").exists():
+        return None
+    ledger = pl.read_delta(str(ledger_path)).sort("key")
+    return None if (ledger["status"] == "requested").any() else ledger
+
+
 @pytest.mark.parametrize("zone", ["local", "s3"])
 def test_landed_files_reach_snapshots_and_predictions_through_the_daemon(tmp_path, zone, request):
     extra = {}
@@ -39,6 +47,8 @@ def test_landed_files_reach_snapshots_and_predictions_through_the_daemon(tmp_pat
         lake = tmp_path / "lake"
         snap, _ = wait_for(lambda: rows_for(lake, "price_snapshots", DAY), timeout=180)
         preds, _ = wait_for(lambda: rows_for(lake, "predictions", DAY), timeout=120)
+        # a tick after the run was created finds it and marks the file version submitted, with the run's id
+        ledger, _ = wait_for(lambda: submitted(lake / "landing_ledger"), timeout=60)
     finally:
         daemon.stop()
     assert snap.sort("ticker")["close"].to_list() == bars.sort("ticker")["close"].to_list()
@@ -46,3 +56,7 @@ def test_landed_files_reach_snapshots_and_predictions_through_the_daemon(tmp_pat
     assert [f.key for f in landing.list()] == [f"quotes/{DAY}/bars.jsonl"]  # the broken file is quarantined
     assert b"unreadable json" in landing.read(f"_quarantine/quotes/{DAY}/broken.jsonl.reason.txt")
     assert pl.read_delta(str(tmp_path / "lake" / "price_snapshots")).filter(pl.col("date") == DAY).height == 3
+    # the ledger took each file version once: the bars for one run of their day, the broken file quarantined
+    assert ledger.select("key", "day", "status").rows() == [
+        (f"quotes/{DAY}/bars.jsonl", DAY.isoformat(), "submitted"), (f"quotes/{DAY}/broken.jsonl", "", "quarantined")]
+    assert ledger["run_key"][0].startswith(f"landing:{DAY}:") and ledger["run_id"][0]

@@ -13,10 +13,11 @@ import pytest
 
 from stock_platform.assets.ingestion import PRICES_TABLE
 from stock_platform.assets.lake import SNAPSHOT_TABLE
-from stock_platform.automation import landing_zone_sensor, new_files
+from stock_platform.automation import landing_zone_sensor
 from stock_platform.definitions import defs
 from stock_platform.lib.events import EventFileError, apply_events, deletes, events_to_bars, read_events
-from stock_platform.resources.landing import LandedFile, LandingResource, validate_key
+from stock_platform.resources.lake import LakeResource
+from stock_platform.resources.landing import LandingResource, read_ledger, validate_key
 
 UTC = dt.UTC
 
@@ -90,35 +91,37 @@ def test_newest_event_wins_and_deletes_remove_older_rows():
     assert apply_events(older, bars.select(stored.columns), gone)["ticker"].to_list() == ["AAPL", "XOM"]
 
 
-# ----------------------------------------------------------------------------------------- cursor
-def test_cursor_returns_each_file_version_once_even_slightly_out_of_order():
-    a, b = LandedFile(1000.0, "a.jsonl", 10, "v1"), LandedFile(1005.0, "b.jsonl", 10, "v1")
-    fresh, cursor = new_files([a, b], None)
-    assert fresh == [a, b]
-    assert new_files([a, b], cursor)[0] == []
-    late = LandedFile(1003.0, "late.jsonl", 5, "v1")  # stamped behind the newest one seen
-    rewritten = LandedFile(1010.0, "a.jsonl", 12, "v2")
-    fresh, cursor = new_files([a, b, late, rewritten], cursor)
-    assert fresh == [late, rewritten]
-    assert new_files([a, b, late, rewritten], cursor)[0] == []
-
-
 # ----------------------------------------------------------------------------------------- sensor
-def sensor_tick(landing: LandingResource, cursor: str | None = None):
-    with dg.instance_for_test() as instance:
-        context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"landing": landing},
-                                          repository_def=defs.get_repository_def())
-        return landing_zone_sensor.evaluate_tick(context)
+def sensor_tick(landing: LandingResource, lake: LakeResource, instance: dg.DagsterInstance | None = None):
+    """One evaluation of the sensor (in a fresh instance unless given: one where no run was created)."""
+    if instance is None:
+        with dg.instance_for_test() as fresh:
+            return sensor_tick(landing, lake, fresh)
+    context = dg.build_sensor_context(instance=instance, resources={"landing": landing, "lake": lake},
+                                      repository_def=defs.get_repository_def(), sensor_name="landing_zone_sensor")
+    return landing_zone_sensor.evaluate_tick(context)
+
+
+def create_runs(instance: dg.DagsterInstance, requests) -> None:
+    """What the daemon does with a tick's run requests: a run per request, tagged with its sensor and run key."""
+    job = defs.resolve_job_def("daily_assets")
+    for request in requests:
+        instance.create_run_for_job(job, run_config=request.run_config, tags={
+            **request.tags, "dagster/sensor_name": "landing_zone_sensor", "dagster/run_key": request.run_key,
+            "dagster/partition": request.partition_key})
 
 
 def test_sensor_groups_by_trading_day_keys_runs_by_file_versions_and_quarantines_bad_files(tmp_path):
     landing = LandingResource(uri=str(tmp_path / "landing"))
+    lake = LakeResource(uri=str(tmp_path / "lake"))
     landing.write("2024/06/18/a.jsonl", jsonl(event(), event(ticker="MSFT", ts="2024-06-17T20:00:00Z")))
     landing.write("2024/06/18/b.jsonl", jsonl(event(ticker="XOM")))
     landing.write("2024/06/18/broken.jsonl", b"{nope")
     landing.write("2024/06/18/weekend.jsonl", jsonl(event(ts="2024-06-15T15:00:00Z")))
+    landing.write("2024/06/18/future.jsonl", jsonl(event(ts="2099-06-15T15:00:00Z")))
+    landing.write("2024/06/18/before-start.jsonl", jsonl(event(ts="2010-06-15T15:00:00Z")))
 
-    result = sensor_tick(landing)
+    result = sensor_tick(landing, lake)
     by_day = {r.partition_key: r for r in result.run_requests}
     assert set(by_day) == {"2024-06-17", "2024-06-18"}  # a late event for a past day refreshes that day
     assert by_day["2024-06-18"].run_config["ops"]["prices"]["config"]["landing_files"] == [
@@ -128,31 +131,98 @@ def test_sensor_groups_by_trading_day_keys_runs_by_file_versions_and_quarantines
     assert all(r.run_key.startswith(f"landing:{day}:") for day, r in by_day.items())
 
     quarantine = tmp_path / "landing" / "_quarantine" / "2024" / "06" / "18"
-    assert sorted(p.name for p in quarantine.iterdir()) == ["broken.jsonl", "broken.jsonl.reason.txt",
-                                                           "weekend.jsonl", "weekend.jsonl.reason.txt"]
+    assert sorted(p.name for p in quarantine.iterdir()) == [
+        "before-start.jsonl", "before-start.jsonl.reason.txt", "broken.jsonl", "broken.jsonl.reason.txt",
+        "future.jsonl", "future.jsonl.reason.txt", "weekend.jsonl", "weekend.jsonl.reason.txt"]
     assert "unreadable json" in (quarantine / "broken.jsonl.reason.txt").read_text()
     assert "non-trading day(s) 2024-06-15" in (quarantine / "weekend.jsonl.reason.txt").read_text()
+    assert "day(s) 2099-06-15 outside the trading_days partitions (2015-01-02 .. " in (
+        quarantine / "future.jsonl.reason.txt").read_text()
+    assert "day(s) 2010-06-15 outside the trading_days partitions" in (
+        quarantine / "before-start.jsonl.reason.txt").read_text()
     assert not (tmp_path / "landing" / "2024" / "06" / "18" / "broken.jsonl").exists()
+    ledger = read_ledger(lake).sort("key", "day")
+    assert ledger.select("key", "day", "status").rows() == [
+        ("2024/06/18/a.jsonl", "2024-06-17", "requested"), ("2024/06/18/a.jsonl", "2024-06-18", "requested"),
+        ("2024/06/18/b.jsonl", "2024-06-18", "requested"), ("2024/06/18/before-start.jsonl", "", "quarantined"),
+        ("2024/06/18/broken.jsonl", "", "quarantined"), ("2024/06/18/future.jsonl", "", "quarantined"),
+        ("2024/06/18/weekend.jsonl", "", "quarantined")]
 
-    # the next tick sees nothing new; the same tick evaluated again asks for the same run keys
-    assert not sensor_tick(landing, result.cursor).run_requests
-    assert [r.run_key for r in sensor_tick(landing).run_requests] == [r.run_key for r in result.run_requests]
     # a rewritten file is a new version: a new run for its day, with a new key
-    path = tmp_path / "landing" / "2024" / "06" / "18" / "b.jsonl"
     landing.write("2024/06/18/b.jsonl", jsonl(event(ticker="XOM", close=111.0)))
-    os.utime(path, (path.stat().st_atime, path.stat().st_mtime + 1))
-    [again] = sensor_tick(landing, result.cursor).run_requests
-    assert again.partition_key == "2024-06-18" and again.run_key != by_day["2024-06-18"].run_key
+    with dg.instance_for_test() as instance:
+        create_runs(instance, result.run_requests)
+        [again] = sensor_tick(landing, lake, instance).run_requests
+        assert again.partition_key == "2024-06-18" and again.run_key != by_day["2024-06-18"].run_key
+        create_runs(instance, [again])
+        assert not sensor_tick(landing, lake, instance).run_requests
+    assert set(read_ledger(lake)["status"]) == {"submitted", "quarantined"}
 
 
-def test_sensor_reads_an_s3_landing_zone(s3_endpoint):
+def test_a_tick_that_ended_before_its_runs_were_created_is_asked_again_with_the_same_keys(tmp_path):
+    """The ledger is written before the tick returns: if the runs were never created (the daemon died), the
+    next tick asks for the same run keys; once the runs exist, nothing is asked again."""
+    landing, lake = LandingResource(uri=str(tmp_path / "landing")), LakeResource(uri=str(tmp_path / "lake"))
+    landing.write("q/a.jsonl", jsonl(event(), event(ticker="MSFT", ts="2024-06-17T20:00:00Z")))
+    first = sensor_tick(landing, lake).run_requests  # its runs are lost with its instance
+    with dg.instance_for_test() as instance:
+        second = sensor_tick(landing, lake, instance).run_requests
+        assert sorted((r.run_key, r.partition_key) for r in second) == sorted((r.run_key, r.partition_key) for r in first)
+        assert [r.run_config for r in second] == [r.run_config for r in first]
+        create_runs(instance, second)
+        assert not sensor_tick(landing, lake, instance).run_requests
+        runs = {r.tags["dagster/run_key"]: r.run_id for r in instance.get_runs()}
+    ledger = read_ledger(lake)
+    assert ledger.height == 2 and set(ledger["status"]) == {"submitted"}
+    assert dict(zip(ledger["run_key"], ledger["run_id"])) == runs
+
+
+@pytest.mark.parametrize("store", ["local", "s3"])
+def test_file_times_never_decide_what_is_new(store, tmp_path, request):
+    """Files stamped an hour ahead, copied in with their old times, or listed in any order are each taken once:
+    the ledger holds file versions, no clock is compared (the mtime watermark skipped every file after one
+    stamped in the future)."""
+    if store == "s3":
+        import boto3
+
+        endpoint = request.getfixturevalue("s3_endpoint")
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="landing-times")
+        landing = LandingResource(uri="s3://landing-times/quotes", aws_endpoint_url=endpoint)
+    else:
+        landing = LandingResource(uri=str(tmp_path / "landing"))
+    lake = LakeResource(uri=str(tmp_path / "lake"))
+
+    def land(key: str, ticker: str, shift: float = 0.0):
+        landing.write(key, jsonl(event(ticker=ticker)))
+        if store == "local" and shift:  # a writer's clock an hour fast, or `cp -p` of an old file
+            path = tmp_path / "landing" / key
+            os.utime(path, (path.stat().st_atime + shift, path.stat().st_mtime + shift))
+
+    def files_asked(result) -> set[str]:
+        return {k for r in result.run_requests for k in r.run_config["ops"]["prices"]["config"]["landing_files"]}
+
+    land("fast-clock.jsonl", "AAPL", shift=3600)
+    with dg.instance_for_test() as instance:
+        first = sensor_tick(landing, lake, instance)
+        assert files_asked(first) == {"fast-clock.jsonl"}
+        create_runs(instance, first.run_requests)
+        land("later.jsonl", "MSFT")
+        land("copied-old.jsonl", "XOM", shift=-20 * 365 * 86400)
+        second = sensor_tick(landing, lake, instance)
+        assert files_asked(second) == {"later.jsonl", "copied-old.jsonl"}
+        create_runs(instance, second.run_requests)
+        assert not sensor_tick(landing, lake, instance).run_requests
+    assert sorted(read_ledger(lake)["key"]) == ["copied-old.jsonl", "fast-clock.jsonl", "later.jsonl"]
+
+
+def test_sensor_reads_an_s3_landing_zone(s3_endpoint, s3_lake):
     import boto3
 
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket="landing-test")
     landing = LandingResource(uri="s3://landing-test/quotes", aws_endpoint_url=s3_endpoint)
     landing.write("a.jsonl", jsonl(event()))
     landing.write("bad.csv", b"ticker,ts\nAAPL,2024-06-18T19:00:00Z\n")
-    result = sensor_tick(landing)
+    result = sensor_tick(landing, s3_lake)  # the ledger in an S3 lake
     [request] = result.run_requests
     assert request.partition_key == "2024-06-18"
     assert [f.key for f in landing.list()] == ["a.jsonl"]
@@ -185,7 +255,7 @@ def test_a_landing_run_upserts_deletes_and_replays_harmlessly(tmp_path, instance
     landing.write("q/1.jsonl", jsonl(event(close=close, open=close, high=close * 1.01, low=close * 0.99,
                                            ts="2024-06-18T21:00:00Z"),
                                      event(ticker="MSFT", op="delete", ts="2024-06-18T21:01:00Z", event_id="e2")))
-    [request] = sensor_tick(landing).run_requests
+    [request] = sensor_tick(landing, lake).run_requests
 
     def landing_run():
         return local.resolve_job_def("daily_assets").execute_in_process(

@@ -1,8 +1,10 @@
 """The landing zone: quote-event files in a local directory or under an S3 prefix (dagster-aws's S3 client).
 
-Files are never deleted by the platform: a landed file is the raw record of what arrived. Which files were
-processed is the sensor's cursor and the runs' keys. A file that cannot be used is moved, once, under
-`_quarantine/` with a `<name>.reason.txt` beside it.
+Files are never deleted by the platform: a landed file is the raw record of what arrived. Which file versions
+were taken is the landing ledger (`LEDGER_TABLE`, a Delta table in the lake; the pattern of Auto Loader's file
+log): one row per file version and trading day with the run key asked for it, or the quarantine reason. A
+file's identity is its key and version (etag on S3, size + mtime_ns locally), never a comparison of clocks. A
+file that cannot be used is moved, once, under `_quarantine/` with a `<name>.reason.txt` beside it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from pathlib import Path
 import dagster as dg
 
 QUARANTINE_PREFIX = "_quarantine/"
+LEDGER_TABLE = "landing_ledger"
+LEDGER_KEYS = ("key", "version", "day")  # day: the trading day a run applies the file to ("" when quarantined)
+REQUESTED, SUBMITTED, QUARANTINED = "requested", "submitted", "quarantined"
 _KEY = re.compile(r"^[A-Za-z0-9_\-=.][A-Za-z0-9_\-=./]{0,400}$")
 
 
@@ -117,3 +122,32 @@ class LandingResource(dg.ConfigurableResource):
         (root / (target + ".reason.txt")).write_text(reason)
         (root / key).replace(root / target)
         return target
+
+
+def ledger_schema() -> dict:
+    import polars as pl
+
+    return {"key": pl.String, "version": pl.String, "day": pl.String, "size": pl.Int64, "modified": pl.Float64,
+            "status": pl.String, "run_key": pl.String, "run_id": pl.String, "reason": pl.String,
+            "recorded_at": pl.Datetime("us", "UTC"), "_is_deleted": pl.Boolean}
+
+
+def read_ledger(lake):
+    """Every file version the landing zone's sensor has taken (an empty frame before the first)."""
+    import polars as pl
+
+    return lake.read(LEDGER_TABLE) if lake.exists(LEDGER_TABLE) else pl.DataFrame(schema=ledger_schema())
+
+
+def record_in_ledger(lake, rows) -> None:
+    """Upsert ledger rows on (key, version, day): recording the same row again changes nothing, a later status
+    (recorded_at newer) replaces an earlier one."""
+    if rows.is_empty():
+        return
+    import polars as pl
+
+    # the snapshot tables' upsert (lib/snapshots.py): its change feed says what the sensor took since a version
+    lake.ensure_table(LEDGER_TABLE, ledger_schema(), change_data_feed=True,
+                      description="landing ledger: the file versions the landing sensor took")
+    rows = rows.with_columns(_is_deleted=pl.lit(False)).select(list(ledger_schema()))
+    lake.upsert(LEDGER_TABLE, rows, keys=LEDGER_KEYS, order_by="recorded_at")
