@@ -279,6 +279,22 @@ def test_a_landing_run_upserts_deletes_and_replays_harmlessly(tmp_path, instance
     assert lake.table(SNAPSHOT_TABLE).version() == version
     assert lake.snapshot(SNAPSHOT_TABLE, start=day, end=day, include_deleted=True).sort("ticker").equals(after)
 
+    # a landed update that breaks the contract: quarantined, and XOM's accepted row stays in both tables
+    from stock_platform.assets.ingestion import QUARANTINE_TABLE
+
+    landing.write("q/2.jsonl", jsonl(event(ticker="XOM", close=-1.0, low=-2.0, ts="2024-06-18T21:05:00Z",
+                                           event_id="bad")))
+    [request] = [r for r in sensor_tick(landing, lake).run_requests if "q/2.jsonl" in str(r.run_config)]
+    xom_price = lake.read(PRICES_TABLE, day, day).filter(pl.col("ticker") == "XOM")
+    for _ in range(2):  # and replaying the file adds no quarantine row
+        result = landing_run()
+        assert result.success, failure_message(result)
+        assert lake.read(PRICES_TABLE, day, day).filter(pl.col("ticker") == "XOM").equals(xom_price)
+        assert lake.snapshot(SNAPSHOT_TABLE, start=day, end=day, include_deleted=True).sort("ticker").equals(after)
+        quarantine = lake.read(QUARANTINE_TABLE, day, day, date_column="partition_date")
+        assert quarantine.select("ticker", "date").rows() == [("XOM", day)]
+        assert "close: price must be > 0 (value: -1.0)" in quarantine["reason"][0]
+
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_replay_lands_one_file_per_day_that_reads_back_as_the_bars(tmp_path, fmt):

@@ -132,6 +132,29 @@ def test_partition_with_only_bad_rows_fails_clearly_and_keeps_earlier_data(insta
     assert lake.read(PRICES_TABLE).equals(before), "a failed run leaves the table as it was"
 
 
+def test_a_bad_refetch_never_displaces_an_accepted_row(instance, lake, universe, files_dir):
+    """A re-fetched bar that breaks the contract is quarantined and the row accepted before it stays; a ticker
+    the source no longer delivers keeps its rows too (an outage is not a deletion)."""
+    defs = make_defs(PriceSourceResource(source="files", files_dir=str(files_dir)), lake, universe)
+    assert run(defs, instance, "2024-01-02", "2024-01-05").success
+    before = lake.read(PRICES_TABLE).sort("ticker", "date")
+    _csv(files_dir / "MSFT.csv", [GOOD_ROWS[0], ("2024-01-03", 10, 8, 9, 10.5, 10.4, 100), *GOOD_ROWS[2:]])  # high < low
+    (files_dir / "XOM.csv").unlink()
+    result = run(defs, instance, "2024-01-02", "2024-01-05")
+    assert result.success, failure_message(result)
+    after = lake.read(PRICES_TABLE).sort("ticker", "date")
+    # the same rows and values (MSFT's other days were re-fetched from the rewritten file: a newer ingested_at)
+    assert after.drop("ingested_at").equals(before.drop("ingested_at"))
+    kept = (pl.col("ticker") == "XOM") | ((pl.col("ticker") == "MSFT") & (pl.col("date") == dt.date(2024, 1, 3)))
+    assert after.filter(kept).equals(before.filter(kept))  # the accepted rows themselves, untouched
+    quarantine = lake.read(QUARANTINE_TABLE, date_column="partition_date")
+    msft = quarantine.filter(pl.col("ticker") == "MSFT")
+    assert msft["date"].to_list() == [dt.date(2024, 1, 3)] and "high < max(open, close)" in msft["reason"][0]
+    materialization = result.asset_materializations_for_node("prices")[0]  # one per partition, the same
+    assert materialization.metadata["kept_accepted_rows"].value == 5  # MSFT's day and XOM's four
+    assert materialization.metadata["missing_tickers"].value == "XOM"
+
+
 def test_source_with_no_rows_for_the_range_fails_naming_it(instance, lake, universe, files_dir):
     defs = make_defs(PriceSourceResource(source="files", files_dir=str(files_dir)), lake, universe)
     result = run(defs, instance, "2024-02-01", "2024-02-02")

@@ -32,7 +32,8 @@ def landed_events(landing: LandingResource, keys: list[str], dates: list[dt.date
 
 
 def _landed_prices(lake: LakeResource, landing: LandingResource, keys: list[str], dates: list[dt.date]):
-    """The stored rows of `dates` with the landed events applied (as a raw frame for validation)."""
+    """The stored rows of `dates` with the landed events applied (as a raw frame for validation), and the
+    number of events."""
     from stock_platform.lib.events import apply_events, deletes, events_to_bars, with_adj_close
     from stock_platform.lib.prices import empty_prices
 
@@ -77,7 +78,9 @@ def _top_reasons(quarantine, n: int = 5) -> str:
 )
 def prices(context: dg.AssetExecutionContext, config: LandingConfig, source: PriceSourceResource,
            lake: LakeResource, universe: UniverseResource, landing: LandingResource) -> dg.MaterializeResult:
-    from stock_platform.lib.prices import empty_rejects
+    import polars as pl
+
+    from stock_platform.lib.prices import empty_prices, empty_rejects, keep_accepted
     from stock_platform.lib.quality import dq_score
     from stock_platform.resources.sources import FetchResult
     from stock_platform.schemas import prices_schema, split_valid
@@ -97,10 +100,11 @@ def prices(context: dg.AssetExecutionContext, config: LandingConfig, source: Pri
     quarantine = quarantine_frame(fetched.rejects, schema_rejects, start=start, end=end,
                                   source=origin, run_id=context.run.run_id)
     if config.landing_files and lake.exists(QUARANTINE_TABLE):  # keep what the day's earlier runs quarantined
-        import polars as pl
-
         earlier = lake.read(QUARANTINE_TABLE, start, end, date_column="partition_date")
-        quarantine = pl.concat([earlier, quarantine.select(earlier.columns)], how="vertical_relaxed")
+        # once per rejected record: replaying a file adds nothing (the earliest run's row stays)
+        quarantine = (pl.concat([earlier, quarantine.select(earlier.columns)], how="vertical_relaxed")
+                      .unique(subset=["partition_date", "ticker", "date", "stage", "reason", "record"],
+                              keep="first", maintain_order=True))
     # Replaced for the range even when empty: a clean rerun clears an earlier run's quarantine.
     lake.replace_dates(QUARANTINE_TABLE, quarantine, start, end, date_column="partition_date")
 
@@ -113,11 +117,16 @@ def prices(context: dg.AssetExecutionContext, config: LandingConfig, source: Pri
             f"{lake.table_uri(QUARANTINE_TABLE)}; reasons: {_top_reasons(quarantine)}",
             metadata={"quarantined_rows": quarantine.height},
         )
+    # a rejected update never displaces the row accepted before it (nor does a ticker the source left out)
+    stored = lake.read(PRICES_TABLE, start, end) if lake.exists(PRICES_TABLE) else empty_prices()
+    valid, kept = keep_accepted(valid, pl.concat([fetched.rejects, schema_rejects]), stored, fetched.missing_tickers)
     version = lake.replace_dates(PRICES_TABLE, valid, start, end)
 
     expected = len(dates) * len(universe.tickers)
     if quarantine.height:
         context.log.warning(f"quarantined {quarantine.height} row(s): {_top_reasons(quarantine)}")
+    if kept.height:
+        context.log.warning(f"kept {kept.height} accepted row(s) that this run's data did not validly replace")
     if fetched.missing_tickers:
         context.log.warning(f"no data for ticker(s): {', '.join(fetched.missing_tickers)}")
     return dg.MaterializeResult(
@@ -130,6 +139,7 @@ def prices(context: dg.AssetExecutionContext, config: LandingConfig, source: Pri
             "tickers": valid["ticker"].n_unique(),
             "coverage": dg.FloatMetadataValue(round(valid.height / expected, 4)),
             "quarantined_rows": quarantine.height,
+            "kept_accepted_rows": kept.height,
             "dq_score": dg.FloatMetadataValue(round(dq_score(valid.height, quarantine.height), 4)),
             "missing_tickers": ", ".join(fetched.missing_tickers) or "-",
             "source": origin,

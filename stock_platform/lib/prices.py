@@ -153,3 +153,15 @@ def conform(raw: pl.DataFrame, *, source: str, origin: str, ingested_at: dt.date
     ).cast(REJECT_SCHEMA)
     good = frame.filter(pl.col("_reason").is_null()).select(**parsed).select(list(PRICES_SCHEMA)).cast(PRICES_SCHEMA)
     return good.unique(maintain_order=True), rejects
+
+
+def keep_accepted(valid: pl.DataFrame, rejects: pl.DataFrame, stored: pl.DataFrame,
+                  missing_tickers: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """`valid` plus the stored rows that a bad update must not displace: those whose (ticker, date) was rejected
+    this time, or whose ticker the source did not deliver at all (an outage is not a deletion). Returns the rows
+    to store for the range and the stored rows kept (deliberate deletes come as landed `delete` events)."""
+    keys = ["ticker", "date"]
+    displaced = pl.concat([rejects.select(keys).drop_nulls(),
+                           stored.filter(pl.col("ticker").is_in(missing_tickers)).select(keys)])
+    kept = stored.join(displaced.unique(), on=keys, how="semi").join(valid, on=keys, how="anti")
+    return pl.concat([valid, kept.select(valid.columns)], how="vertical_relaxed"), kept
