@@ -129,6 +129,10 @@ class Settings:
 def load_settings(env: Mapping[str, str] | None = None, *, now: dt.datetime | None = None) -> Settings:
     """Read the environment (or `env`) into validated Settings; `now` (default: the clock) dates "today"."""
     env = dict(os.environ if env is None else env)
+    empty = sorted(k for k, v in env.items() if k.startswith("STOCK_PLATFORM_") and not v.strip())
+    if empty:  # `X=` in a shell or an env file: a mistake, never a silent default
+        raise SettingsError(f"{empty[0]} is set but empty: unset it for its default (see README, Configuration) "
+                            "or give it a value")
 
     home = Path(env.get("STOCK_PLATFORM_HOME") or "./.stock_platform").expanduser().resolve()
 
@@ -136,7 +140,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, now: dt.datetime | No
     if source not in SOURCES:
         raise SettingsError(f"STOCK_PLATFORM_SOURCE={source!r}: unknown source (choose from {', '.join(SOURCES)})")
 
-    tickers = parse_tickers(env["STOCK_PLATFORM_TICKERS"]) if env.get("STOCK_PLATFORM_TICKERS") else DEFAULT_TICKERS
+    tickers = parse_tickers(env["STOCK_PLATFORM_TICKERS"]) if "STOCK_PLATFORM_TICKERS" in env else DEFAULT_TICKERS
 
     start_raw = env.get("STOCK_PLATFORM_START", DEFAULT_START.isoformat())
     try:

@@ -41,6 +41,8 @@ def test_values_are_read_and_normalised(tmp_path):
         ({"STOCK_PLATFORM_TICKERS": "AAPL,../etc/passwd"}, "STOCK_PLATFORM_TICKERS"),
         ({"STOCK_PLATFORM_TICKERS": "AAPL,X'; DROP TABLE stock_price;--"}, "STOCK_PLATFORM_TICKERS"),
         ({"STOCK_PLATFORM_TICKERS": " , "}, "STOCK_PLATFORM_TICKERS"),
+        ({"STOCK_PLATFORM_TICKERS": ""}, "STOCK_PLATFORM_TICKERS is set but empty"),  # not the default universe
+        ({"STOCK_PLATFORM_LAKE_URI": "  "}, "STOCK_PLATFORM_LAKE_URI is set but empty"),
         ({"STOCK_PLATFORM_START": "2015-13-01"}, "STOCK_PLATFORM_START"),
         ({"STOCK_PLATFORM_START": "1970-01-02"}, "STOCK_PLATFORM_START"),
         ({"STOCK_PLATFORM_LAKE_URI": "ftp://host/lake"}, "STOCK_PLATFORM_LAKE_URI"),
