@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 
 import pandas as pd
@@ -153,15 +154,18 @@ def test_yfinance_single_ticker_history_shape_is_tz_aware():
 
 @pytest.fixture
 def fake_yf(monkeypatch):
-    """Replace yfinance's network calls with fixture answers (real output shapes), recording calls."""
-    state = {"download_calls": 0, "fail_first": 0, "history": {}, "download": None}
+    """Replace yfinance's network calls with fixture answers (its real output and failure shapes), recording
+    the calls and the adapter's sleeps. `history[ticker]`: an answer, or a list of answers given in turn (an
+    exception is raised); `download`: the frame yf.download returns (it never raises: a failed ticker is
+    simply absent, `yf_fixtures.failed_download_frame`)."""
+    from stock_platform.resources import sources
+
+    state = {"download_calls": 0, "history": {}, "history_calls": [], "download": None, "sleeps": []}
 
     def download(tickers, **kwargs):
         state["download_calls"] += 1
         state["last_download"] = kwargs
         assert kwargs["auto_adjust"] is False and kwargs["actions"] is True
-        if state["download_calls"] <= state["fail_first"]:
-            raise yfinance.exceptions.YFRateLimitError()
         return state["download"]
 
     class FakeTicker:
@@ -169,13 +173,18 @@ def fake_yf(monkeypatch):
             self.ticker = ticker
 
         def history(self, **kwargs):
+            assert "raise_errors" not in kwargs  # deprecated in yfinance 1.x: exceptions are shown by config
+            state["history_calls"].append((self.ticker, yfinance.config.debug.hide_exceptions))
             answer = state["history"].get(self.ticker)
+            if isinstance(answer, list):
+                answer = answer.pop(0)
             if isinstance(answer, Exception):
                 raise answer
             return answer if answer is not None else pd.DataFrame()
 
     monkeypatch.setattr(yfinance, "download", download)
     monkeypatch.setattr(yfinance, "Ticker", FakeTicker)
+    monkeypatch.setattr(sources.time, "sleep", state["sleeps"].append)
     return state
 
 
@@ -200,19 +209,44 @@ def test_yfinance_is_asked_up_to_new_yorks_today_and_answers_only_the_range(fake
     assert result.prices["date"].max() == END and result.prices.height == len(JAN)
 
 
-def test_yfinance_retries_rate_limits_with_backoff(fake_yf):
-    fake_yf["fail_first"] = 2
-    fake_yf["download"] = yf_fixtures.download_frame(["AAPL"], JAN)
-    src = PriceSourceResource(source="yfinance", retry_backoff_seconds=0.01)
+def test_an_outage_is_retried_with_backoff_until_yahoo_answers(fake_yf):
+    """The real shape of a rate limit: download logs the failure and leaves the ticker out; the ticker is asked
+    alone (exceptions shown, so the error is not mistaken for "no data"), retried after 1x, 2x the backoff
+    (x 1-1.5 jitter), and the third answer is used."""
+    fake_yf["download"] = yf_fixtures.failed_download_frame(["AAPL"])
+    rate_limited = yfinance.exceptions.YFRateLimitError()
+    fake_yf["history"]["AAPL"] = [rate_limited, rate_limited, yf_fixtures.history_frame("AAPL", JAN)]
+    src = PriceSourceResource(source="yfinance", retry_backoff_seconds=0.5)
     assert src.fetch(["AAPL"], START, END).prices.height == 4
-    assert fake_yf["download_calls"] == 3
+    assert fake_yf["history_calls"] == [("AAPL", False)] * 3
+    assert yfinance.config.debug.hide_exceptions is True  # restored
+    first, second = fake_yf["sleeps"]
+    assert 0.5 <= first <= 0.75 and 1.0 <= second <= 1.5
 
 
-def test_yfinance_gives_up_after_retries_with_a_clear_error(fake_yf):
-    fake_yf["fail_first"] = 99
+def test_an_outage_longer_than_the_budget_names_the_source_and_ticker(monkeypatch):
+    """Real yfinance, no fixture: its requests go to a proxy on 127.0.0.1 that refuses every connection (what
+    an outage looks like to it: curl_cffi's ConnectionError). The adapter retries, then reports an outage,
+    never "no data"."""
+    from stock_platform.resources import sources
+
+    sleeps = []
+    monkeypatch.setattr(sources.time, "sleep", sleeps.append)
     src = PriceSourceResource(source="yfinance", retries=2, retry_backoff_seconds=0.01)
-    with pytest.raises(SourceError, match=r"download AAPL failed after 3 attempt\(s\): YFRateLimitError"):
-        src.fetch(["AAPL"], START, END)
+    with refused_by_proxy():
+        with pytest.raises(SourceError, match=r"yfinance: history AAPL failed after 3 attempt\(s\): ConnectionError") as err:
+            src.fetch(["AAPL"], START, END)
+    assert err.value.transient and len(sleeps) == 2
+
+
+@contextlib.contextmanager
+def refused_by_proxy():
+    """Real yfinance with every request sent to a proxy port on 127.0.0.1 where nothing listens."""
+    yfinance.config.network.proxy = "http://127.0.0.1:9"
+    try:
+        yield
+    finally:
+        yfinance.config.network.proxy = None
 
 
 def test_yfinance_missing_ticker_is_asked_alone_and_reported(fake_yf):
@@ -233,3 +267,38 @@ def test_yfinance_empty_answer_for_every_ticker_is_an_error(fake_yf):
 def test_unknown_source_is_refused():
     with pytest.raises(ValueError, match="unknown source 'bloomberg'"):
         PriceSourceResource(source="bloomberg")
+
+
+def test_an_outage_retries_the_prices_step_then_fails_naming_it_and_the_next_run_completes(fake_yf, tmp_path,
+                                                                                          instance):
+    """Dagster-level retries for an outage only: the step is retried `step_retries` times (RetryRequested,
+    backoff with jitter), then fails with the source, ticker and error; once Yahoo answers, a run completes."""
+    import dagster as dg
+
+    from stock_platform.assets.ingestion import PRICES_TABLE, prices
+    from stock_platform.automation import daily_assets_job
+    from stock_platform.resources import UniverseResource
+    from stock_platform.resources.landing import LandingResource
+    from stock_platform.resources.lake import LakeResource
+    from stock_platform_tests.helpers import failure_message, run_range
+
+    lake = LakeResource(uri=str(tmp_path / "lake"))
+    defs = dg.Definitions(assets=[prices], jobs=[daily_assets_job], resources={
+        "source": PriceSourceResource(source="yfinance", retries=1, retry_backoff_seconds=0.01, step_retries=2,
+                                      step_retry_seconds=0.01),
+        "lake": lake, "universe": UniverseResource(tickers=["AAPL"]),
+        "landing": LandingResource(uri=str(tmp_path / "landing"))})
+    rate_limited = yfinance.exceptions.YFRateLimitError()
+    fake_yf["download"] = yf_fixtures.failed_download_frame(["AAPL"])
+    fake_yf["history"]["AAPL"] = [rate_limited] * 6  # two adapter attempts in each of three step attempts
+    result = run_range(defs, instance, JAN[0], JAN[-1])
+    assert not result.success
+    assert "yfinance: history AAPL failed after 2 attempt(s): YFRateLimitError" in failure_message(result)
+    restarts = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert len(restarts) == 2 and len(fake_yf["history_calls"]) == 6
+    assert not lake.exists(PRICES_TABLE)  # nothing half-written
+
+    fake_yf["history"]["AAPL"] = yf_fixtures.history_frame("AAPL", JAN)  # Yahoo is back
+    again = run_range(defs, instance, JAN[0], JAN[-1])
+    assert again.success, failure_message(again)
+    assert lake.read(PRICES_TABLE).height == len(JAN)

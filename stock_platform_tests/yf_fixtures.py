@@ -48,6 +48,16 @@ def download_frame(tickers: list[str], dates: list[str], *, group_by: str = "col
     return wide
 
 
+def failed_download_frame(tickers: list[str]) -> pd.DataFrame:
+    """What yf.download(tickers, auto_adjust=False, actions=True) returns when every ticker's request failed
+    (yfinance 1.7, read from a real run against an unreachable proxy): it does not raise; it logs "N Failed
+    download(s)" and returns no rows under the usual (Price, Ticker) columns."""
+    fields = ["Adj Close", "Close", "Dividends", "High", "Low", "Open", "Stock Splits", "Volume"]
+    columns = pd.MultiIndex.from_product([fields, sorted(tickers)], names=["Price", "Ticker"])
+    index = pd.DatetimeIndex([], name="Date").astype("datetime64[s]")
+    return pd.DataFrame(index=index, columns=columns, dtype="float64")
+
+
 def history_frame(ticker: str, dates: list[str]) -> pd.DataFrame:
     """What yf.Ticker(t).history(auto_adjust=False, actions=True) returns."""
     index = pd.DatetimeIndex(pd.to_datetime(dates)).tz_localize("America/New_York")

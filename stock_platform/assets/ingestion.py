@@ -65,6 +65,29 @@ def quarantine_frame(parse_rejects, schema_rejects, *, start: dt.date, end: dt.d
     )
 
 
+def fetch_or_retry(context: dg.AssetExecutionContext, source: PriceSourceResource, tickers, start: dt.date,
+                   end: dt.date):
+    """The source's bars; an outage that outlasted the adapter's retries asks Dagster to retry the step (the
+    Dagster way for one kind of failure: a `RetryPolicy` would retry bad data and missing files too), after
+    exponential backoff with jitter, `source.step_retries` times; then the step fails with the outage's error."""
+    import random
+
+    from stock_platform.resources.sources import SourceError
+
+    try:
+        return source.fetch(tickers, start, end)
+    except SourceError as exc:
+        if not exc.transient:
+            raise
+        if context.retry_number >= source.step_retries:
+            raise dg.Failure(f"{exc} (an outage: {context.retry_number + 1} attempts of the step, each with the "
+                             f"adapter's own retries; the next run tries again)", allow_retries=False) from exc
+        wait = source.step_retry_seconds * 2**context.retry_number * (1 + random.random() / 2)
+        context.log.warning(f"{exc}; attempt {context.retry_number + 1} of {source.step_retries + 1}, "
+                            f"next in {wait:.0f} s")
+        raise dg.RetryRequested(max_retries=source.step_retries, seconds_to_wait=wait) from exc
+
+
 def _top_reasons(quarantine, n: int = 5) -> str:
     counts = quarantine.group_by("reason").len().sort("len", descending=True).head(n)
     return "; ".join(f"{r['len']}x {r['reason']}" for r in counts.iter_rows(named=True)) or "-"
@@ -95,7 +118,7 @@ def prices(context: dg.AssetExecutionContext, config: LandingConfig, source: Pri
         fetched = FetchResult(prices=rows, rejects=empty_rejects(), missing_tickers=[])
         origin = f"landing ({len(config.landing_files)} file(s), {n_events} event(s))"
     else:
-        fetched = source.fetch(universe.tickers, start, end)
+        fetched = fetch_or_retry(context, source, universe.tickers, start, end)
     valid, schema_rejects, _ = split_valid(prices_schema(universe.tickers, dates), fetched.prices)
     quarantine = quarantine_frame(fetched.rejects, schema_rejects, start=start, end=end,
                                   source=origin, run_id=context.run.run_id)

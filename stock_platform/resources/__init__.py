@@ -33,8 +33,11 @@ class PriceSourceResource(dg.ConfigurableResource):
     source: str = "demo"
     files_dir: str | None = None
     seed: int = 7
-    retries: int = 4
+    retries: int = 4  # the adapter's own retries of one request (yfinance), after 1, 2, 4, 8 s x jitter
     retry_backoff_seconds: float = 1.0
+    # An outage that outlasts them: the `prices` step asks Dagster to run it again, after 60, 120, 240 s x jitter.
+    step_retries: int = 3
+    step_retry_seconds: float = 60.0
 
     @field_validator("source")
     @classmethod

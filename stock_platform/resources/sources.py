@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,7 +37,13 @@ _COLUMN_ALIASES = {
 
 
 class SourceError(RuntimeError):
-    """A source could not deliver (unknown ticker, empty answer, unreadable file, network failure)."""
+    """A source could not deliver (unknown ticker, empty answer, unreadable file, network failure).
+    `transient`: an outage (network, rate limit) that outlasted the adapter's own retries; a later attempt
+    may succeed, so the `prices` asset asks Dagster to retry the step."""
+
+    def __init__(self, message: str, *, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass
@@ -180,23 +188,44 @@ def yfinance_to_polars(frame: pd.DataFrame, tickers: list[str]) -> pl.DataFrame:
 _YF_NO_DATA = {"YFTickerMissingError", "YFPricesMissingError", "YFTzMissingError"}
 
 
+# An outage rather than an answer, by class name anywhere in the exception's MRO: yfinance's rate limit, and the
+# network errors of curl_cffi (yfinance 1.x's HTTP client: DNSError and ProxyError are its ConnectionError),
+# requests and the standard library.
+_TRANSIENT = {"YFRateLimitError", "ConnectionError", "Timeout", "TimeoutError", "ChunkedEncodingError", "HTTPError"}
+
+
 def _is_transient(exc: BaseException) -> bool:
-    name = type(exc).__name__
-    return name in {"YFRateLimitError", "ConnectionError", "Timeout", "ReadTimeout", "ConnectTimeout",
-                    "HTTPError", "TimeoutError", "ChunkedEncodingError"} or isinstance(exc, (ConnectionError, TimeoutError))
+    return any(cls.__name__ in _TRANSIENT for cls in type(exc).__mro__)
 
 
 def _with_retries(call, *, what: str, retries: int, backoff: float):
+    """`call()`, retrying outages `retries` times after backoff * 2^attempt seconds (x 1-1.5 jitter)."""
     for attempt in range(retries + 1):
         try:
             return call()
-        except Exception as exc:  # noqa: BLE001 - yfinance and requests raise many types
-            if not _is_transient(exc) or attempt == retries:
-                raise SourceError(f"yfinance: {what} failed after {attempt + 1} attempt(s): {type(exc).__name__}: {exc}") from exc
-            delay = backoff * 2**attempt
-            log.warning("yfinance: %s: %s; retrying in %.1f s", what, type(exc).__name__, delay)
+        except Exception as exc:  # noqa: BLE001 - yfinance and its HTTP clients raise many types
+            transient = _is_transient(exc)
+            if not transient or attempt == retries:
+                raise SourceError(f"yfinance: {what} failed after {attempt + 1} attempt(s): {type(exc).__name__}: "
+                                  f"{str(exc)[:300]}", transient=transient) from exc
+            delay = backoff * 2**attempt * (1 + random.random() / 2)
+            log.warning("yfinance: %s: %s; retrying in %.2f s", what, type(exc).__name__, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+@contextmanager
+def _exceptions_raised():
+    """yfinance hides a failed request behind "possibly delisted; no timezone found" unless told otherwise
+    (its `raise_errors` is deprecated): show them, so an outage is told apart from a ticker without data."""
+    import yfinance as yf
+
+    hidden = yf.config.debug.hide_exceptions
+    yf.config.debug.hide_exceptions = False
+    try:
+        yield
+    finally:
+        yf.config.debug.hide_exceptions = hidden
 
 
 def fetch_yfinance(tickers: list[str], start: dt.date, end: dt.date, *, retries: int = 4, backoff: float = 1.0,
@@ -223,12 +252,14 @@ def fetch_yfinance(tickers: list[str], start: dt.date, end: dt.date, *, retries:
     frames = [raw] if got else []
     missing = []
     for ticker in (t for t in tickers if t not in got):
-        # A ticker missing from the batch answer: ask for it alone (a clearer answer, its own retries).
+        # A ticker missing from the batch answer (`download` never raises: a failed ticker is an empty column
+        # and a logged error): ask for it alone, where an outage raises and is retried.
         try:
-            hist = _with_retries(
-                lambda t=ticker: yf.Ticker(t).history(start=start.isoformat(), end=end_exclusive, auto_adjust=False,
-                                                      actions=True, raise_errors=True),
-                what=f"history {ticker}", retries=retries, backoff=backoff)
+            with _exceptions_raised():
+                hist = _with_retries(
+                    lambda t=ticker: yf.Ticker(t).history(start=start.isoformat(), end=end_exclusive,
+                                                          auto_adjust=False, actions=True),
+                    what=f"history {ticker}", retries=retries, backoff=backoff)
         except SourceError as exc:
             if type(exc.__cause__).__name__ not in _YF_NO_DATA:
                 raise
