@@ -33,6 +33,7 @@ def ensure_snapshot_table(lake: LakeResource) -> None:
 def price_snapshots(context: dg.AssetExecutionContext, config: LandingConfig, lake: LakeResource,
                     warehouse: WarehouseResource, landing: LandingResource) -> dg.MaterializeResult:
     import polars as pl
+    from sqlalchemy.exc import SQLAlchemyError
 
     dates = partition_dates(context)
     start, end = dates[0], dates[-1]
@@ -54,7 +55,16 @@ def price_snapshots(context: dg.AssetExecutionContext, config: LandingConfig, la
     result = lake.upsert(SNAPSHOT_TABLE, batch, keys=SNAPSHOT_KEYS, order_by=PRECOMBINE, prune=("date", start, end))
     # Mirror the whole range (not only this commit's changes): a rerun heals a warehouse write that failed.
     current = lake.snapshot(SNAPSHOT_TABLE, start=start, end=end, include_deleted=True)
-    mirrored = warehouse.sync_prices(current)
+    try:
+        mirrored = warehouse.sync_prices(current)
+    except SQLAlchemyError as exc:  # a dropped connection, a lock timeout: the mirror's one transaction rolled back
+        root = exc  # the driver's first error (a rollback on the dead connection raises another on top of it)
+        while root.__context__ is not None:
+            root = root.__context__
+        reason = str(root).strip().splitlines()[0]
+        raise dg.Failure(f"warehouse table stock_price: mirroring {start}..{end} failed after the lake committed "
+                         f"{SNAPSHOT_TABLE} version {result.version} ({type(root).__name__}: {reason}). The lake is "
+                         "right and the warehouse unchanged: re-run these partitions to mirror them.") from exc
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": current.height,
