@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -158,9 +159,9 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(lake):
     assert len(calls) > 50
 
 
-@pytest.fixture
-def served(lake):
-    """The API in a real uvicorn server (a thread), polling the lake every 0.2 s."""
+@contextlib.contextmanager
+def serving(lake: LakeResource):
+    """The API on `lake` in a real uvicorn server (a thread), polling the lake every 0.2 s; yields host:port."""
     import uvicorn
 
     port = free_port()
@@ -171,9 +172,96 @@ def served(lake):
     deadline = time.monotonic() + 30
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
-    yield f"127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def served(lake):
+    with serving(lake) as address:
+        yield address
+
+
+def closed_with(ws) -> tuple[int, str]:
+    """The close code and reason the server sent (the next receive fails with them)."""
+    from websockets.exceptions import ConnectionClosed
+
+    with pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=10)
+    return closed.value.rcvd.code, closed.value.rcvd.reason
+
+
+@pytest.mark.parametrize(("query", "says"), [
+    ("price_snapshots=-5", "price_snapshots: version cursor -5 is below -1"),
+    ("price_snapshots=abc", "price_snapshots: version cursor 'abc' is not an integer"),
+    ("predictions=999999", "predictions: version cursor 999999 is ahead of the table (latest version "),
+    ("predictions=" + "9" * 200, "predictions: version cursor 9999"),  # a reason is cut to 123 bytes
+])
+def test_a_bad_websocket_cursor_is_refused_with_a_reason(served, query, says):
+    from websockets.sync.client import connect
+
+    with connect(f"ws://{served}/ws/updates?{query}") as ws:
+        code, reason = closed_with(ws)
+    assert code == 1008 and reason.startswith(says) and len(reason.encode()) <= 123
+
+
+def test_a_cursor_whose_history_is_gone_is_closed_with_where_to_resume(tmp_path):
+    """The change feed after the cursor no longer exists (its files removed, as a vacuum past the retention
+    would): the client is told, with the version to resume from after re-reading the table."""
+    import shutil
+
+    from websockets.sync.client import connect
+
+    from stock_platform.assets.lake import PRECOMBINE, SNAPSHOT_KEYS, SNAPSHOT_TABLE, ensure_snapshot_table
+    from stock_platform.serving.api import CURSOR_GONE
+    from stock_platform_tests.lake_writer import batch
+
+    small = LakeResource(uri=str(tmp_path / "lake"))
+    ensure_snapshot_table(small)
+    day = dt.date(2024, 3, 4)
+    for hours in (0, 1):
+        small.upsert(SNAPSHOT_TABLE, batch(2, day, day, hours_later=hours, close_bump=hours), keys=SNAPSHOT_KEYS,
+                     order_by=PRECOMBINE)
+    shutil.rmtree(tmp_path / "lake" / SNAPSHOT_TABLE / "_change_data")
+    with serving(small) as address, connect(f"ws://{address}/ws/updates?price_snapshots=0") as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "cursor"
+        code, reason = closed_with(ws)
+    assert code == CURSOR_GONE
+    assert reason.startswith("price_snapshots: changes after version 0 are gone (retention); re-read the table")
+
+
+def test_serve_stops_on_sigterm_with_websocket_clients_connected(home):
+    """uvicorn waits for open connections on shutdown; the feed's clients never close theirs."""
+    import signal
+
+    from websockets.sync.client import connect
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-W", "ignore", "-m", "stock_platform.cli", "serve", "--port", str(port)],
+                            env=demo_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    clients = []
+    try:
+        deadline = time.monotonic() + 60
+        while not clients:
+            try:
+                clients = [connect(f"ws://127.0.0.1:{port}/ws/updates{q}") for q in ("", "?price_snapshots=-1")]
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+        for ws in clients:
+            assert json.loads(ws.recv(timeout=10))["type"] == "cursor"
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+        assert time.monotonic() - started < 8
+    finally:
+        for ws in clients:
+            ws.close()
+        if proc.poll() is None:
+            proc.kill()
 
 
 def receive_until(ws, want, timeout: float = 180) -> list[dict]:

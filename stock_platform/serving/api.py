@@ -14,7 +14,7 @@ from fastapi import FastAPI, HTTPException, Path, Query, WebSocket, WebSocketDis
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
-from stock_platform.resources.lake import LakeResource
+from stock_platform.resources.lake import LakeError, LakeResource
 from stock_platform.serving import queries as q
 from stock_platform.settings import TICKER_PATTERN
 
@@ -90,6 +90,28 @@ class Health(BaseModel):
     versions: dict[str, int]
 
 
+CURSOR_GONE = 4410  # an application close code (4000-4999): the cursor's history is no longer kept
+
+
+def close_reason(text: str) -> str:
+    """A WebSocket close reason: at most 123 bytes of UTF-8."""
+    data = text.encode()
+    return text if len(data) <= 123 else data[:120].decode(errors="ignore") + "..."
+
+
+def cursor_problem(table: str, value: str, latest: int) -> str | None:
+    """Why a resume cursor cannot be used (None when it can): an integer from -1 (the table's first commit on)
+    up to the table's latest version."""
+    if not value.strip().lstrip("-").isdigit():
+        return close_reason(f"{table}: version cursor {value!r} is not an integer")
+    version = int(value)
+    if version < -1:
+        return close_reason(f"{table}: version cursor {version} is below -1 (-1 resumes from the first commit)")
+    if version > latest:
+        return close_reason(f"{table}: version cursor {version} is ahead of the table (latest version {latest})")
+    return None
+
+
 def create_app(lake: LakeResource, *, poll_seconds: float = 1.0) -> FastAPI:
     app = FastAPI(title="stock_platform API", version="1.0",
                   description="Daily prices, next-day forecasts beside the naive random walk, and their evaluation.")
@@ -140,21 +162,30 @@ def create_app(lake: LakeResource, *, poll_seconds: float = 1.0) -> FastAPI:
         "to_version", "rows"}` message per table and batch as new versions land. Pass `price_snapshots=V` and/or
         `predictions=V` (query parameters) to resume after version V; by default only what lands after connecting."""
         await websocket.accept()
-        cursor = await asyncio.to_thread(q.versions, lake)
+        latest = await asyncio.to_thread(q.versions, lake)
+        cursor = dict(latest)
         for table in q.FEED_TABLES:
             value = websocket.query_params.get(table)
-            if value is not None:
-                if not value.lstrip("-").isdigit():
-                    await websocket.close(code=1008, reason=f"{table}: version cursor {value!r} is not an integer")
-                    return
-                cursor[table] = int(value)
+            if value is None:
+                continue
+            problem = cursor_problem(table, value, latest[table])
+            if problem:
+                await websocket.close(code=1008, reason=problem)
+                return
+            cursor[table] = int(value)
         try:
             await websocket.send_json({"type": "cursor", "versions": cursor})
             while True:
                 latest = await asyncio.to_thread(q.versions, lake)
                 for table in q.FEED_TABLES:
                     if latest[table] > cursor[table]:
-                        rows = await asyncio.to_thread(q.changes, lake, table, cursor[table], latest[table])
+                        try:
+                            rows = await asyncio.to_thread(q.changes, lake, table, cursor[table], latest[table])
+                        except LakeError as exc:  # the history after the cursor was vacuumed
+                            await websocket.close(code=CURSOR_GONE, reason=close_reason(
+                                f"{table}: changes after version {cursor[table]} are gone (retention); re-read "
+                                f"the table and resume from version {latest[table]}"))
+                            return
                         for first in range(0, max(rows.height, 1), MAX_FEED_ROWS):
                             await websocket.send_json({
                                 "type": "changes", "table": table, "from_version": cursor[table],
@@ -180,4 +211,5 @@ def serve(host: str, port: int) -> None:
     import uvicorn
 
     print(f"stock_platform API on http://{host}:{port} (OpenAPI docs at /docs)", flush=True)
-    uvicorn.run(app_from_settings(), host=host, port=port, log_level="warning")
+    # WebSocket clients hold their connections open: without a bound, SIGTERM waits for them forever
+    uvicorn.run(app_from_settings(), host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
