@@ -15,11 +15,14 @@ import dagster as dg
 from stock_platform.lib.calendar import EXCHANGE_TIMEZONE
 from stock_platform.partitions import CADENCE_TAG, DAILY_CADENCE
 from stock_platform.resources import PriceSourceResource, UniverseResource
-from stock_platform.resources.landing import LandedFile, LandingResource
+from stock_platform.resources.landing import LandedFile, LandingResource, validate_key
 from stock_platform.resources.lake import LakeResource
 
 # At most this many new file versions are read per sensor tick (a backlog is taken over the next ticks).
 MAX_FILES_PER_TICK = 500
+# A landing file is read whole by the sensor and by its run: a larger one is quarantined unread (quote events
+# for a day of 500 tickers take a few MB in any of the formats).
+MAX_FILE_BYTES = 64 * 1024**2
 
 # Every asset tagged with the daily cadence (partitions.DAILY), with its checks, in dependency order:
 # what a daily run or a backfill of trading days executes.
@@ -135,6 +138,15 @@ def landing_zone_sensor(context: dg.SensorEvaluationContext, landing: LandingRes
 
     for file in fresh[:MAX_FILES_PER_TICK]:
         try:
+            validate_key(file.key)
+        except ValueError as exc:  # no safe path to move it to: recorded, left where it is, never read
+            rows.append(row(file, "", QUARANTINED, f"{exc}; left in place"))
+            context.log.warning(f"not taken: {exc}")
+            continue
+        try:
+            if file.size > MAX_FILE_BYTES:
+                raise EventFileError(f"{file.key}: {file.size:,} bytes is more than a landing file may hold "
+                                     f"({MAX_FILE_BYTES:,}); split it")
             events = read_events(file.key, landing.read(file.key))
             days = sorted(set(event_days(events).to_list()))
             closed = [d for d in days if not is_trading_day(d)]

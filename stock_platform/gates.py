@@ -26,8 +26,8 @@ LEAKAGE_CHECK = dg.AssetCheckKey(dg.AssetKey("tuned_model"), "no_leakage")
 
 @dataclass(frozen=True)
 class CheckStatus:
-    """Partitions of one check by their latest evaluation: `failed`, and `unchecked` (never evaluated, or
-    the latest run that planned it ended without evaluating it)."""
+    """Partitions of one check by their latest evaluation: `failed` (with ERROR severity: a WARN does not
+    block), and `unchecked` (never evaluated, or the latest run that planned it ended without evaluating it)."""
 
     check: dg.AssetCheckKey
     failed: list[str] = field(default_factory=list)
@@ -60,18 +60,23 @@ def check_status(instance: dg.DagsterInstance, check: dg.AssetCheckKey, partitio
             evaluations[run_id] = found[-1] if found else None
         return evaluations[run_id]
 
+    def blocks(evaluation) -> bool:
+        """A failed evaluation blocks unless it was only a warning (WARN never blocks, in a run or after it)."""
+        return evaluation is None or evaluation.severity != dg.AssetCheckSeverity.WARN
+
     failed, unchecked = [], []
     for key in wanted:
         info = infos.get(key)
         if info is None:
             unchecked.append(key)
         elif info.latest_execution_status == Status.FAILED:
-            failed.append(key)
+            if blocks(run_evaluation(info.latest_planned_run_id)):
+                failed.append(key)
         elif info.latest_execution_status == Status.PLANNED:
             evaluation = run_evaluation(info.latest_planned_run_id)
             if evaluation is None:
                 unchecked.append(key)
-            elif not evaluation.passed and key in failed_partitions(evaluation.metadata, key):
+            elif not evaluation.passed and blocks(evaluation) and key in failed_partitions(evaluation.metadata, key):
                 failed.append(key)
     return CheckStatus(check, failed=sorted(failed), unchecked=sorted(unchecked))
 

@@ -32,8 +32,13 @@ def run_range(defs: dg.Definitions, instance: dg.DagsterInstance, start: str, en
 
 
 def failure_message(result) -> str:
-    return "\n".join(e.event_specific_data.error.message for e in result.all_events
-                     if e.event_type_value == "STEP_FAILURE")
+    """Every failed step's error with its causes (an exception raised in an asset is the cause of Dagster's)."""
+    def chain(error):
+        while error is not None:
+            yield error.message.strip()
+            error = error.cause
+    return "\n".join(m for e in result.all_events if e.event_type_value == "STEP_FAILURE"
+                     for m in chain(e.event_specific_data.error))
 
 
 def materialization_metadata(result, asset: str) -> dict:

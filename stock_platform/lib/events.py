@@ -37,6 +37,8 @@ def file_format(key: str) -> str:
 def read_events(key: str, data: bytes) -> pl.DataFrame:
     """The events of one landing file, typed as EVENT_SCHEMA (raises EventFileError)."""
     fmt = file_format(key)
+    if not data.strip():
+        raise EventFileError(f"{key}: empty file (no events)")
     try:
         if fmt == "json":
             raw = pl.read_ndjson(io.BytesIO(data), infer_schema_length=None)
@@ -72,7 +74,13 @@ def read_events(key: str, data: bytes) -> pl.DataFrame:
     bad_ops = sorted(set(events["op"].drop_nulls().to_list()) - set(OPS)) + (["<null>"] * bool(events["op"].null_count()))
     if bad_ops:
         raise EventFileError(f"{key}: unknown op(s) {bad_ops} (expected upsert or delete)")
-    return events
+    # the same event twice is a replay; a ticker's event_id with other values is a conflict nobody can resolve
+    distinct = events.unique()
+    conflicting = (distinct.filter(pl.struct("ticker", "event_id").is_duplicated())
+                   .select(pl.format("{}/{}", "ticker", "event_id")).to_series().unique().sort().to_list())
+    if conflicting:
+        raise EventFileError(f"{key}: event(s) {conflicting[:5]} appear with different values")
+    return distinct.sort("ts", "event_id", maintain_order=True) if distinct.height < events.height else events
 
 
 def event_days(events: pl.DataFrame) -> pl.Series:
