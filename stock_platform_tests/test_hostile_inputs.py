@@ -64,6 +64,14 @@ class Platform:
         noon = dt.datetime(2024, 6, 18, 12, tzinfo=dt.UTC).timestamp()
         os.utime(path, (noon, noon))
 
+    def run_with_file(self, ticker: str, data: str | bytes):
+        """A run of the whole range with `ticker`'s source file replaced by `data` (the good file back after)."""
+        self.write_file(ticker, data)
+        try:
+            return run_range(self.defs, self.instance, DAYS[0], DAYS[-1])
+        finally:
+            self.write_file(ticker, csv(GOOD))
+
     def accepted(self) -> pl.DataFrame:
         """The accepted rows: prices and the live snapshot, as comparable values."""
         cols = ["ticker", "date", "open", "high", "low", "close", "volume"]
@@ -228,11 +236,7 @@ SOURCE_FILES = [
 @pytest.mark.slow
 @pytest.mark.parametrize(("text", "reason"), [c[1:] for c in SOURCE_FILES], ids=[c[0] for c in SOURCE_FILES])
 def test_a_bad_row_in_a_source_file_is_quarantined_and_the_accepted_row_stays(platform, text, reason):
-    platform.write_file("AAPL", text)
-    try:
-        result = run_range(platform.defs, platform.instance, DAYS[0], DAYS[-1])
-    finally:
-        platform.write_file("AAPL", csv(GOOD))
+    result = platform.run_with_file("AAPL", text)
     assert result.success, failure_message(result)
     quarantine = platform.lake.read(QUARANTINE_TABLE, date_column="partition_date")
     aapl = quarantine.filter((pl.col("ticker") == "AAPL") & (pl.col("date") == DAY))
@@ -257,21 +261,13 @@ UNREADABLE_FILES = [
 @pytest.mark.slow
 @pytest.mark.parametrize(("data", "says"), [c[1:] for c in UNREADABLE_FILES], ids=[c[0] for c in UNREADABLE_FILES])
 def test_an_unusable_source_file_fails_the_run_naming_it_and_changes_nothing(platform, data, says):
-    platform.write_file("AAPL", data)
-    try:
-        result = run_range(platform.defs, platform.instance, DAYS[0], DAYS[-1])
-    finally:
-        platform.write_file("AAPL", csv(GOOD))
+    result = platform.run_with_file("AAPL", data)
     assert not result.success and says in failure_message(result), failure_message(result)
 
 
 @pytest.mark.slow
 def test_a_bom_at_the_start_of_a_source_file_is_read_like_any_export(platform):
-    platform.write_file("AAPL", ("\ufeff" + csv(GOOD)).encode())
-    try:
-        result = run_range(platform.defs, platform.instance, DAYS[0], DAYS[-1])
-    finally:
-        platform.write_file("AAPL", csv(GOOD))
+    result = platform.run_with_file("AAPL", ("\ufeff" + csv(GOOD)).encode())
     assert result.success, failure_message(result)
 
 
