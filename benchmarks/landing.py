@@ -41,9 +41,9 @@ def watermark_new_files(files, cursor: str | None, margin: float = 120.0):
     state = json.loads(cursor) if cursor else {"watermark": 0.0, "recent": []}
     seen = set(state["recent"])
     low = state["watermark"] - margin
-    fresh = [f for f in files if f.modified > low and f.identity not in seen]
+    fresh = [f for f in files if f.modified > low and f"{f.key}@{f.version}" not in seen]
     watermark = max([state["watermark"], *(f.modified for f in fresh)])
-    recent = sorted({f.identity for f in files if f.modified > watermark - margin})
+    recent = sorted({f"{f.key}@{f.version}" for f in files if f.modified > watermark - margin})
     return fresh, json.dumps({"watermark": watermark, "recent": recent})
 
 

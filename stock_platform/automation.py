@@ -13,7 +13,7 @@ import datetime as dt
 import dagster as dg
 
 from stock_platform.lib.calendar import EXCHANGE_TIMEZONE
-from stock_platform.partitions import CADENCE_TAG, DAILY_CADENCE
+from stock_platform.partitions import CADENCE_TAG, DAILY_CADENCE, trading_days
 from stock_platform.resources import PriceSourceResource, UniverseResource
 from stock_platform.resources.landing import LandedFile, LandingResource, validate_key
 from stock_platform.resources.lake import LakeResource
@@ -119,8 +119,6 @@ def landing_zone_sensor(context: dg.SensorEvaluationContext, landing: LandingRes
     from stock_platform.lib.calendar import is_trading_day
     from stock_platform.lib.events import EventFileError, event_days, read_events
     from stock_platform.resources.landing import QUARANTINED, REQUESTED, read_ledger, record_in_ledger
-
-    from stock_platform.partitions import trading_days
 
     first_day, last_day = (dt.date.fromisoformat(k) for k in (trading_days.get_first_partition_key(),
                                                                trading_days.get_last_partition_key()))

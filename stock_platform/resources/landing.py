@@ -30,18 +30,14 @@ def validate_key(key: str) -> str:
     return key
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class LandedFile:
-    """Ordered by (modified, key): the sensor's cursor is a point in that order."""
+    """One version of a landed file; `list()` gives them oldest first."""
 
     modified: float  # seconds since the epoch
     key: str
     size: int
     version: str  # etag on S3; size + mtime_ns locally: a rewritten file is a new version
-
-    @property
-    def identity(self) -> str:
-        return f"{self.key}@{self.version}"
 
 
 class LandingResource(dg.ConfigurableResource):
@@ -75,7 +71,7 @@ class LandingResource(dg.ConfigurableResource):
                     if key and not key.startswith(QUARANTINE_PREFIX) and not key.endswith("/"):
                         found.append(LandedFile(obj["LastModified"].timestamp(), key, obj["Size"],
                                                 obj["ETag"].strip('"')))
-            return sorted(found)
+            return sorted(found, key=lambda f: (f.modified, f.key))
         root = Path(self.uri)
         if not root.is_dir():
             return []
