@@ -166,7 +166,7 @@ def serving(lake: LakeResource):
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(lake, poll_seconds=0.2), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+                                           log_level="warning", timeout_graceful_shutdown=3))  # as `serve`
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -242,24 +242,24 @@ def test_serve_stops_on_sigterm_with_websocket_clients_connected(home):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-W", "ignore", "-m", "stock_platform.cli", "serve", "--port", str(port)],
                             env=demo_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    clients = []
     try:
         deadline = time.monotonic() + 60
-        while not clients:
+        while True:
             try:
-                clients = [connect(f"ws://127.0.0.1:{port}/ws/updates{q}") for q in ("", "?price_snapshots=-1")]
+                connect(f"ws://127.0.0.1:{port}/ws/updates").close()
+                break
             except OSError:
                 assert proc.poll() is None and time.monotonic() < deadline
                 time.sleep(0.2)
-        for ws in clients:
-            assert json.loads(ws.recv(timeout=10))["type"] == "cursor"
-        started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=15)
-        assert time.monotonic() - started < 8
+        with contextlib.ExitStack() as clients:
+            for query in ("", "?price_snapshots=-1"):
+                ws = clients.enter_context(connect(f"ws://127.0.0.1:{port}/ws/updates{query}"))
+                assert json.loads(ws.recv(timeout=10))["type"] == "cursor"
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=15)
+            assert time.monotonic() - started < 8
     finally:
-        for ws in clients:
-            ws.close()
         if proc.poll() is None:
             proc.kill()
 
