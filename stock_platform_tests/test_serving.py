@@ -246,8 +246,8 @@ def test_serve_stops_on_sigterm_with_websocket_clients_connected(home):
         deadline = time.monotonic() + 60
         while True:
             try:
-                connect(f"ws://127.0.0.1:{port}/ws/updates").close()
-                break
+                with connect(f"ws://127.0.0.1:{port}/ws/updates"):
+                    break
             except OSError:
                 assert proc.poll() is None and time.monotonic() < deadline
                 time.sleep(0.2)
