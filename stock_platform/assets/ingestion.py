@@ -70,9 +70,7 @@ def fetch_or_retry(context: dg.AssetExecutionContext, source: PriceSourceResourc
     """The source's bars; an outage that outlasted the adapter's retries asks Dagster to retry the step (the
     Dagster way for one kind of failure: a `RetryPolicy` would retry bad data and missing files too), after
     exponential backoff with jitter, `source.step_retries` times; then the step fails with the outage's error."""
-    import random
-
-    from stock_platform.resources.sources import SourceError
+    from stock_platform.resources.sources import SourceError, backoff_seconds
 
     try:
         return source.fetch(tickers, start, end)
@@ -82,7 +80,7 @@ def fetch_or_retry(context: dg.AssetExecutionContext, source: PriceSourceResourc
         if context.retry_number >= source.step_retries:
             raise dg.Failure(f"{exc} (an outage: {context.retry_number + 1} attempts of the step, each with the "
                              f"adapter's own retries; the next run tries again)", allow_retries=False) from exc
-        wait = source.step_retry_seconds * 2**context.retry_number * (1 + random.random() / 2)
+        wait = backoff_seconds(source.step_retry_seconds, context.retry_number)
         context.log.warning(f"{exc}; attempt {context.retry_number + 1} of {source.step_retries + 1}, "
                             f"next in {wait:.0f} s")
         raise dg.RetryRequested(max_retries=source.step_retries, seconds_to_wait=wait) from exc

@@ -40,6 +40,10 @@ class LandedFile:
     version: str  # etag on S3; size + mtime_ns locally: a rewritten file is a new version
 
 
+def _oldest_first(file: LandedFile) -> tuple[float, str]:
+    return file.modified, file.key
+
+
 class LandingResource(dg.ConfigurableResource):
     """`uri`: a local directory or `s3://bucket/prefix` (STOCK_PLATFORM_LANDING_URI)."""
 
@@ -71,7 +75,7 @@ class LandingResource(dg.ConfigurableResource):
                     if key and not key.startswith(QUARANTINE_PREFIX) and not key.endswith("/"):
                         found.append(LandedFile(obj["LastModified"].timestamp(), key, obj["Size"],
                                                 obj["ETag"].strip('"')))
-            return sorted(found, key=lambda f: (f.modified, f.key))
+            return sorted(found, key=_oldest_first)
         root = Path(self.uri)
         if not root.is_dir():
             return []
@@ -91,7 +95,7 @@ class LandingResource(dg.ConfigurableResource):
                         found.append(LandedFile(stat.st_mtime, key, stat.st_size, f"{stat.st_size}-{stat.st_mtime_ns}"))
 
         walk(str(root), "")
-        return sorted(found, key=lambda f: (f.modified, f.key))
+        return sorted(found, key=_oldest_first)
 
     def read(self, key: str) -> bytes:
         validate_key(key)

@@ -198,6 +198,11 @@ def _is_transient(exc: BaseException) -> bool:
     return any(cls.__name__ in _TRANSIENT for cls in type(exc).__mro__)
 
 
+def backoff_seconds(base: float, attempt: int) -> float:
+    """Exponential backoff with jitter: base * 2^attempt, times 1-1.5 (retries of many clients spread out)."""
+    return base * 2**attempt * (1 + random.random() / 2)
+
+
 def _with_retries(call, *, what: str, retries: int, backoff: float):
     """`call()`, retrying outages `retries` times after backoff * 2^attempt seconds (x 1-1.5 jitter)."""
     for attempt in range(retries + 1):
@@ -208,7 +213,7 @@ def _with_retries(call, *, what: str, retries: int, backoff: float):
             if not transient or attempt == retries:
                 raise SourceError(f"yfinance: {what} failed after {attempt + 1} attempt(s): {type(exc).__name__}: "
                                   f"{str(exc)[:300]}", transient=transient) from exc
-            delay = backoff * 2**attempt * (1 + random.random() / 2)
+            delay = backoff_seconds(backoff, attempt)
             log.warning("yfinance: %s: %s; retrying in %.2f s", what, type(exc).__name__, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
