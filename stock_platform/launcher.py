@@ -16,6 +16,9 @@ still gets a process of its own, which exits with the run, as before; the worker
 - Termination marks the run CANCELING; the worker's cancellation thread interrupts the run within
   `cancellation_thread_poll_interval_seconds`. It works from any process of the instance (the UI too).
 - A worker that dies before its run finished (killed, out of memory) fails the run with its exit code.
+  If the launching process died too (the daemon killed with its workers, its container restarted), Dagster's
+  run monitoring (`run_monitoring` in dagster.yaml) asks `check_run_worker_health`, which finds the run's
+  worker by the pid and start time tagged on the run, and fails the run when that process is gone.
 - The workers are children of the process that launches runs (the daemon's run queue): that process must
   have the code location's environment, as every service of docker/compose.yaml does (one image).
 
@@ -41,7 +44,7 @@ from typing import Any
 
 import dagster._check as check
 from dagster import Field
-from dagster._core.launcher import DefaultRunLauncher, LaunchRunContext
+from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, LaunchRunContext, WorkerStatus
 from dagster._serdes import ConfigurableClassData
 
 # What a daily landing run imports on its way to the forecast besides Dagster's run machinery and the
@@ -50,6 +53,27 @@ from dagster._serdes import ConfigurableClassData
 DEFAULT_PRELOAD = ("stock_platform.definitions", "pandera.polars", "pandera.backends.polars.container",
                    "pandera.backends.polars.builtin_checks", "lightgbm", "deltalake")
 WORKER_PID_TAG = "stock_platform/run_worker_pid"
+WORKER_START_TAG = "stock_platform/run_worker_start"  # the pid's start time: a reused pid is another process
+
+
+def process_start(pid: int) -> str | None:
+    """When process `pid` started (clock ticks after boot, from /proc), or None if no such live process.
+    With the pid it names one process: a pid reused after a restart has another start time. Without /proc
+    (macOS), "alive" for any live pid."""
+    if not os.path.exists("/proc/self/stat"):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return "alive"
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()  # after "pid (comm)": state is field 3, start 22
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]  # a zombie has exited: only its exit code is left
 
 
 class WarmProcessRunLauncher(DefaultRunLauncher):
@@ -101,7 +125,8 @@ class WarmProcessRunLauncher(DefaultRunLauncher):
 
     def _hand_over(self, run_id: str, worker: subprocess.Popen, serialized_args: str) -> bool:
         """Tag the run with the worker's pid and send the worker its run; False if the worker is gone."""
-        self._instance.add_run_tags(run_id, {WORKER_PID_TAG: str(worker.pid)})
+        self._instance.add_run_tags(run_id, {WORKER_PID_TAG: str(worker.pid),
+                                             WORKER_START_TAG: process_start(worker.pid) or ""})
         assert worker.stdin is not None
         try:
             worker.stdin.write(serialized_args + "\n")
@@ -147,6 +172,20 @@ class WarmProcessRunLauncher(DefaultRunLauncher):
             return super().terminate(run_id)
         self._instance.report_run_canceling(run)  # the worker's cancellation thread interrupts the run
         return True
+
+    @property
+    def supports_check_run_worker_health(self) -> bool:
+        return True
+
+    def check_run_worker_health(self, run):
+        """For run monitoring: RUNNING while the run's worker process lives, FAILED once it is gone."""
+        pid, started = run.tags.get(WORKER_PID_TAG), run.tags.get(WORKER_START_TAG)
+        if pid is None:  # launched by its code server (another environment): its process is not ours to watch
+            return CheckRunHealthResult(WorkerStatus.RUNNING, "not in a run worker of this launcher: not checked")
+        if process_start(int(pid)) == started:
+            return CheckRunHealthResult(WorkerStatus.RUNNING)
+        return CheckRunHealthResult(WorkerStatus.FAILED, f"run worker (pid {pid}) is gone: the process ended "
+                                    "before its run did (killed with the process that launched it?)")
 
     def dispose(self) -> None:
         with self._lock:

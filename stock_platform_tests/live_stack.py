@@ -28,6 +28,15 @@ WARM_LAUNCHER_YAML = """run_launcher:
 """
 
 
+def monitoring_yaml() -> str:
+    """Production's run monitoring and run retries (the repository's dagster.yaml), polling every second."""
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "dagster.yaml").read_text())
+    config["run_monitoring"]["poll_interval_seconds"] = 1
+    return yaml.safe_dump({k: config[k] for k in ("run_monitoring", "run_retries")})
+
+
 def stack_env(home: Path, **extra: str) -> dict[str, str]:
     # the stack's own settings only (MLflow's URI included: the stack has its own store under `home`)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STOCK_PLATFORM_", "DAGSTER_", "MLFLOW_"))}
@@ -63,7 +72,7 @@ def prepare(home: Path, env: dict[str, str], *, queued: bool = True, warm_launch
     stock_platform.launcher.WarmProcessRunLauncher (production's)."""
     (home / "dagster").mkdir(parents=True, exist_ok=True)
     (home / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n" + (QUEUE_YAML if queued else "")
-                                                   + (WARM_LAUNCHER_YAML if warm_launcher else ""))
+                                                   + (WARM_LAUNCHER_YAML + monitoring_yaml() if warm_launcher else ""))
     done = subprocess.run([sys.executable, "-W", "ignore", "-c", PREPARE, HISTORY[0].isoformat(),
                            HISTORY[1].isoformat(), TRAIN_END.isoformat()], env=env, capture_output=True, text=True,
                           timeout=600)
@@ -76,11 +85,17 @@ class Daemon:
 
     def __init__(self, home: Path, env: dict[str, str]):
         self.home, self.env = home, env
-        self.log = open(home / "daemon.log", "w")  # noqa: SIM115 - closed in stop()
+        self.log = open(home / "daemon.log", "a")  # noqa: SIM115 - closed in stop()
         subprocess.run([sys.executable, "-m", "dagster", "sensor", "start", "-m", "stock_platform.definitions",
                         "landing_zone_sensor"], env=env, check=True, capture_output=True, timeout=120)
         self.proc = subprocess.Popen([sys.executable, "-m", "dagster._daemon", "run", "-m", "stock_platform.definitions"],
                                      env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self) -> None:
+        """SIGKILL the daemon with every process it started (its run workers): a container killed, a host lost."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+        self.log.close()
 
     def stop(self) -> None:
         if self.proc.poll() is None:

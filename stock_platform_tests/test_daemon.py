@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import dagster as dg
 import polars as pl
 import pytest
 
@@ -60,3 +61,40 @@ def test_landed_files_reach_snapshots_and_predictions_through_the_daemon(tmp_pat
     assert ledger.select("key", "day", "status").rows() == [
         (f"quotes/{DAY}/bars.jsonl", DAY.isoformat(), "submitted"), (f"quotes/{DAY}/broken.jsonl", "", "quarantined")]
     assert ledger["run_key"][0].startswith(f"landing:{DAY}:") and ledger["run_id"][0]
+
+
+def test_a_landing_run_whose_daemon_dies_fails_is_retried_once_and_applies_its_file_once(tmp_path):
+    """kill -9 of the daemon with its run worker mid-run: the run would stay STARTED for ever; the restarted
+    daemon's run monitoring fails it (its worker is gone), run retries start it again, and the file lands once."""
+    env = stack_env(tmp_path)
+    prepare(tmp_path, env)
+    landing = LandingResource(uri=str(tmp_path / "landing"))
+    bars = generate(list(TICKERS), DAY, DAY)
+    daemon = Daemon(tmp_path, env)
+    instance = dg.DagsterInstance.from_config(str(tmp_path / "dagster"))
+    started = dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])
+    try:
+        landing.write(f"quotes/{DAY}/bars.jsonl", encode(bars_to_events(bars, "demo"), "jsonl"))
+        first, _ = wait_for(lambda: next(iter(instance.get_runs(started)), None), timeout=180, every=0.1)
+        daemon.kill()
+        assert instance.get_run_by_id(first.run_id).status == dg.DagsterRunStatus.STARTED  # nobody left to end it
+        daemon = Daemon(tmp_path, env)
+        wait_for(lambda: instance.get_run_by_id(first.run_id).status == dg.DagsterRunStatus.FAILURE, timeout=120)
+        retry, _ = wait_for(lambda: next(iter(instance.get_runs(
+            dg.RunsFilter(tags={"dagster/parent_run_id": first.run_id}))), None), timeout=120)
+        retry, _ = wait_for(lambda: (r := instance.get_run_by_id(retry.run_id)).is_finished and r, timeout=240)
+        ledger, _ = wait_for(lambda: submitted(tmp_path / "lake" / "landing_ledger"), timeout=60)
+        runs = instance.get_runs(dg.RunsFilter(tags={"stock_platform/trigger": "landing_zone_sensor"}))
+        messages = [e.message or "" for e in instance.all_logs(first.run_id)]
+    finally:
+        daemon.stop()
+        instance.dispose()
+    assert retry.status == dg.DagsterRunStatus.SUCCESS, retry.status
+    assert any("is gone" in m and "Marking run" in m for m in messages)  # run monitoring's verdict
+    assert {r.run_id for r in runs} == {first.run_id, retry.run_id}  # the sensor asked for no second run
+    assert ledger.select("key", "status", "run_id").rows() == [(f"quotes/{DAY}/bars.jsonl", "submitted", first.run_id)]
+    lake = tmp_path / "lake"
+    snap = pl.read_delta(str(lake / "price_snapshots")).filter(pl.col("date") == DAY).sort("ticker")
+    assert snap["close"].to_list() == bars.sort("ticker")["close"].to_list()  # applied, once per key
+    assert pl.read_delta(str(lake / "prices")).filter(pl.col("date") == DAY).height == len(TICKERS)
+    assert rows_for(lake, "predictions", DAY) is not None

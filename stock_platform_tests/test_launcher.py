@@ -12,7 +12,7 @@ import pytest
 from dagster._core.errors import DagsterInvariantViolationError
 from dagster._core.launcher import LaunchRunContext
 
-from stock_platform.launcher import WORKER_PID_TAG
+from stock_platform.launcher import WORKER_PID_TAG, WORKER_START_TAG
 from stock_platform_tests.launcher_jobs import MARKER_MODULE, probe_job
 from stock_platform_tests.live_stack import wait_for
 
@@ -109,6 +109,24 @@ def test_a_worker_that_dies_mid_run_fails_the_run_with_its_exit_code(warm_instan
     messages = [e.message for e in warm_instance.all_logs(run_id)]
     assert any(f"(pid {run.tags[WORKER_PID_TAG]}) exited with code 3 before the run finished" in (m or "")
                for m in messages)
+
+
+def test_run_monitoring_sees_whether_the_runs_worker_process_lives(warm_instance, tmp_path):
+    from dagster._core.launcher import WorkerStatus
+
+    launcher = warm_instance.run_launcher
+    assert launcher.supports_check_run_worker_health
+    run_id = launch(warm_instance, tmp_path / "long.json", sleep_seconds=120)
+    wait_for(lambda: (tmp_path / "long.json").exists(), 60)
+    run = warm_instance.get_run_by_id(run_id)
+    assert launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING
+    # the same pid with another start time: the pid was reused by another process after a restart
+    reused = run.with_tags({**run.tags, WORKER_START_TAG: "1"})
+    assert launcher.check_run_worker_health(reused).status == WorkerStatus.FAILED
+    os.kill(int(run.tags[WORKER_PID_TAG]), 9)
+    wait_for(lambda: launcher.check_run_worker_health(run).status == WorkerStatus.FAILED, 30)
+    assert "is gone" in launcher.check_run_worker_health(run).msg
+    finished(warm_instance, run_id)  # the launcher's own watch fails it (the daemon's monitoring when it is gone)
 
 
 def test_disposing_the_instance_ends_its_spares(warm_instance, tmp_path):
