@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Path, Query, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from stock_platform.resources.lake import LakeError, LakeResource
@@ -112,9 +113,25 @@ def cursor_problem(table: str, value: str, latest: int) -> str | None:
     return None
 
 
+def unavailable(lake: LakeResource, exc: Exception) -> str:
+    """Why the lake cannot be read, on one line (delta-rs and object_store errors span many, with colours)."""
+    import re
+
+    first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    first = re.sub(r"\x1b\[[0-9;]*m", "", first).strip()
+    return f"the lake at {lake.uri} cannot be read: {first}"
+
+
 def create_app(lake: LakeResource, *, poll_seconds: float = 1.0) -> FastAPI:
+    from deltalake.exceptions import DeltaError
+
     app = FastAPI(title="stock_platform API", version="1.0",
                   description="Daily prices, next-day forecasts beside the naive random walk, and their evaluation.")
+
+    @app.exception_handler(OSError)  # storage unreachable (S3 down, a dropped mount): the service, not the request
+    @app.exception_handler(DeltaError)
+    async def lake_unavailable(_request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": unavailable(lake, exc)}, status_code=503, headers={"Retry-After": "5"})
 
     def dates(start: dt.date | None, end: dt.date | None) -> None:
         if start and end and start > end:  # reported in FastAPI's validation-error shape, as the schema says
@@ -130,9 +147,13 @@ def create_app(lake: LakeResource, *, poll_seconds: float = 1.0) -> FastAPI:
         return {"ticker": ticker, "start": start, "end": end, "total": df.height, "offset": offset, "limit": limit,
                 "next_offset": nxt if nxt < df.height else None, "items": q.records(df.slice(offset, limit))}
 
-    @app.get("/health", response_model=Health)
+    @app.get("/health", response_model=Health, responses={503: {"description": "the lake is unreachable or empty"}})
     def health() -> dict:
-        return {"status": "ok", "lake": lake.uri, "versions": q.versions(lake)}
+        versions = q.versions(lake)
+        if versions[q.SNAPSHOTS] < 0:
+            raise HTTPException(503, f"the lake at {lake.uri} has no {q.SNAPSHOTS} table yet: materialize the "
+                                "daily assets (stock-platform demo, or the daily_close schedule)")
+        return {"status": "ok", "lake": lake.uri, "versions": versions}
 
     @app.get("/tickers", response_model=list[TickerInfo])
     def tickers() -> list[dict]:
@@ -162,6 +183,14 @@ def create_app(lake: LakeResource, *, poll_seconds: float = 1.0) -> FastAPI:
         "to_version", "rows"}` message per table and batch as new versions land. Pass `price_snapshots=V` and/or
         `predictions=V` (query parameters) to resume after version V; by default only what lands after connecting."""
         await websocket.accept()
+        try:
+            await feed(websocket)
+        except WebSocketDisconnect:
+            return
+        except (OSError, DeltaError) as exc:  # 1013: try again later
+            await websocket.close(code=1013, reason=close_reason(unavailable(lake, exc)))
+
+    async def feed(websocket: WebSocket) -> None:
         latest = await asyncio.to_thread(q.versions, lake)
         cursor = dict(latest)
         for table in q.FEED_TABLES:
@@ -173,27 +202,24 @@ def create_app(lake: LakeResource, *, poll_seconds: float = 1.0) -> FastAPI:
                 await websocket.close(code=1008, reason=problem)
                 return
             cursor[table] = int(value)
-        try:
-            await websocket.send_json({"type": "cursor", "versions": cursor})
-            while True:
-                latest = await asyncio.to_thread(q.versions, lake)
-                for table in q.FEED_TABLES:
-                    if latest[table] > cursor[table]:
-                        try:
-                            rows = await asyncio.to_thread(q.changes, lake, table, cursor[table], latest[table])
-                        except LakeError as exc:  # the history after the cursor was vacuumed
-                            await websocket.close(code=CURSOR_GONE, reason=close_reason(
-                                f"{table}: changes after version {cursor[table]} are gone (retention); re-read "
-                                f"the table and resume from version {latest[table]}"))
-                            return
-                        for first in range(0, max(rows.height, 1), MAX_FEED_ROWS):
-                            await websocket.send_json({
-                                "type": "changes", "table": table, "from_version": cursor[table],
-                                "to_version": latest[table], "rows": q.records(rows.slice(first, MAX_FEED_ROWS))})
-                        cursor[table] = latest[table]
-                await asyncio.sleep(poll_seconds)
-        except WebSocketDisconnect:
-            return
+        await websocket.send_json({"type": "cursor", "versions": cursor})
+        while True:
+            latest = await asyncio.to_thread(q.versions, lake)
+            for table in q.FEED_TABLES:
+                if latest[table] > cursor[table]:
+                    try:
+                        rows = await asyncio.to_thread(q.changes, lake, table, cursor[table], latest[table])
+                    except LakeError:  # the history after the cursor was vacuumed
+                        await websocket.close(code=CURSOR_GONE, reason=close_reason(
+                            f"{table}: changes after version {cursor[table]} are gone (retention); re-read "
+                            f"the table and resume from version {latest[table]}"))
+                        return
+                    for first in range(0, max(rows.height, 1), MAX_FEED_ROWS):
+                        await websocket.send_json({
+                            "type": "changes", "table": table, "from_version": cursor[table],
+                            "to_version": latest[table], "rows": q.records(rows.slice(first, MAX_FEED_ROWS))})
+                    cursor[table] = latest[table]
+            await asyncio.sleep(poll_seconds)
 
     return app
 
