@@ -1,10 +1,11 @@
 """Benchmark: one landing_zone_sensor tick over a landing zone of 100,000 files, most already in the ledger.
 
 Prints, measured side by side in one run on this machine (alternating, median of --repeats):
-  1. listing the zone (LandingResource.list: rglob + stat locally, paginated list_objects_v2 on S3)
+  1. listing the zone (LandingResource.list: scandir locally, paginated list_objects_v2 on S3), whole and
+     after the sensor's cursor (the greatest key listed before: what 11 ticks in 12 list)
   2. the ledger's part: reading it and taking the file versions it does not hold
   3. the whole tick (list, ledger, read and validate the new files, record them, mark the previous tick's
-     rows submitted once their runs exist, the run requests)
+     rows submitted once their runs exist, the run requests), with a full listing and after the cursor
   4. today's code beside the code before the ledger: its mtime-watermark cursor over the same listing
      (the part the ledger replaced: `new_files` as it was)
 
@@ -118,8 +119,8 @@ def main() -> int:
     _, cursor = watermark_new_files(listed, None)
     assert REQUESTED  # (the measured ticks record `requested` rows for the new files)
 
-    times = {"list the zone": [], "ledger: read + take new versions": [], "watermark cursor (before)": [],
-             "whole tick (ledger)": []}
+    times = {"list the zone": [], "list after the cursor": [], "ledger: read + take new versions": [],
+             "watermark cursor (before)": [], "whole tick, full listing": [], "whole tick, after the cursor": []}
     batch = 0
     job = defs.resolve_job_def("daily_assets")
     with dg.instance_for_test() as instance:
@@ -129,6 +130,10 @@ def main() -> int:
             land(new)
             t, files = timed(landing.list)
             times["list the zone"].append(t)
+            after = max(f.key for f in files if f.key not in new)
+            t, tail = timed(lambda: landing.list(after=after))
+            times["list after the cursor"].append(t)
+            assert sorted(f.key for f in tail) == new, len(tail)
 
             def ledger_part():
                 from stock_platform.resources.landing import read_ledger
@@ -142,16 +147,25 @@ def main() -> int:
             assert len(fresh) == args.new, len(fresh)
             t, (old_fresh, _) = timed(lambda: watermark_new_files(files, cursor))
             times["watermark cursor (before)"].append(t)
-            context = dg.build_sensor_context(instance=instance, resources={"landing": landing, "lake": lake},
-                                              repository_def=defs.get_repository_def(),
-                                              sensor_name="landing_zone_sensor")
-            t, result = timed(lambda: landing_zone_sensor.evaluate_tick(context))
-            times["whole tick (ledger)"].append(t)
-            asked = {k for r in result.run_requests for k in r.run_config["ops"]["prices"]["config"]["landing_files"]}
-            assert set(new) <= asked, asked
-            for request in result.run_requests:  # what the daemon does with them (not timed)
-                instance.create_run_for_job(job, run_config=request.run_config, tags={
-                    **request.tags, "dagster/run_key": request.run_key, "dagster/partition": request.partition_key})
+            for name, tick in (("whole tick, full listing", 0), ("whole tick, after the cursor", 1)):
+                if tick:  # the same tick again, on another set of new files, listing after the cursor
+                    new = [f"quotes/2024/06/18/{args.files + batch * args.new + i:07d}.jsonl" for i in range(args.new)]
+                    batch += 1
+                    land(new)
+                context = dg.build_sensor_context(instance=instance, resources={"landing": landing, "lake": lake},
+                                                  repository_def=defs.get_repository_def(),
+                                                  sensor_name="landing_zone_sensor",
+                                                  cursor=json.dumps({"after": after, "tick": tick}))
+                t, result = timed(lambda: landing_zone_sensor.evaluate_tick(context))
+                times[name].append(t)
+                after = json.loads(result.cursor)["after"]
+                asked = {k for r in result.run_requests
+                         for k in r.run_config["ops"]["prices"]["config"]["landing_files"]}
+                assert set(new) <= asked, asked
+                for request in result.run_requests:  # what the daemon does with them (not timed)
+                    instance.create_run_for_job(job, run_config=request.run_config, tags={
+                        **request.tags, "dagster/run_key": request.run_key,
+                        "dagster/partition": request.partition_key})
     if moto is not None:
         moto.terminate()
 
@@ -161,7 +175,9 @@ def main() -> int:
     for k, v in med.items():
         print(f"{k:44} {v:9.3f}")
     print(f"{'ledger / watermark (deciding what is new)':44} {med['ledger: read + take new versions'] / med['watermark cursor (before)']:8.1f}x")
-    print(f"{'whole tick / listing':44} {med['whole tick (ledger)'] / med['list the zone']:8.1f}x")
+    print(f"{'whole listing / listing after the cursor':44} {med['list the zone'] / med['list after the cursor']:8.1f}x")
+    print(f"{'tick full / tick after the cursor':44} "
+          f"{med['whole tick, full listing'] / med['whole tick, after the cursor']:8.1f}x")
     return 0
 
 

@@ -23,6 +23,11 @@ MAX_FILES_PER_TICK = 500
 # A landing file is read whole by the sensor and by its run: a larger one is quarantined unread (quote events
 # for a day of 500 tickers take a few MB in any of the formats).
 MAX_FILE_BYTES = 64 * 1024**2
+# What a tick lists: the keys after the greatest one an earlier tick listed (the sensor's cursor; S3's
+# StartAfter), so files keyed in time order (quotes/DAY/...) cost a tick only themselves, and every
+# FULL_LISTING_EVERY ticks (about a minute) the whole zone, which finds a file keyed before that (a late file
+# for an earlier day, a rewritten file's new version). The cursor bounds listing work only: the ledger decides.
+FULL_LISTING_EVERY = 12
 
 # Every asset tagged with the daily cadence (partitions.DAILY), with its checks, in dependency order:
 # what a daily run or a backfill of trading days executes.
@@ -111,9 +116,12 @@ def pending_requests(ledger, instance: dg.DagsterInstance, sensor_name: str):
 def landing_zone_sensor(context: dg.SensorEvaluationContext, landing: LandingResource, lake: LakeResource):
     """A file version is new when the ledger does not hold it: no clock is compared, so a file stamped in the
     future, copied in with an old mtime, or listed out of order is taken like any other, and a rewritten file
-    (a new version) again. The ledger rows are recorded before the tick returns its run requests; a tick that
+    (a new version) again; one keyed before the greatest key listed so far waits for the next full listing
+    (FULL_LISTING_EVERY ticks). The ledger rows are recorded before the tick returns its run requests; a tick that
     ends between the two leaves `requested` rows whose runs do not exist, and the next tick asks for them again
     with the same run keys (Dagster starts one run per key): each file version is applied once."""
+    import json
+
     import polars as pl
 
     from stock_platform.lib.calendar import is_trading_day
@@ -122,10 +130,15 @@ def landing_zone_sensor(context: dg.SensorEvaluationContext, landing: LandingRes
 
     first_day, last_day = (dt.date.fromisoformat(k) for k in (trading_days.get_first_partition_key(),
                                                                trading_days.get_last_partition_key()))
+    listing = json.loads(context.cursor) if context.cursor else {"after": "", "tick": 0}
+    listed = landing.list(after="" if listing["tick"] % FULL_LISTING_EVERY == 0 else listing["after"])
     ledger = read_ledger(lake)
     taken = set(zip(ledger["key"], ledger["version"]))
-    fresh = [f for f in landing.list() if (f.key, f.version) not in taken]
+    fresh = [f for f in listed if (f.key, f.version) not in taken]
     backlog = max(0, len(fresh) - MAX_FILES_PER_TICK)
+    context.update_cursor(json.dumps(  # with a backlog, the next tick lists the whole zone again
+        {"after": listing["after"], "tick": 0} if backlog else
+        {"after": max([listing["after"], *(f.key for f in listed)]), "tick": listing["tick"] + 1}))
     batches: dict[dt.date, list[LandedFile]] = {}
     rows = []
     now = dt.datetime.now(dt.UTC)

@@ -20,20 +20,34 @@ from stock_platform.resources.warehouse import WarehouseResource
 from stock_platform_tests.helpers import failure_message, run_range
 
 
+def orphans(lake, table: str) -> set[str]:
+    """Data files in a local table's folder that no version of the table references: a killed writer's."""
+    from deltalake import DeltaTable
+
+    root = Path(lake.table_uri(table))
+    latest = DeltaTable(str(root)).version()
+    referenced = set()
+    for version in range(latest + 1):
+        referenced |= {uri.removeprefix("file://") for uri in DeltaTable(str(root), version=version).file_uris()}
+    on_disk = {str(p) for p in root.rglob("*.parquet") if not {"_delta_log", "_change_data"} & set(p.parts)}
+    return {str(Path(f).relative_to(root)) for f in on_disk - referenced}
+
+
 @pytest.mark.slow
-def test_a_dagster_run_killed_mid_backfill_leaves_readable_tables_and_a_rerun_converges(tmp_path):
+@pytest.mark.parametrize("zone", ["local", "s3"])
+def test_a_dagster_run_killed_mid_backfill_leaves_readable_tables_and_a_rerun_converges(tmp_path, zone, request):
     """`dagster asset materialize` of a two-year range (four date chunks per table, one commit each) is killed
     with SIGKILL after its first snapshot chunk committed: every table still loads at its last commit, holds
-    no duplicate key, and the same command run again completes the range with the rows of a clean run."""
+    no duplicate key, and the same command run again completes the range with the rows of a clean run. The
+    files the killed write left unreferenced are the ones vacuum deletes once past the retention."""
     import os
     import signal
     import subprocess
     import sys
 
-    from deltalake import DeltaTable
-
     from stock_platform.lib.calendar import trading_days
     from stock_platform.lib.demo_market import generate
+    from stock_platform.resources.lake import LakeResource
 
     tickers = [f"T{i:03d}" for i in range(60)]
     start, end = "2022-01-03", "2023-12-29"
@@ -41,21 +55,29 @@ def test_a_dagster_run_killed_mid_backfill_leaves_readable_tables_and_a_rerun_co
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STOCK_PLATFORM_", "DAGSTER_"))}
     env |= {"STOCK_PLATFORM_HOME": str(home), "STOCK_PLATFORM_TICKERS": ",".join(tickers),
             "STOCK_PLATFORM_START": start, "DAGSTER_HOME": str(home / "dagster")}
+    lake = LakeResource(uri=str(home / "lake"))
+    if zone == "s3":
+        import boto3
+
+        endpoint = request.getfixturevalue("s3_endpoint")
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="killed")
+        env |= {"STOCK_PLATFORM_LAKE_URI": "s3://killed/lake", "AWS_ENDPOINT_URL": endpoint,
+                **{k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}}
+        lake = LakeResource(uri="s3://killed/lake", aws_endpoint_url=endpoint)
     (home / "dagster").mkdir(parents=True)
     (home / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     command = [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-m", "stock_platform.definitions",
                "--select", "prices,price_snapshots", "--partition-range", f"{start}...{end}"]
-    snapshots = home / "lake" / SNAPSHOT_TABLE
 
     def committed() -> int:
         try:
-            return DeltaTable(str(snapshots)).version()
+            return lake.table(SNAPSHOT_TABLE).version()
         except Exception:  # noqa: BLE001 - not created yet
             return -1
 
     log = (tmp_path / "killed-run.log").open("w")  # (a pipe nobody reads would fill up and stall the run)
     proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     while committed() < 1 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
@@ -63,19 +85,29 @@ def test_a_dagster_run_killed_mid_backfill_leaves_readable_tables_and_a_rerun_co
     log.close()
     assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed-run.log").read_text()[-3000:]
     sessions = len(trading_days(dt.date.fromisoformat(start), dt.date.fromisoformat(end)))
-    partial = pl.read_delta(str(snapshots))
+    partial = lake.scan(SNAPSHOT_TABLE).collect()
     assert 0 < partial.height < len(tickers) * sessions  # killed between its chunk commits
     for table in ("prices", SNAPSHOT_TABLE):
-        rows = pl.read_delta(str(home / "lake" / table))  # loads at its last commit
+        rows = lake.scan(table).collect()  # loads at its last commit
         assert rows.select("ticker", "date").is_duplicated().sum() == 0, table
+    left = {table: orphans(lake, table) for table in ("prices", SNAPSHOT_TABLE)} if zone == "local" else {}
 
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     expected = generate(tickers, dt.date.fromisoformat(start), dt.date.fromisoformat(end)).sort("ticker", "date")
     for table in ("prices", SNAPSHOT_TABLE):
-        rows = pl.read_delta(str(home / "lake" / table)).sort("ticker", "date")
+        rows = lake.scan(table).collect().sort("ticker", "date")
         assert rows.height == len(tickers) * sessions and rows.select("ticker", "date").is_duplicated().sum() == 0
         assert rows.select("ticker", "date", "close").equals(expected.select("ticker", "date", "close")), table
+    for table, files in left.items():  # no commit refers to them: once older than the retention, vacuum takes them
+        root = Path(lake.table_uri(table))
+        month_ago = time.time() - (lake.retention_hours + 24) * 3600
+        for name in files:
+            os.utime(root / name, (month_ago, month_ago))
+        assert files <= set(lake.vacuum(table, dry_run=True)), table
+        lake.vacuum(table)
+        assert not any((root / name).exists() for name in files)
+        assert lake.scan(table).collect().height == len(tickers) * sessions
 
 
 @pytest.mark.postgres

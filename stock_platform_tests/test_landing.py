@@ -92,13 +92,15 @@ def test_newest_event_wins_and_deletes_remove_older_rows():
 
 
 # ----------------------------------------------------------------------------------------- sensor
-def sensor_tick(landing: LandingResource, lake: LakeResource, instance: dg.DagsterInstance | None = None):
+def sensor_tick(landing: LandingResource, lake: LakeResource, instance: dg.DagsterInstance | None = None,
+                cursor: str | None = None):
     """One evaluation of the sensor (in a fresh instance unless given: one where no run was created)."""
     if instance is None:
         with dg.instance_for_test() as fresh:
-            return sensor_tick(landing, lake, fresh)
+            return sensor_tick(landing, lake, fresh, cursor)
     context = dg.build_sensor_context(instance=instance, resources={"landing": landing, "lake": lake},
-                                      repository_def=defs.get_repository_def(), sensor_name="landing_zone_sensor")
+                                      repository_def=defs.get_repository_def(), sensor_name="landing_zone_sensor",
+                                      cursor=cursor)
     return landing_zone_sensor.evaluate_tick(context)
 
 
@@ -213,6 +215,48 @@ def test_file_times_never_decide_what_is_new(store, tmp_path, request):
         create_runs(instance, second.run_requests)
         assert not sensor_tick(landing, lake, instance).run_requests
     assert sorted(read_ledger(lake)["key"]) == ["copied-old.jsonl", "fast-clock.jsonl", "later.jsonl"]
+
+
+@pytest.mark.parametrize("store", ["local", "s3"])
+def test_a_tick_lists_after_its_cursor_and_the_whole_zone_every_few_ticks(store, tmp_path, request):
+    """Keys after the greatest key listed are found by the next tick; a file keyed before it (a late file for an
+    earlier day, a rewritten file) by the next full listing, FULL_LISTING_EVERY ticks at most."""
+    from stock_platform.automation import FULL_LISTING_EVERY
+
+    if store == "s3":
+        import boto3
+
+        endpoint = request.getfixturevalue("s3_endpoint")
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="landing-cursor")
+        landing = LandingResource(uri="s3://landing-cursor/quotes", aws_endpoint_url=endpoint)
+    else:
+        landing = LandingResource(uri=str(tmp_path / "landing"))
+    lake = LakeResource(uri=str(tmp_path / "lake"))
+    for key in ("2024-06-18/a.jsonl", "2024-06-18/b.jsonl"):
+        landing.write(key, jsonl(event()))
+    with dg.instance_for_test() as instance:
+        def tick(cursor):
+            result = sensor_tick(landing, lake, instance, cursor)
+            create_runs(instance, result.run_requests)
+            keys = {k for r in result.run_requests for k in r.run_config["ops"]["prices"]["config"]["landing_files"]}
+            return keys, result.cursor
+
+        keys, cursor = tick(None)  # the first tick lists the whole zone
+        assert keys == {"2024-06-18/a.jsonl", "2024-06-18/b.jsonl"}
+        assert json.loads(cursor) == {"after": "2024-06-18/b.jsonl", "tick": 1}
+        landing.write("2024-06-18/c.jsonl", jsonl(event(close=102.0)))
+        keys, cursor = tick(cursor)
+        assert keys == {"2024-06-18/c.jsonl"}
+        landing.write("2024-06-17/late.jsonl", jsonl(event(ts="2024-06-17T20:00:00Z")))
+        landing.write("2024-06-18/a.jsonl", jsonl(event(close=103.0)))  # rewritten: a new version
+        keys, waited = set(), 0
+        while not keys and waited <= FULL_LISTING_EVERY:
+            keys, cursor = tick(cursor)
+            waited += 1
+        assert waited > 1  # not found by the tick right after them: keyed before the cursor
+        assert waited <= FULL_LISTING_EVERY and keys == {"2024-06-17/late.jsonl", "2024-06-18/a.jsonl"}
+        keys, cursor = tick(cursor)
+        assert not keys
 
 
 def test_sensor_reads_an_s3_landing_zone(s3_endpoint, s3_lake):

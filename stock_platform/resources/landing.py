@@ -64,12 +64,15 @@ class LandingResource(dg.ConfigurableResource):
 
         return S3Resource(endpoint_url=self.aws_endpoint_url, region_name=self.aws_region).get_client()
 
-    def list(self) -> list[LandedFile]:
-        """Every landed file outside the quarantine, oldest first."""
+    def list(self, after: str = "") -> list[LandedFile]:
+        """Every landed file outside the quarantine whose key sorts after `after` (all by default), oldest first.
+        S3 starts its listing there (`StartAfter`); locally, folders whose keys all sort before it are skipped."""
         if self.is_s3:
             bucket, prefix = self._bucket_prefix()
             found = []
-            for page in self._s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            pages = self._s3().get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix, **({"StartAfter": prefix + after} if after else {}))
+            for page in pages:
                 for obj in page.get("Contents", []):
                     key = obj["Key"][len(prefix):]
                     if key and not key.startswith(QUARANTINE_PREFIX) and not key.endswith("/"):
@@ -88,9 +91,10 @@ class LandingResource(dg.ConfigurableResource):
                         continue
                     key = prefix + entry.name
                     if entry.is_dir(follow_symlinks=False):
-                        if key + "/" != QUARANTINE_PREFIX:
-                            walk(entry.path, key + "/")
-                    elif entry.is_file(follow_symlinks=False):
+                        folder = key + "/"  # every key below starts with it: all sort before `after`, or not
+                        if folder != QUARANTINE_PREFIX and (folder > after or after.startswith(folder)):
+                            walk(entry.path, folder)
+                    elif key > after and entry.is_file(follow_symlinks=False):
                         stat = entry.stat(follow_symlinks=False)
                         found.append(LandedFile(stat.st_mtime, key, stat.st_size, f"{stat.st_size}-{stat.st_mtime_ns}"))
 
