@@ -179,19 +179,23 @@ def test_a_tick_that_ended_before_its_runs_were_created_is_asked_again_with_the_
     assert dict(zip(ledger["run_key"], ledger["run_id"])) == runs
 
 
+def landing_zone(store: str, tmp_path, request, bucket: str) -> LandingResource:
+    """A landing zone in a local folder, or under a new bucket of the local S3 server."""
+    if store == "local":
+        return LandingResource(uri=str(tmp_path / "landing"))
+    import boto3
+
+    endpoint = request.getfixturevalue("s3_endpoint")
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    return LandingResource(uri=f"s3://{bucket}/quotes", aws_endpoint_url=endpoint)
+
+
 @pytest.mark.parametrize("store", ["local", "s3"])
 def test_file_times_never_decide_what_is_new(store, tmp_path, request):
     """Files stamped an hour ahead, copied in with their old times, or listed in any order are each taken once:
     the ledger holds file versions, no clock is compared (the mtime watermark skipped every file after one
     stamped in the future)."""
-    if store == "s3":
-        import boto3
-
-        endpoint = request.getfixturevalue("s3_endpoint")
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="landing-times")
-        landing = LandingResource(uri="s3://landing-times/quotes", aws_endpoint_url=endpoint)
-    else:
-        landing = LandingResource(uri=str(tmp_path / "landing"))
+    landing = landing_zone(store, tmp_path, request, "landing-times")
     lake = LakeResource(uri=str(tmp_path / "lake"))
 
     def land(key: str, ticker: str, shift: float = 0.0):
@@ -223,14 +227,7 @@ def test_a_tick_lists_after_its_cursor_and_the_whole_zone_every_few_ticks(store,
     earlier day, a rewritten file) by the next full listing, FULL_LISTING_EVERY ticks at most."""
     from stock_platform.automation import FULL_LISTING_EVERY
 
-    if store == "s3":
-        import boto3
-
-        endpoint = request.getfixturevalue("s3_endpoint")
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="landing-cursor")
-        landing = LandingResource(uri="s3://landing-cursor/quotes", aws_endpoint_url=endpoint)
-    else:
-        landing = LandingResource(uri=str(tmp_path / "landing"))
+    landing = landing_zone(store, tmp_path, request, "landing-cursor")
     lake = LakeResource(uri=str(tmp_path / "lake"))
     for key in ("2024-06-18/a.jsonl", "2024-06-18/b.jsonl"):
         landing.write(key, jsonl(event()))
