@@ -210,7 +210,7 @@ def lookback_cost(lake, days: list[str]) -> dict:
     snapshot read plus the indicator pass, alternated so drift on this noisy machine hits both alike."""
     import datetime as dt
 
-    from stock_platform.assets.lake import SNAPSHOT_TABLE
+    from stock_platform.lib.tables import SNAPSHOT_TABLE
     from stock_platform.lib.calendar import trading_days
     from stock_platform.lib.indicators import LOOKBACK, compute_features
     from stock_platform.assets.ml import LOOKBACK_MARGIN

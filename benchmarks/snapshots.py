@@ -45,7 +45,9 @@ def main() -> int:
     import polars as pl
     from deltalake import write_deltalake
 
-    from stock_platform.assets.lake import PRECOMBINE, SNAPSHOT_KEYS, SNAPSHOT_TABLE, ensure_snapshot_table
+    from stock_platform.assets.lake import ensure_snapshot_table
+
+    from stock_platform.lib.tables import PRECOMBINE, SNAPSHOT_KEYS, SNAPSHOT_TABLE
     from stock_platform.lib.calendar import trading_days
     from stock_platform.lib.demo_market import generate
     from stock_platform.resources.lake import LakeResource

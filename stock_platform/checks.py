@@ -1,11 +1,9 @@
 """Asset checks built from schemas.py. Blocking: a failed ERROR check stops downstream assets."""
 
-
 import dagster as dg
 
-from stock_platform.assets.ingestion import PRICES_TABLE, QUARANTINE_TABLE, prices
-from stock_platform.assets.ml import FEATURES_TABLE, features
 from stock_platform.gates import FAILED_PARTITIONS, FEATURES_CHECK, PRICES_CHECK
+from stock_platform.lib.tables import FEATURES_TABLE, PRICES_TABLE, QUARANTINE_TABLE
 from stock_platform.partitions import daily_check, partition_dates
 from stock_platform.resources import UniverseResource
 from stock_platform.resources.lake import LakeResource
@@ -38,7 +36,7 @@ def _markdown(df) -> str:
 
 
 @daily_check(
-    asset=prices,
+    asset=PRICES_CHECK.asset_key,
     name=PRICES_CHECK.name,
     description="Stored rows satisfy the pandera prices contract (prices > 0, OHLC ordering, volume >= 0, unique "
     "(ticker, date), trading days of the partition, tickers of the universe). Reports quarantined rows and the "
@@ -85,7 +83,7 @@ def prices_schema_check(context: dg.AssetCheckExecutionContext, lake: LakeResour
 
 
 @daily_check(
-    asset=features,
+    asset=FEATURES_CHECK.asset_key,
     name=FEATURES_CHECK.name,
     description="Stored features satisfy the pandera features contract: no inf/NaN, every model input in warm rows, "
     "RSI/stochastics/ADX in [0, 100], OBV ratio in [-1, 1], Bollinger bands ordered, 52-week distances signed "

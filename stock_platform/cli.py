@@ -136,9 +136,9 @@ def _step_errors(result) -> str:
 
 def _daily_assets() -> list[tuple[str, str]]:
     """(asset key, lake table) of the daily assets the demo materializes, in dependency order."""
-    from stock_platform.assets.ingestion import PRICES_TABLE
-    from stock_platform.assets.lake import SNAPSHOT_TABLE
-    from stock_platform.assets.ml import FEATURES_TABLE
+    from stock_platform.lib.tables import PRICES_TABLE
+    from stock_platform.lib.tables import SNAPSHOT_TABLE
+    from stock_platform.lib.tables import FEATURES_TABLE
 
     return [("prices", PRICES_TABLE), ("price_snapshots", SNAPSHOT_TABLE), ("features", FEATURES_TABLE)]
 
@@ -162,7 +162,7 @@ def run_daily_stage(instance, defs, start: dt.date, end: dt.date, tickers: list[
     """Materialize the daily assets for [start, end] as one single-run backfill; skip when up to date."""
     import dagster as dg
 
-    from stock_platform.assets.ingestion import PRICES_TABLE
+    from stock_platform.lib.tables import PRICES_TABLE
     from stock_platform.gates import FEATURES_CHECK, PRICES_CHECK, check_status
     from stock_platform.partitions import trading_days
 
@@ -284,7 +284,7 @@ def model_report(instance) -> tuple[dict, str]:
 
 def forecast_report(lake, start: dt.date | None, end: dt.date | None, plot: Path | None = None) -> str:
     """Out-of-sample forecasts over [start, end] beside the naive random walk (text; optional PNG plot)."""
-    from stock_platform.assets.forecast import EVALUATION_TABLE
+    from stock_platform.lib.tables import EVALUATION_TABLE
     from stock_platform.lib.evaluation import plot_png, summarize, summary_markdown
 
     if not lake.exists(EVALUATION_TABLE):
@@ -451,7 +451,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     _use_home(args)
     import polars as pl
 
-    from stock_platform.assets.lake import SNAPSHOT_TABLE
+    from stock_platform.lib.tables import SNAPSHOT_TABLE
     from stock_platform.resources.lake import LakeError, LakeResource
     from stock_platform.settings import get_settings
 
@@ -489,7 +489,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     _use_home(args)
     import polars as pl
 
-    from stock_platform.assets.model import served_versions, set_promoted
+    from stock_platform.registry import served_versions, set_promoted
     from stock_platform.definitions import build_resources
     from stock_platform.settings import get_settings
 

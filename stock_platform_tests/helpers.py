@@ -8,14 +8,17 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from stock_platform.assets.lake import PRECOMBINE, SNAPSHOT_TABLE, ensure_snapshot_table
-from stock_platform.assets.ml import FEATURES_TABLE
-from stock_platform.assets.model import load_training_set, register_version
+from stock_platform.assets.lake import ensure_snapshot_table
+
+from stock_platform.assets.model import load_training_set
+
 from stock_platform.lib import modeling
 from stock_platform.lib.calendar import trading_days
 from stock_platform.lib.demo_market import generate
 from stock_platform.lib.indicators import compute_features
 from stock_platform.lib.modeling import next_day_returns
+from stock_platform.lib.tables import FEATURES_TABLE, PRECOMBINE, SNAPSHOT_TABLE
+from stock_platform.registry import register_version
 from stock_platform.resources.lake import LakeResource
 from stock_platform.resources.tracking import TrackingResource
 from stock_platform.resources.tuning import TuningResource

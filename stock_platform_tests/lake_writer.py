@@ -17,8 +17,10 @@ import json
 
 import polars as pl
 
-from stock_platform.assets.lake import PRECOMBINE, SNAPSHOT_KEYS, SNAPSHOT_TABLE, ensure_snapshot_table
+from stock_platform.assets.lake import ensure_snapshot_table
+
 from stock_platform.lib.demo_market import generate
+from stock_platform.lib.tables import PRECOMBINE, SNAPSHOT_KEYS, SNAPSHOT_TABLE
 from stock_platform.resources.lake import LakeResource
 
 
@@ -49,7 +51,7 @@ def commit_for(lake: LakeResource, a: argparse.Namespace) -> None:
     """Commit marked versions until `a.for_seconds` have passed; print the number of commits."""
     import time
 
-    from stock_platform.assets.forecast import PREDICTIONS_TABLE
+    from stock_platform.lib.tables import PREDICTIONS_TABLE
 
     deadline, k = time.monotonic() + a.for_seconds, 0
     while time.monotonic() < deadline:

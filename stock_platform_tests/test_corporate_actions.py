@@ -110,9 +110,11 @@ def yahoo(monkeypatch):
 
 @pytest.mark.slow
 def test_daily_fetches_across_a_split_and_a_dividend_equal_a_full_refetch(yahoo, tmp_path):
-    from stock_platform.assets.ingestion import PRICES_TABLE, prices
+    from stock_platform.assets.ingestion import prices
+    from stock_platform.lib.tables import PRICES_TABLE
     from stock_platform.assets.lake import price_snapshots
-    from stock_platform.assets.ml import FEATURES_TABLE, features
+    from stock_platform.assets.ml import features
+    from stock_platform.lib.tables import FEATURES_TABLE
     from stock_platform.checks import features_schema_check, prices_schema_check
     from stock_platform.resources import PriceSourceResource, UniverseResource
     from stock_platform.resources.landing import LandingResource

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import dagster as dg
 
@@ -99,3 +100,31 @@ def test_dagster_validates_the_code_location(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "All code locations passed validation" in out.stdout + out.stderr
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at its top or inside functions (absolute names)."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_the_layers_import_downwards_only():
+    """Serving, the CLI and the checks name tables from the catalog (lib/tables.py) and models from the registry,
+    never from an asset module; lib/ is Dagster-free."""
+    package = Path(__file__).resolve().parents[1] / "stock_platform"
+    above = [*package.glob("serving/*.py"), *package.glob("cli*.py"), *package.glob("cli/*.py"),
+             package / "checks.py", package / "registry.py"]
+    wrong = {str(f.relative_to(package)): sorted(m for m in imported_modules(f) if m.startswith("stock_platform.assets"))
+             for f in above}
+    assert not {f: m for f, m in wrong.items() if m}
+    dagster_in_lib = {str(f.relative_to(package)): sorted(m for m in imported_modules(f)
+                                                          if m.split(".")[0].startswith("dagster"))
+                      for f in package.glob("lib/*.py")}
+    assert not {f: m for f, m in dagster_in_lib.items() if m}

@@ -9,11 +9,12 @@ import pytest
 
 from stock_platform.assets.ingestion import prices
 from stock_platform.assets.lake import price_snapshots
-from stock_platform.assets.ml import FEATURES_TABLE, features, lookback_start
+from stock_platform.assets.ml import features, lookback_start
 from stock_platform.automation import daily_assets_job
 from stock_platform.checks import features_schema_check, prices_schema_check
 from stock_platform.lib.calendar import trading_days as sessions
 from stock_platform.lib.indicators import WARM_ROWS, feature_columns
+from stock_platform.lib.tables import FEATURES_TABLE
 from stock_platform.resources.landing import LandingResource
 from stock_platform.resources.warehouse import WarehouseResource
 from stock_platform_tests.helpers import failure_message, materialization_metadata, run_range

@@ -9,11 +9,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from stock_platform.assets.forecast import (EVALUATION_TABLE, PREDICTIONS_TABLE, model_for_each_day,
-                                            prediction_evaluation, predictions, predictions_check)
-from stock_platform.assets.lake import SNAPSHOT_TABLE
-from stock_platform.assets.model import load_booster, promoted_versions, served_versions, set_promoted
+from stock_platform.assets.forecast import model_for_each_day, prediction_evaluation, predictions, predictions_check
 from stock_platform.lib.calendar import trading_days
+from stock_platform.lib.tables import EVALUATION_TABLE, PREDICTIONS_TABLE, SNAPSHOT_TABLE
+from stock_platform.registry import load_booster, promoted_versions, served_versions, set_promoted
 from stock_platform.resources import UniverseResource
 from stock_platform.resources.warehouse import WarehouseResource
 from stock_platform_tests.helpers import (build_lake, fail_the_features_check, failure_message,

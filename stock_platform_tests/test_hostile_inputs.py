@@ -16,10 +16,12 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from stock_platform.assets.ingestion import PRICES_TABLE, QUARANTINE_TABLE, prices
-from stock_platform.assets.lake import SNAPSHOT_TABLE, price_snapshots
+from stock_platform.assets.ingestion import prices
+
+from stock_platform.assets.lake import price_snapshots
 from stock_platform.automation import daily_assets_job, landing_zone_sensor
 from stock_platform.checks import prices_schema_check
+from stock_platform.lib.tables import PRICES_TABLE, QUARANTINE_TABLE, SNAPSHOT_TABLE
 from stock_platform.resources import PriceSourceResource, UniverseResource
 from stock_platform.resources.lake import LakeResource
 from stock_platform.resources.landing import LandingResource, read_ledger

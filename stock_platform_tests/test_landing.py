@@ -11,11 +11,10 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from stock_platform.assets.ingestion import PRICES_TABLE
-from stock_platform.assets.lake import SNAPSHOT_TABLE
 from stock_platform.automation import landing_zone_sensor
 from stock_platform.definitions import defs
 from stock_platform.lib.events import EventFileError, apply_events, deletes, events_to_bars, read_events
+from stock_platform.lib.tables import PRICES_TABLE, SNAPSHOT_TABLE
 from stock_platform.resources.lake import LakeResource
 from stock_platform.resources.landing import LandingResource, read_ledger, validate_key
 
@@ -321,7 +320,7 @@ def test_a_landing_run_upserts_deletes_and_replays_harmlessly(tmp_path, instance
     assert lake.snapshot(SNAPSHOT_TABLE, start=day, end=day, include_deleted=True).sort("ticker").equals(after)
 
     # a landed update that breaks the contract: quarantined, and XOM's accepted row stays in both tables
-    from stock_platform.assets.ingestion import QUARANTINE_TABLE
+    from stock_platform.lib.tables import QUARANTINE_TABLE
 
     landing.write("q/2.jsonl", jsonl(event(ticker="XOM", close=-1.0, low=-2.0, ts="2024-06-18T21:05:00Z",
                                            event_id="bad")))

@@ -8,9 +8,11 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from stock_platform.assets.ingestion import PRICES_TABLE, QUARANTINE_TABLE, prices
+from stock_platform.assets.ingestion import prices
+
 from stock_platform.automation import daily_assets_job
 from stock_platform.checks import prices_schema_check
+from stock_platform.lib.tables import PRICES_TABLE, QUARANTINE_TABLE
 from stock_platform.partitions import trading_days
 from stock_platform.resources import PriceSourceResource
 from stock_platform.resources.landing import LandingResource

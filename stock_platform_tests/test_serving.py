@@ -215,7 +215,9 @@ def test_a_cursor_whose_history_is_gone_is_closed_with_where_to_resume(tmp_path)
 
     from websockets.sync.client import connect
 
-    from stock_platform.assets.lake import PRECOMBINE, SNAPSHOT_KEYS, SNAPSHOT_TABLE, ensure_snapshot_table
+    from stock_platform.assets.lake import ensure_snapshot_table
+
+    from stock_platform.lib.tables import PRECOMBINE, SNAPSHOT_KEYS, SNAPSHOT_TABLE
     from stock_platform.serving.api import CURSOR_GONE
     from stock_platform_tests.lake_writer import batch
 
@@ -390,8 +392,9 @@ def test_reads_during_concurrent_commits_never_fail_and_never_tear(tmp_path):
     (`dates_per_commit`): a longer write is committed in chunks, and a reader may see its first chunk only."""
     import httpx
 
-    from stock_platform.assets.forecast import PREDICTIONS_TABLE
-    from stock_platform.assets.lake import PRECOMBINE, SNAPSHOT_KEYS, SNAPSHOT_TABLE, ensure_snapshot_table
+    from stock_platform.lib.tables import PREDICTIONS_TABLE
+    from stock_platform.assets.lake import ensure_snapshot_table
+    from stock_platform.lib.tables import PRECOMBINE, SNAPSHOT_KEYS, SNAPSHOT_TABLE
     from stock_platform_tests.lake_writer import batch, predictions
 
     start, end, tickers = dt.date(2024, 7, 1), dt.date(2024, 12, 27), 4

@@ -6,10 +6,12 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from stock_platform.assets.ingestion import PRICES_TABLE, prices
-from stock_platform.assets.lake import SNAPSHOT_TABLE, price_snapshots
+from stock_platform.assets.ingestion import prices
+
+from stock_platform.assets.lake import price_snapshots
 from stock_platform.automation import daily_assets_job
 from stock_platform.checks import prices_schema_check
+from stock_platform.lib.tables import PRICES_TABLE, SNAPSHOT_TABLE
 from stock_platform.resources.landing import LandingResource
 from stock_platform.resources.warehouse import WarehouseResource
 from stock_platform_tests.helpers import failure_message, materialization_metadata, run_range

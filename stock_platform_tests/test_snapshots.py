@@ -14,8 +14,10 @@ import time
 import polars as pl
 import pytest
 
-from stock_platform.assets.lake import PRECOMBINE, SNAPSHOT_KEYS, SNAPSHOT_TABLE, ensure_snapshot_table
+from stock_platform.assets.lake import ensure_snapshot_table
+
 from stock_platform.lib.snapshots import MergeCounts, precombine
+from stock_platform.lib.tables import PRECOMBINE, SNAPSHOT_KEYS, SNAPSHOT_TABLE
 from stock_platform.resources.lake import LakeError, LakeResource
 from stock_platform_tests.lake_writer import batch
 

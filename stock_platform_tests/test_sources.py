@@ -275,7 +275,9 @@ def test_an_outage_retries_the_prices_step_then_fails_naming_it_and_the_next_run
     backoff with jitter), then fails with the source, ticker and error; once Yahoo answers, a run completes."""
     import dagster as dg
 
-    from stock_platform.assets.ingestion import PRICES_TABLE, prices
+    from stock_platform.assets.ingestion import prices
+
+    from stock_platform.lib.tables import PRICES_TABLE
     from stock_platform.automation import daily_assets_job
     from stock_platform.resources import UniverseResource
     from stock_platform.resources.landing import LandingResource

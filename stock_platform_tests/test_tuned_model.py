@@ -8,8 +8,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from stock_platform.assets.model import LEAKAGE_CHECK, load_booster, load_training_set, served_versions, tuned_model
+from stock_platform.assets.model import LEAKAGE_CHECK, load_training_set, tuned_model
+
 from stock_platform.lib.indicators import MODEL_FEATURES
+from stock_platform.registry import load_booster, served_versions
 from stock_platform.resources.tracking import TrackingResource
 from stock_platform.resources.tuning import TuningResource
 from stock_platform_tests.helpers import (build_lake, fail_the_features_check, failure_message,

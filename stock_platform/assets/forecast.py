@@ -4,18 +4,21 @@ import datetime as dt
 
 import dagster as dg
 
-from stock_platform.assets.lake import SNAPSHOT_TABLE, price_snapshots
-from stock_platform.assets.ml import FEATURES_TABLE, features
-from stock_platform.assets.model import load_booster, promoted_versions, served_versions, tuned_model
+from stock_platform.assets.lake import price_snapshots
+
+from stock_platform.assets.ml import features
+from stock_platform.assets.model import tuned_model
 from stock_platform.gates import FEATURES_CHECK, PREDICTIONS_CHECK, check_status
+from stock_platform.lib.tables import (EVALUATION_TABLE, FEATURES_TABLE, PREDICTIONS_TABLE,
+                                       SNAPSHOT_TABLE, WAREHOUSE_EVALUATION, WAREHOUSE_PREDICTIONS,
+                                       predictions_schema)
 from stock_platform.partitions import daily_asset, daily_check, partition_dates
+from stock_platform.registry import load_booster, promoted_versions, served_versions
 from stock_platform.resources import UniverseResource
 from stock_platform.resources.lake import LakeResource
 from stock_platform.resources.tracking import TrackingResource
 from stock_platform.resources.warehouse import WarehouseResource
 
-PREDICTIONS_TABLE = "predictions"
-EVALUATION_TABLE = "prediction_evaluation"
 MAX_ABS_RETURN = 0.5  # a forecast beyond ±50% in a day is a broken model, not a bold one
 # A target day's forecast was made on the session before it.
 PREVIOUS_SESSION = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
@@ -93,13 +96,12 @@ def predictions(context: dg.AssetExecutionContext, lake: LakeResource, tracking:
                 .dt.replace_time_zone("America/New_York").dt.convert_time_zone("UTC"),
                 pl.col("registered_at")),
         )
-        .select("ticker", "date", "target_date", "pred_return", "pred_close", "model_name", "model_version",
-                "created_at")
+        .select(list(predictions_schema()))
         .sort("ticker", "date")
     )
     # with a change data feed: the API's /ws/updates streams new forecasts from it
     version = lake.replace_dates(PREDICTIONS_TABLE, out, start, end, change_data_feed=True)
-    warehouse.upsert("stock_pred", out.with_columns(
+    warehouse.upsert(WAREHOUSE_PREDICTIONS, out.with_columns(
         model=pl.format("{}/{}", "model_name", "model_version")))
     without = sorted(set(dates) - set(plan))
     return dg.MaterializeResult(metadata={
@@ -130,8 +132,7 @@ def predictions_check(context: dg.AssetCheckExecutionContext, lake: LakeResource
                 .filter(pl.col("warm") & pl.col("date").is_in(list(plan)) & pl.col("ticker").is_in(universe.tickers))
                 .select("ticker", "date"))
     got = lake.read(PREDICTIONS_TABLE, dates[0], dates[-1]) if lake.exists(PREDICTIONS_TABLE) else None
-    got = got if got is not None else pl.DataFrame(schema={"ticker": pl.String, "date": pl.Date,
-                                                           "pred_return": pl.Float64})
+    got = got if got is not None else pl.DataFrame(schema=predictions_schema())
     missing = expected.join(got, on=["ticker", "date"], how="anti")
     bad = got.filter(~pl.col("pred_return").is_finite() | (pl.col("pred_return").abs() >= MAX_ABS_RETURN))
     return dg.AssetCheckResult(
@@ -182,7 +183,7 @@ def prediction_evaluation(context: dg.AssetExecutionContext, lake: LakeResource,
         "ticker", "date", "close", "dividends", "splits")
     table = evaluate(preds, closes)
     version = lake.replace_dates(EVALUATION_TABLE, table, start, end, date_column="target_date")
-    warehouse.upsert("stock_pred_eval", table.rename({"date": "asof_date", "target_date": "date"}).with_columns(
+    warehouse.upsert(WAREHOUSE_EVALUATION, table.rename({"date": "asof_date", "target_date": "date"}).with_columns(
         model=pl.format("{}/{}", pl.lit(preds["model_name"][0]), "model_version")))
     summary = summarize(table)
     metadata = {

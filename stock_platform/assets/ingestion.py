@@ -5,13 +5,12 @@ import datetime as dt
 
 import dagster as dg
 
+from stock_platform.lib.tables import PRICES_TABLE, QUARANTINE_TABLE
 from stock_platform.partitions import daily_asset, partition_dates
 from stock_platform.resources import PriceSourceResource, UniverseResource
-from stock_platform.resources.landing import LandingResource
 from stock_platform.resources.lake import LakeResource
+from stock_platform.resources.landing import LandingResource
 
-PRICES_TABLE = "prices"
-QUARANTINE_TABLE = "prices_quarantine"
 
 
 class LandingConfig(dg.Config):

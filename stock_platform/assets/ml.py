@@ -2,11 +2,12 @@
 
 import dagster as dg
 
-from stock_platform.assets.lake import SNAPSHOT_TABLE, price_snapshots
+from stock_platform.assets.lake import price_snapshots
+
+from stock_platform.lib.tables import FEATURES_TABLE, SNAPSHOT_TABLE
 from stock_platform.partitions import daily_asset, partition_dates
 from stock_platform.resources.lake import LakeResource
 
-FEATURES_TABLE = "features"
 # Sessions read before a partition beyond the indicators' LOOKBACK rows: room for a few days a ticker missed.
 LOOKBACK_MARGIN = 20
 

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+from stock_platform.lib.tables import LEDGER_TABLE, LEDGER_KEYS
 
 QUARANTINE_PREFIX = "_quarantine/"
-LEDGER_TABLE = "landing_ledger"
-LEDGER_KEYS = ("key", "version", "day")  # day: the trading day a run applies the file to ("" when quarantined)
 REQUESTED, SUBMITTED, QUARANTINED = "requested", "submitted", "quarantined"
 _KEY = re.compile(r"^[A-Za-z0-9_\-=.][A-Za-z0-9_\-=./]{0,400}$")
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
+from stock_platform.lib.tables import WAREHOUSE_EVALUATION, WAREHOUSE_PREDICTIONS, WAREHOUSE_PRICES
 from stock_platform.settings import TICKER_PATTERN
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ def _metadata() -> MetaData:
 
     md = MetaData()
     Table(
-        "stock_price", md,
+        WAREHOUSE_PRICES, md,
         Column("date", Date, primary_key=True),
         Column("ticker", String(16), primary_key=True),
         Column("open", Float, nullable=False),
@@ -40,7 +41,7 @@ def _metadata() -> MetaData:
         Column("ingested_at", DateTime(timezone=True), nullable=False),
     )
     Table(
-        "stock_pred", md,  # one next-day forecast per (as-of date, ticker)
+        WAREHOUSE_PREDICTIONS, md,  # one next-day forecast per (as-of date, ticker)
         Column("date", Date, primary_key=True),
         Column("ticker", String(16), primary_key=True),
         Column("pred_close", Float, nullable=False),
@@ -51,7 +52,7 @@ def _metadata() -> MetaData:
         Column("created_at", DateTime(timezone=True), nullable=False),
     )
     Table(
-        "stock_pred_eval", md,  # the forecast for the target day beside the truth and the naive forecast
+        WAREHOUSE_EVALUATION, md,  # the forecast for the target day beside the truth and the naive forecast
         Column("date", Date, primary_key=True),  # the target day
         Column("ticker", String(16), primary_key=True),
         Column("pred_close", Float, nullable=False),
@@ -161,7 +162,7 @@ class WarehouseResource(dg.ConfigurableResource):
 
         live = snapshot_rows.filter(~pl.col("_is_deleted")).rename({"splits": "stock_splits"})
         gone = snapshot_rows.filter(pl.col("_is_deleted")).select("date", "ticker")
-        return {"upserted": self.upsert("stock_price", live), "deleted": self.delete("stock_price", gone)}
+        return {"upserted": self.upsert(WAREHOUSE_PRICES, live), "deleted": self.delete(WAREHOUSE_PRICES, gone)}
 
 
 def _executemany_upsert(conn, table: Table, rows: pl.DataFrame) -> None:

@@ -12,13 +12,11 @@ import datetime as dt
 import polars as pl
 import streamlit as st
 
-from stock_platform.assets.forecast import predictions_check
-from stock_platform.checks import features_schema_check, prices_schema_check
+from stock_platform.gates import FEATURES_CHECK, PREDICTIONS_CHECK, PRICES_CHECK
 from stock_platform.serving import queries as q
 
 # The blocking checks whose latest results the data-quality panel shows.
-CHECK_KEYS = [key for check in (prices_schema_check, features_schema_check, predictions_check)
-              for key in check.check_keys]
+CHECK_KEYS = [PRICES_CHECK, FEATURES_CHECK, PREDICTIONS_CHECK]
 
 
 @st.cache_resource

@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from stock_platform.assets.forecast import EVALUATION_TABLE as EVALUATION
-from stock_platform.assets.forecast import PREDICTIONS_TABLE as PREDICTIONS
-from stock_platform.assets.ingestion import QUARANTINE_TABLE as QUARANTINE
-from stock_platform.assets.lake import SNAPSHOT_TABLE as SNAPSHOTS
-from stock_platform.assets.ml import FEATURES_TABLE as FEATURES
+from stock_platform.lib.tables import EVALUATION_TABLE as EVALUATION
+from stock_platform.lib.tables import FEATURES_TABLE as FEATURES
+from stock_platform.lib.tables import PREDICTIONS_TABLE as PREDICTIONS
+from stock_platform.lib.tables import QUARANTINE_TABLE as QUARANTINE
+from stock_platform.lib.tables import SNAPSHOT_TABLE as SNAPSHOTS
+from stock_platform.lib.tables import predictions_schema
 from stock_platform.resources.lake import LakeResource
 
 if TYPE_CHECKING:
@@ -69,11 +70,9 @@ def predictions(lake: LakeResource, ticker: str, start: dt.date | None, end: dt.
     """The ticker's forecasts made on days in [start, end]: predicted close, the naive forecast (the close of
     the day it was made) and, once known, the actual close of the target day."""
     if not lake.exists(PREDICTIONS):
-        return pl.DataFrame(schema={"date": pl.Date, "target_date": pl.Date, "pred_return": pl.Float64,
-                                    "pred_close": pl.Float64, "naive_close": pl.Float64,
-                                    "actual_close": pl.Float64, "model_name": pl.String,
-                                    "model_version": pl.Int32, "created_at": pl.Datetime("us", "UTC")})
-    preds = lake.read(PREDICTIONS, start, end, tickers=[ticker])
+        preds = pl.DataFrame(schema=predictions_schema())
+    else:
+        preds = lake.read(PREDICTIONS, start, end, tickers=[ticker])
     if preds.is_empty():
         closes = pl.DataFrame(schema={"date": pl.Date, "close": pl.Float64})
     else:

@@ -1,0 +1,39 @@
+"""The catalog of tables: every lake table's name and keys, and the warehouse's mirrors (no Dagster here).
+
+Assets, checks, resources, serving and the CLI name tables from here only, so nothing above the Dagster layer
+imports an asset module to learn a table's name. Schemas live beside the logic that builds the rows
+(`lib/prices.py`, `lib/indicators.py`, ...); the predictions' shape, read by the asset, its check and the API,
+is here.
+"""
+
+from __future__ import annotations
+
+# ------------------------------------------------------------------------------------------------ lake
+PRICES_TABLE = "prices"  # validated daily bars, replaced by date range
+QUARANTINE_TABLE = "prices_quarantine"  # rejected records with their reason; dated by `partition_date`
+SNAPSHOT_TABLE = "price_snapshots"  # the Hudi-like upsert table
+SNAPSHOT_KEYS = ("ticker", "date")
+PRECOMBINE = "ingested_at"  # the newest record of a key wins
+FEATURES_TABLE = "features"
+MODELS_TABLE = "model_versions"  # every registered model's serving copy
+MODELS_KEYS = ("model_name", "version")
+PREDICTIONS_TABLE = "predictions"
+EVALUATION_TABLE = "prediction_evaluation"  # dated by `target_date`
+LEDGER_TABLE = "landing_ledger"  # landed file versions taken or quarantined
+LEDGER_KEYS = ("key", "version", "day")  # day: the trading day a run applies the file to ("" when quarantined)
+
+# ------------------------------------------------------------------------------------------- warehouse
+WAREHOUSE_PRICES = "stock_price"  # mirrors price_snapshots' live rows
+WAREHOUSE_PREDICTIONS = "stock_pred"
+WAREHOUSE_EVALUATION = "stock_pred_eval"
+
+
+
+def predictions_schema() -> dict:
+    """The predictions table's columns (what `predictions` writes, its check and the API read). A function:
+    polars is imported when used (loading the Dagster definitions imports no polars)."""
+    import polars as pl
+
+    return {"ticker": pl.String, "date": pl.Date, "target_date": pl.Date, "pred_return": pl.Float64,
+            "pred_close": pl.Float64, "model_name": pl.String, "model_version": pl.Int32,
+            "created_at": pl.Datetime("us", "UTC")}
