@@ -3,6 +3,7 @@
 import dagster as dg
 
 from stock_platform.gates import FAILED_PARTITIONS, FEATURES_CHECK, PRICES_CHECK
+from stock_platform.lib.markdown import markdown_table
 from stock_platform.lib.tables import FEATURES_TABLE, PRICES_TABLE, QUARANTINE_TABLE
 from stock_platform.partitions import daily_check, partition_dates
 from stock_platform.resources import UniverseResource
@@ -29,10 +30,8 @@ def _failed_partitions(stored, cases) -> dict:
 def _markdown(df) -> str:
     """A small polars frame as a markdown table (first rows only)."""
     rows = df.head(_MAX_TABLE_ROWS)
-    header = "| " + " | ".join(rows.columns) + " |\n|" + "---|" * len(rows.columns) + "\n"
-    body = "".join("| " + " | ".join(str(v) for v in r) + " |\n" for r in rows.iter_rows())
-    more = f"\n… {df.height - rows.height} more rows" if df.height > rows.height else ""
-    return header + body + more
+    more = f"\n\n… {df.height - rows.height} more rows" if df.height > rows.height else ""
+    return markdown_table(rows.iter_rows(), rows.columns, fmt="{}") + more
 
 
 @daily_check(

@@ -34,6 +34,10 @@ Configure it in dagster.yaml:
 
 from __future__ import annotations
 
+# Private Dagster APIs, on purpose: a run launcher's protocol with its run workers (ExecuteRunArgs, the
+# `execute_run` command, the cancellation thread, the instance ref, CheckRunHealthResult) has no public API;
+# Dagster's own Docker and Kubernetes launchers use the same. test_definitions lists every private import.
+
 import importlib
 import os
 import subprocess
@@ -42,7 +46,6 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import dagster._check as check
 from dagster import Field
 from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, LaunchRunContext, WorkerStatus
 from dagster._serdes import ConfigurableClassData
@@ -82,7 +85,7 @@ class WarmProcessRunLauncher(DefaultRunLauncher):
     def __init__(self, inst_data: ConfigurableClassData | None = None, spares: int = 2,
                  preload_modules: Sequence[str] = DEFAULT_PRELOAD):
         super().__init__(inst_data=inst_data)
-        self._spares_wanted = check.int_param(spares, "spares")
+        self._spares_wanted = int(spares)
         self._preload = list(preload_modules)
         self._spares: list[subprocess.Popen] = []
         self._lock = threading.Lock()
@@ -226,7 +229,8 @@ def _execute(serialized_args: str) -> None:
     from dagster._serdes import deserialize_value
 
     args = deserialize_value(serialized_args, ExecuteRunArgs)
-    with DagsterInstance.from_ref(check.not_none(args.instance_ref)) as instance:
+    assert args.instance_ref is not None, "a run worker needs the instance"
+    with DagsterInstance.from_ref(args.instance_ref) as instance:
         thread, stop = start_run_cancellation_thread(instance, args.run_id)
         try:
             execute_run_command.main([serialized_args], prog_name="dagster api execute_run",

@@ -88,7 +88,8 @@ class Daemon:
         self.log = open(home / "daemon.log", "a")  # noqa: SIM115 - closed in stop()
         subprocess.run([sys.executable, "-m", "dagster", "sensor", "start", "-m", "stock_platform.definitions",
                         "landing_zone_sensor"], env=env, check=True, capture_output=True, timeout=120)
-        self.proc = subprocess.Popen([sys.executable, "-m", "dagster._daemon", "run", "-m", "stock_platform.definitions"],
+        self.proc = subprocess.Popen([str(Path(sys.executable).with_name("dagster-daemon")), "run", "-m",
+                                      "stock_platform.definitions"],
                                      env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill(self) -> None:

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -26,8 +28,16 @@ def submitted(ledger_path) -> pl.DataFrame | None:
     return None if (ledger["status"] == "requested").any() else ledger
 
 
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """A stack home with history and a promoted model, built once; each test works on a copy of it."""
+    template = tmp_path_factory.mktemp("prepared")
+    prepare(template, stack_env(template))
+    return template
+
+
 @pytest.mark.parametrize("zone", ["local", "s3"])
-def test_landed_files_reach_snapshots_and_predictions_through_the_daemon(tmp_path, zone, request):
+def test_landed_files_reach_snapshots_and_predictions_through_the_daemon(tmp_path, zone, request, prepared):
     extra = {}
     if zone == "s3":
         import boto3
@@ -37,7 +47,7 @@ def test_landed_files_reach_snapshots_and_predictions_through_the_daemon(tmp_pat
         extra = {"STOCK_PLATFORM_LANDING_URI": "s3://landing-daemon/quotes", "AWS_ENDPOINT_URL": endpoint,
                  "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
     env = stack_env(tmp_path, **extra)
-    prepare(tmp_path, env)
+    shutil.copytree(prepared, tmp_path, dirs_exist_ok=True)
     landing = LandingResource(uri=extra.get("STOCK_PLATFORM_LANDING_URI", str(tmp_path / "landing")),
                               aws_endpoint_url=extra.get("AWS_ENDPOINT_URL"))
     bars = generate(list(TICKERS), DAY, DAY)
@@ -63,11 +73,11 @@ def test_landed_files_reach_snapshots_and_predictions_through_the_daemon(tmp_pat
     assert ledger["run_key"][0].startswith(f"landing:{DAY}:") and ledger["run_id"][0]
 
 
-def test_a_landing_run_whose_daemon_dies_fails_is_retried_once_and_applies_its_file_once(tmp_path):
+def test_a_landing_run_whose_daemon_dies_fails_is_retried_once_and_applies_its_file_once(tmp_path, prepared):
     """kill -9 of the daemon with its run worker mid-run: the run would stay STARTED for ever; the restarted
     daemon's run monitoring fails it (its worker is gone), run retries start it again, and the file lands once."""
     env = stack_env(tmp_path)
-    prepare(tmp_path, env)
+    shutil.copytree(prepared, tmp_path, dirs_exist_ok=True)
     landing = LandingResource(uri=str(tmp_path / "landing"))
     bars = generate(list(TICKERS), DAY, DAY)
     daemon = Daemon(tmp_path, env)

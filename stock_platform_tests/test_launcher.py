@@ -9,7 +9,6 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.errors import DagsterInvariantViolationError
 from dagster._core.launcher import LaunchRunContext
 
 from stock_platform.launcher import WORKER_PID_TAG, WORKER_START_TAG
@@ -145,6 +144,6 @@ def test_runs_of_another_python_environment_are_left_to_their_code_server(warm_i
         probe_job, run_config={"ops": {"probe": {"config": {"report": str(tmp_path / "r.json")}}}},
         job_code_origin=elsewhere)
     # DefaultRunLauncher's path: it asks the run's code location (from the workspace) to start the run
-    with pytest.raises(DagsterInvariantViolationError, match="requires a workspace"):
+    with pytest.raises(dg.DagsterInvariantViolationError, match="requires a workspace"):
         warm_instance.run_launcher.launch_run(LaunchRunContext(dagster_run=run, workspace=None))
     assert WORKER_PID_TAG not in warm_instance.get_run_by_id(run.run_id).tags

@@ -55,7 +55,7 @@ def predictions(context: dg.AssetExecutionContext, lake: LakeResource, tracking:
                 warehouse: WarehouseResource) -> dg.MaterializeResult:
     import polars as pl
 
-    from stock_platform.lib.calendar import trading_days
+    from stock_platform.lib.calendar import session_close_utc, trading_days
 
     dates = partition_dates(context)
     start, end = dates[0], dates[-1]
@@ -92,8 +92,7 @@ def predictions(context: dg.AssetExecutionContext, lake: LakeResource, tracking:
             model_name=pl.lit(tracking.model_name),
             # when the forecast could first exist: d's close, or the model's registration if later (a backfill)
             created_at=pl.max_horizontal(
-                pl.col("date").cast(pl.Datetime("us")).dt.offset_by("16h")
-                .dt.replace_time_zone("America/New_York").dt.convert_time_zone("UTC"),
+                session_close_utc(pl.col("date")),
                 pl.col("registered_at")),
         )
         .select(list(predictions_schema()))

@@ -6,6 +6,7 @@ import dagster as dg
 
 from stock_platform.assets.ml import features
 from stock_platform.gates import FEATURES_CHECK, LEAKAGE_CHECK as LEAKAGE_CHECK_KEY, check_status
+from stock_platform.lib.markdown import markdown_table
 from stock_platform.lib.tables import FEATURES_TABLE, SNAPSHOT_TABLE
 from stock_platform.partitions import model_weeks
 from stock_platform.registry import register_version
@@ -57,10 +58,8 @@ def load_training_set(lake: LakeResource, end: dt.date, exclude=None):
         raise dg.Failure(f"tuned_model up to {end}: {exc}") from exc
 
 
-def _table(rows: list[dict], columns: list[str], fmt: str = "{:.4g}") -> str:
-    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
-    cell = lambda v: fmt.format(v) if isinstance(v, float) else str(v)  # noqa: E731
-    return head + "\n".join("| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows)
+def _table(rows: list[dict], columns: list[str]) -> str:
+    return markdown_table([[r.get(c, "") for c in columns] for r in rows], columns)
 
 
 @dg.asset(

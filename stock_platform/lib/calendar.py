@@ -23,6 +23,14 @@ EXCHANGE_TIMEZONE = "America/New_York"
 _EXCHANGE_TZ = ZoneInfo(EXCHANGE_TIMEZONE)
 
 
+def session_close_utc(date):
+    """A polars expression: the instant (UTC) of 16:00 New York on each day of the date expression `date`."""
+    import polars as pl
+
+    return (date.cast(pl.Datetime("us")).dt.offset_by("16h")
+            .dt.replace_time_zone(EXCHANGE_TIMEZONE).dt.convert_time_zone("UTC"))
+
+
 def exchange_now() -> dt.datetime:
     """The current instant in New York time (the only wall-clock read of the date logic)."""
     return dt.datetime.now(_EXCHANGE_TZ)

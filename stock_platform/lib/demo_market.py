@@ -29,7 +29,7 @@ import zlib
 import numpy as np
 import polars as pl
 
-from stock_platform.lib.calendar import EXCHANGE_TIMEZONE, trading_days
+from stock_platform.lib.calendar import session_close_utc, trading_days
 
 DEMO_ORIGIN = dt.date(2000, 1, 3)
 DEFAULT_SEED = 7
@@ -157,8 +157,7 @@ def _frame(tickers: list[str], dates: list[dt.date], cols: dict[str, np.ndarray]
     return df.with_columns(
         source=pl.lit("demo"),
         # A demo bar is published at its session's close (deterministic, so reruns are identical).
-        ingested_at=pl.col("date").cast(pl.Datetime("us")).dt.offset_by("16h")
-        .dt.replace_time_zone(EXCHANGE_TIMEZONE).dt.convert_time_zone("UTC"),
+        ingested_at=session_close_utc(pl.col("date")),
     )
 
 

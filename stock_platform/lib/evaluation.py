@@ -13,7 +13,8 @@ import math
 import numpy as np
 import polars as pl
 
-EVAL_KEYS = ("ticker", "target_date")
+from stock_platform.lib.markdown import markdown_table
+
 TRADING_DAYS_PER_YEAR = 252
 
 
@@ -161,7 +162,7 @@ def summary_markdown(s: dict[str, float]) -> str:
         ("Sharpe (annualised)", f(s["strategy_sharpe"]), f(s["buy_and_hold_sharpe"])),
         ("max drawdown", f"{s['strategy_max_drawdown']:.2%}", f"{s['buy_and_hold_max_drawdown']:.2%}"),
     ]
-    table = "| measure | model | naive / baseline |\n|---|---|---|\n" + "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
+    table = markdown_table(rows, ["measure", "model", "naive / baseline"])
     return (table + f"\n\nDiebold-Mariano (squared return errors, HLN-corrected): {s['dm_stat']:.3f}, "
             f"p = {s['dm_p_value']:.3g} over {int(s['days'])} days, {int(s['rows'])} predictions")
 

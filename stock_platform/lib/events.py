@@ -14,7 +14,7 @@ import io
 
 import polars as pl
 
-from stock_platform.lib.calendar import EXCHANGE_TIMEZONE
+from stock_platform.lib.calendar import EXCHANGE_TIMEZONE, session_close_utc
 
 EVENT_COLUMNS = ("ticker", "ts", "open", "high", "low", "close", "volume", "event_id", "op")
 OPS = ("upsert", "delete")
@@ -158,8 +158,7 @@ def bars_to_events(bars: pl.DataFrame, source: str) -> pl.DataFrame:
     The event id names ticker, day and source, so a replay of the same bars carries the same ids."""
     return bars.select(
         "ticker",
-        ts=pl.col("date").cast(pl.Datetime("us")).dt.offset_by("16h")
-        .dt.replace_time_zone(EXCHANGE_TIMEZONE).dt.convert_time_zone("UTC"),
+        ts=session_close_utc(pl.col("date")),
         open="open", high="high", low="low", close="close", volume=pl.col("volume").cast(pl.Float64),
         event_id=pl.format("{}-{}-{}", "ticker", "date", pl.lit(source)),
         op=pl.lit("upsert"),
