@@ -171,3 +171,20 @@ def fresh_postgres_db(postgres_url: str):
             conn.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
         admin.dispose()
+
+
+# What makes a test slow, by what it uses (so the `slow` mark cannot drift from the test's needs): a real
+# Dagster instance and runs, Postgres, the S3 server or the prepared near-real-time stack. The fast tier,
+# `python -m pytest -m "not slow"`, is everything else; `python -m pytest` runs both.
+SLOW_FIXTURES = {"instance", "s3_endpoint", "s3_lake", "postgres_url", "fresh_postgres_db", "prepared"}
+POSTGRES_FIXTURES = {"postgres_url", "fresh_postgres_db"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if used & SLOW_FIXTURES or "s3" in params.values():
+            item.add_marker(pytest.mark.slow)
+        if used & POSTGRES_FIXTURES:
+            item.add_marker(pytest.mark.postgres)

@@ -28,12 +28,14 @@ WARM_LAUNCHER_YAML = """run_launcher:
 """
 
 
-def monitoring_yaml() -> str:
-    """Production's run monitoring and run retries (the repository's dagster.yaml), polling every second."""
+def monitoring_yaml(poll_seconds: int | None) -> str:
+    """Production's run monitoring and run retries (the repository's dagster.yaml), polling every `poll_seconds`
+    (None: production's interval)."""
     import yaml
 
     config = yaml.safe_load((Path(__file__).resolve().parents[1] / "dagster.yaml").read_text())
-    config["run_monitoring"]["poll_interval_seconds"] = 1
+    if poll_seconds:
+        config["run_monitoring"]["poll_interval_seconds"] = poll_seconds
     return yaml.safe_dump({k: config[k] for k in ("run_monitoring", "run_retries")})
 
 
@@ -64,15 +66,18 @@ register_promoted_model(defs.resources["lake"], defs.resources["tracking"], dt.d
 """
 
 
-def prepare(home: Path, env: dict[str, str], *, queued: bool = True, warm_launcher: bool = True) -> None:
+def prepare(home: Path, env: dict[str, str], *, queued: bool = True, warm_launcher: bool = True,
+            monitor_seconds: int | None = None) -> None:
     """History (prices -> features) as one in-process run, and a promoted model trained up to TRAIN_END.
 
     `queued=False`: the sensor daemon launches runs itself (no queue: no dequeue wait, no concurrency limits).
     `warm_launcher=False`: Dagster's DefaultRunLauncher (the code server spawns each run's process) instead of
-    stock_platform.launcher.WarmProcessRunLauncher (production's)."""
+    stock_platform.launcher.WarmProcessRunLauncher (production's), with production's run monitoring (polling
+    every `monitor_seconds` if given)."""
     (home / "dagster").mkdir(parents=True, exist_ok=True)
+    launcher = WARM_LAUNCHER_YAML + monitoring_yaml(monitor_seconds) if warm_launcher else ""
     (home / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n" + (QUEUE_YAML if queued else "")
-                                                   + (WARM_LAUNCHER_YAML + monitoring_yaml() if warm_launcher else ""))
+                                                   + launcher)
     done = subprocess.run([sys.executable, "-W", "ignore", "-c", PREPARE, HISTORY[0].isoformat(),
                            HISTORY[1].isoformat(), TRAIN_END.isoformat()], env=env, capture_output=True, text=True,
                           timeout=600)

@@ -32,7 +32,7 @@ def submitted(ledger_path) -> pl.DataFrame | None:
 def prepared(tmp_path_factory) -> Path:
     """A stack home with history and a promoted model, built once; each test works on a copy of it."""
     template = tmp_path_factory.mktemp("prepared")
-    prepare(template, stack_env(template))
+    prepare(template, stack_env(template), monitor_seconds=1)  # a dead worker is found within a second
     return template
 
 

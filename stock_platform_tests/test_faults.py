@@ -77,11 +77,12 @@ def test_a_dagster_run_killed_mid_backfill_leaves_readable_tables_and_a_rerun_co
             return -1
 
     log = (tmp_path / "killed-run.log").open("w")  # (a pipe nobody reads would fill up and stall the run)
-    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # its own process group: the kill takes the run's step processes with it, as a container's end does
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 180
     while committed() < 1 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     log.close()
     assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed-run.log").read_text()[-3000:]
