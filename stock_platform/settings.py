@@ -1,6 +1,6 @@
 """Environment variables -> typed settings, read and validated in one place.
 
-Every variable of DESIGN.md is read here and nowhere else. A bad value fails at start with a
+Every variable of the README's Configuration section is read here and nowhere else. A bad value fails at start with a
 `SettingsError` that names the variable and the value. Defaults live under `STOCK_PLATFORM_HOME`.
 """
 
@@ -11,7 +11,6 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from stock_platform.lib.calendar import exchange_date
@@ -25,6 +24,7 @@ _S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[A-Za-z0-9_.\
 SOURCES = ("demo", "yfinance", "files")
 DEFAULT_TICKERS = ("AAPL", "MSFT", "AMZN", "GOOGL", "META", "NVDA", "JPM", "XOM", "JNJ", "PG")
 DEFAULT_START = dt.date(2015, 1, 2)
+SECRET_VARIABLES = ("STOCK_PLATFORM_WAREHOUSE_URL", "MLFLOW_TRACKING_URI")
 
 
 class SettingsError(ValueError):
@@ -103,6 +103,9 @@ class Settings:
     ray_address: str | None
     dagster_home: Path
     aws_endpoint_url: str | None
+    # The secret-bearing variables (URLs may hold a password) that the environment set: resources then take them
+    # as `dg.EnvVar`, so Dagster shows the variable's name, never its value.
+    secrets_from_env: frozenset[str] = frozenset()
 
     def check_warehouse_reachable(self) -> None:
         """Connect once to the warehouse; raise a SettingsError naming the URL when it fails."""
@@ -195,10 +198,24 @@ def load_settings(env: Mapping[str, str] | None = None, *, now: dt.datetime | No
         ray_address=ray_address,
         dagster_home=dagster_home,
         aws_endpoint_url=endpoint,
+        secrets_from_env=frozenset(v for v in SECRET_VARIABLES if env.get(v)),
     )
 
 
-@lru_cache(maxsize=1)
+_process_settings: Settings | None = None
+
+
 def get_settings() -> Settings:
-    """The process's settings, read from the environment once."""
-    return load_settings()
+    """The process's settings: those `use_settings` was given, else the environment's, read once."""
+    global _process_settings
+    if _process_settings is None:
+        _process_settings = load_settings()
+    return _process_settings
+
+
+def use_settings(settings: Settings) -> Settings:
+    """Make `settings` the process's settings: the CLI does this with what it built from the environment and
+    its options, before it loads the definitions (whose partitions start at `settings.start`)."""
+    global _process_settings
+    _process_settings = settings
+    return settings

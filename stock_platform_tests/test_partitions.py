@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 import pytest
 
-from stock_platform.cli import demo_range
+from stock_platform.cli.demo import demo_range
 from stock_platform.lib.calendar import (exchange_date, is_trading_day, next_session, nyse_holidays, previous_session,
                                          trading_days as calendar_days)
 from stock_platform.settings import SettingsError, load_settings

@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from stock_platform.cli import demo_range
+from stock_platform.cli.demo import demo_range
 from stock_platform.lib.indicators import WARM_ROWS, compute_features, window_length
 from stock_platform_tests.real_data import COMMON_END, REAL_TICKERS, as_prices, ohlcv, write_files
 

@@ -92,7 +92,7 @@ def test_files_source_filters_the_range_and_reports_missing_tickers(tmp_path):
 def test_a_demo_on_files_ends_where_every_file_does_unless_told(tmp_path):
     """History a user brought ends where it ends: the demo's default range ends on the last day every ticker's
     file covers (never after the last session before New York's today), an explicit --end wins."""
-    from stock_platform.cli import default_end
+    from stock_platform.cli.demo import default_end
     from stock_platform.settings import load_settings
 
     _yahoo_csv(tmp_path / "AAPL.csv", dates=JAN)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 from pydantic import field_validator
 
-from stock_platform.settings import SOURCES, validate_ticker
+from stock_platform.settings import SOURCES, Settings, validate_ticker
 
 if TYPE_CHECKING:
     from stock_platform.resources.sources import FetchResult
@@ -51,3 +51,29 @@ class PriceSourceResource(dg.ConfigurableResource):
 
         return sources.fetch(self.source, list(tickers), start, end, files_dir=self.files_dir, seed=self.seed,
                              retries=self.retries, backoff=self.retry_backoff_seconds)
+
+
+def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    """The resources of `settings` (the definitions' and the CLI's); a secret-bearing URL the environment set is
+    passed as its `dg.EnvVar`."""
+    from stock_platform.resources.lake import LakeResource
+    from stock_platform.resources.landing import LandingResource
+    from stock_platform.resources.tracking import TrackingResource
+    from stock_platform.resources.tuning import TuningResource
+    from stock_platform.resources.warehouse import WarehouseResource
+
+    def secret(variable: str, value: str) -> str | dg.EnvVar:
+        return dg.EnvVar(variable) if variable in settings.secrets_from_env else value
+
+    return {
+        "source": PriceSourceResource(
+            source=settings.source, files_dir=str(settings.files_dir) if settings.files_dir else None
+        ),
+        "lake": LakeResource(uri=settings.lake_uri, aws_endpoint_url=settings.aws_endpoint_url),
+        "landing": LandingResource(uri=settings.landing_uri, aws_endpoint_url=settings.aws_endpoint_url),
+        "universe": UniverseResource(tickers=list(settings.tickers)),
+        "warehouse": WarehouseResource(url=secret("STOCK_PLATFORM_WAREHOUSE_URL", settings.warehouse_url)),
+        "tuning": TuningResource(address=settings.ray_address, storage_dir=str(settings.home / "ray_results")),
+        "tracking": TrackingResource(tracking_uri=secret("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri),
+                                     artifact_location=settings.mlflow_artifact_location),
+    }

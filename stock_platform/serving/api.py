@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from stock_platform.resources.lake import LakeError, LakeResource
 from stock_platform.serving import queries as q
-from stock_platform.settings import TICKER_PATTERN
+from stock_platform.settings import TICKER_PATTERN, Settings
 
 MAX_LIMIT = 5000
 MAX_FEED_ROWS = 1000  # rows per WebSocket message; a bigger change arrives in several
@@ -224,18 +224,18 @@ def create_app(lake: LakeResource, *, poll_seconds: float = 1.0) -> FastAPI:
     return app
 
 
-def app_from_settings(poll_seconds: float = 1.0) -> FastAPI:
-    """The app on the configured lake (STOCK_PLATFORM_LAKE_URI, AWS_ENDPOINT_URL)."""
+def app_from_settings(settings: Settings | None = None, poll_seconds: float = 1.0) -> FastAPI:
+    """The app on the lake of `settings` (default: the process's, from the environment)."""
+    from stock_platform.resources import build_resources
     from stock_platform.settings import get_settings
 
-    settings = get_settings()
-    return create_app(LakeResource(uri=settings.lake_uri, aws_endpoint_url=settings.aws_endpoint_url),
-                      poll_seconds=poll_seconds)
+    return create_app(build_resources(settings or get_settings())["lake"], poll_seconds=poll_seconds)
 
 
-def serve(host: str, port: int) -> None:
+def serve(host: str, port: int, settings: Settings | None = None) -> None:
     import uvicorn
 
+    app = app_from_settings(settings)
     print(f"stock_platform API on http://{host}:{port} (OpenAPI docs at /docs)", flush=True)
     # WebSocket clients hold their connections open: without a bound, SIGTERM waits for them forever
-    uvicorn.run(app_from_settings(), host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)

@@ -1,0 +1,5 @@
+import sys
+
+from stock_platform.cli import main
+
+sys.exit(main())

@@ -1,0 +1,162 @@
+"""The operator's commands: `snapshot`, `report`, `models`, `replay`, `serve`, `dashboard`."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+import time
+from pathlib import Path
+
+from stock_platform.cli.common import (CommandError, date_option, resources, settings_environment, settings_from,
+                                       tickers_option)
+from stock_platform.settings import SettingsError
+
+
+def forecast_report(lake, start: dt.date | None, end: dt.date | None, plot: Path | None = None) -> str:
+    """Out-of-sample forecasts over [start, end] beside the naive random walk (text; optional PNG plot)."""
+    from stock_platform.lib.evaluation import plot_png, summarize, summary_markdown
+    from stock_platform.lib.tables import EVALUATION_TABLE
+
+    if not lake.exists(EVALUATION_TABLE):
+        return "no evaluated predictions yet (is there a champion model? see tuned_model's gate)"
+    table = lake.read(EVALUATION_TABLE, start, end, date_column="target_date")
+    if table.is_empty():
+        return f"no evaluated predictions for {start or '...'} .. {end or '...'} (is there a champion model?)"
+    lines = [f"out-of-sample forecasts {table['target_date'].min()} .. {table['target_date'].max()}, "
+             f"model versions {sorted(table['model_version'].unique().to_list())}:", summary_markdown(summarize(table))]
+    if plot is not None:
+        plot.write_bytes(plot_png(table))
+        lines.append(f"plot: {plot}")
+    return "\n".join(lines)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Print the evaluation's aggregates over a window (and write the plot)."""
+    settings = settings_from(args)
+    start, end = date_option(args.start, "--start"), date_option(args.end, "--end")
+    print(forecast_report(resources(settings)["lake"], start, end, Path(args.plot) if args.plot else None))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Stream historical bars (demo or files source) into the landing zone as quote events, a file per day."""
+    import polars as pl
+
+    from stock_platform.lib.events import bars_to_events, encode
+    from stock_platform.resources import PriceSourceResource
+    from stock_platform.resources.landing import LandingResource
+    from stock_platform.settings import validate_storage_uri
+
+    settings = settings_from(args)
+    tickers = tickers_option(args.tickers) or list(settings.tickers)
+    start, end = date_option(args.start, "--start"), date_option(args.end, "--end")
+    uri = validate_storage_uri(args.landing, where="--landing") if args.landing else settings.landing_uri
+    if args.speed < 0:
+        raise SettingsError(f"--speed {args.speed}: must be >= 0")
+    source = PriceSourceResource(source=args.source, files_dir=args.files_dir)
+    landing = LandingResource(uri=uri, aws_endpoint_url=settings.aws_endpoint_url)
+    bars = source.fetch(tickers, start, end).prices
+    days = bars["date"].unique().sort().to_list()
+    print(f"replaying {bars.height:,} bars of {len(tickers)} tickers, {len(days)} days, into {uri} "
+          f"({args.format}, speed {args.speed:g}x)")
+    previous = None
+    for day in days:
+        if previous is not None and args.speed > 0:
+            time.sleep((day - previous).days * 86400 / args.speed)
+        events = bars_to_events(bars.filter(pl.col("date") == day), args.source)
+        key = f"replay/{day:%Y/%m/%d}/bars.{args.format}"
+        landing.write(key, encode(events, args.format))
+        print(f"  {key}: {events.height} events", flush=True)
+        previous = day
+    return 0
+
+
+def as_of_option(value: str | None):
+    """`--as-of`: a table version (digits) or an ISO timestamp (UTC when it names no zone)."""
+    if value is None:
+        return None
+    if value.isdigit():
+        return int(value)
+    try:
+        stamp = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise SettingsError(f"--as-of {value!r}: expected a version number or an ISO timestamp") from None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """Print the price snapshot (optionally as of a version/timestamp), its history, or its changes."""
+    import polars as pl
+
+    from stock_platform.lib.tables import SNAPSHOT_TABLE
+    from stock_platform.resources.lake import LakeError
+
+    settings = settings_from(args)
+    tickers, as_of = tickers_option(args.tickers), as_of_option(args.as_of)
+    start, end = date_option(args.start, "--start"), date_option(args.end, "--end")
+    lake = resources(settings)["lake"]
+    pl.Config.set_tbl_rows(args.rows)
+    pl.Config.set_tbl_cols(14)
+    pl.Config.set_tbl_width_chars(220)
+    try:
+        if args.history:
+            print(lake.history(SNAPSHOT_TABLE, args.rows))
+        elif args.changes_since is not None:
+            print(lake.changed_keys(SNAPSHOT_TABLE, args.changes_since))
+        else:
+            snap = lake.snapshot(SNAPSHOT_TABLE, as_of=as_of, include_deleted=args.include_deleted,
+                                 start=start, end=end, tickers=tickers)
+            print(f"{SNAPSHOT_TABLE} @ {'latest' if as_of is None else as_of}: {snap.height:,} rows")
+            print(snap.tail(args.rows))
+    except LakeError as exc:
+        raise CommandError(str(exc)) from None
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """List the registered model versions (the lake's serving copies); `--demote`/`--promote` overrule the gate."""
+    import polars as pl
+
+    from stock_platform.registry import served_versions, set_promoted
+
+    built = resources(settings_from(args))
+    lake, tracking = built["lake"], built["tracking"]
+    for version, promoted in ((args.demote, False), (args.promote, True)):
+        if version is None:
+            continue
+        try:
+            champion = set_promoted(lake, tracking, version, promoted)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        print(f"{'promoted' if promoted else 'demoted'} v{version}: predictions {'may' if promoted else 'no longer'} "
+              f"use it; champion is now {f'v{champion}' if champion else 'none'} (re-materialize `predictions` "
+              "for the days concerned)")
+    served = served_versions(lake, tracking.model_name).drop("booster", "model_name")
+    pl.Config.set_tbl_rows(50)
+    pl.Config.set_tbl_width_chars(200)
+    pl.Config.set_fmt_str_lengths(90)
+    print(f"{tracking.model_name}: {served.height} registered version(s)")
+    print(served)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The prediction API (FastAPI + uvicorn) over the configured lake."""
+    from stock_platform.serving.api import serve
+
+    serve(args.host, args.port, settings_from(args))
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """The Streamlit dashboard over the configured lake (check results from the home's Dagster instance)."""
+    settings = settings_from(args)
+    script = Path(__file__).resolve().parents[1] / "serving" / "dashboard.py"
+    # Streamlit replaces this process (signals such as Ctrl-C or a supervisor's SIGTERM reach the server itself);
+    # it reads the settings from its environment: this command's, with the options over it.
+    os.execve(sys.executable, [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
+                               "--server.address", args.host, "--server.port", str(args.port),
+                               "--browser.gatherUsageStats", "false"],
+              {**os.environ, **settings_environment(settings)})
