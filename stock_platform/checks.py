@@ -1,16 +1,22 @@
-"""Asset checks built from schemas.py. Blocking: a failed ERROR check stops downstream assets."""
+"""The blocking asset checks of the daily assets, all here: `prices` and `features` against their pandera contracts
+(schemas.py), `predictions` for completeness and plausibility. A failed ERROR check stops downstream assets in the
+run and, through gates.py, in later runs. (`tuned_model`'s leakage check is a check spec of the asset itself:
+its materialization computes the evidence.) Each names its asset by key, never by importing an asset module."""
 
 import dagster as dg
 
-from stock_platform.gates import FAILED_PARTITIONS, FEATURES_CHECK, PRICES_CHECK
+from stock_platform.gates import FAILED_PARTITIONS, FEATURES_CHECK, PREDICTIONS_CHECK, PRICES_CHECK, check_status
 from stock_platform.lib.markdown import markdown_table
-from stock_platform.lib.tables import FEATURES_TABLE, PRICES_TABLE, QUARANTINE_TABLE
+from stock_platform.lib.tables import FEATURES_TABLE, PREDICTIONS_TABLE, PRICES_TABLE, QUARANTINE_TABLE, predictions_schema
 from stock_platform.partitions import daily_check, partition_dates
 from stock_platform.resources import UniverseResource
+from stock_platform.registry import promoted_versions, served_versions
 from stock_platform.resources.lake import LakeResource
+from stock_platform.resources.tracking import TrackingResource
 
 # Below this share of valid rows the check warns (it does not block: the stored rows are valid).
 MIN_DQ_SCORE = 0.99
+MAX_ABS_RETURN = 0.5  # a forecast beyond ±50% in a day is a broken model, not a bold one
 _MAX_TABLE_ROWS = 25
 
 
@@ -107,3 +113,35 @@ def features_schema_check(context: dg.AssetCheckExecutionContext, lake: LakeReso
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
                                    description=f"{metadata['failed_rows']} feature row(s) break the contract")
     return dg.AssetCheckResult(passed=True, metadata=metadata)
+
+
+@daily_check(asset=PREDICTIONS_CHECK.asset_key, name=PREDICTIONS_CHECK.name,
+             description="Every universe ticker with warm features on a day that has a model (and whose features "
+             "passed their check) has a prediction; every predicted return is finite and within ±50%.")
+def predictions_check(context: dg.AssetCheckExecutionContext, lake: LakeResource, tracking: TrackingResource,
+                      universe: UniverseResource) -> dg.AssetCheckResult:
+    import polars as pl
+
+    from stock_platform.lib.selection import model_for_each_day
+
+    dates = partition_dates(context)
+    blocked = check_status(context.instance, FEATURES_CHECK, [d.isoformat() for d in dates])
+    plan = model_for_each_day(blocked.usable(dates), promoted_versions(served_versions(lake, tracking.model_name)))
+    expected = (lake.read(FEATURES_TABLE, dates[0], dates[-1], columns=["ticker", "date", "warm"])
+                .filter(pl.col("warm") & pl.col("date").is_in(list(plan)) & pl.col("ticker").is_in(universe.tickers))
+                .select("ticker", "date"))
+    got = lake.read(PREDICTIONS_TABLE, dates[0], dates[-1]) if lake.exists(PREDICTIONS_TABLE) else None
+    got = got if got is not None else pl.DataFrame(schema=predictions_schema())
+    missing = expected.join(got, on=["ticker", "date"], how="anti")
+    bad = got.filter(~pl.col("pred_return").is_finite() | (pl.col("pred_return").abs() >= MAX_ABS_RETURN))
+    return dg.AssetCheckResult(
+        passed=missing.is_empty() and bad.is_empty(),
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"expected": expected.height, "predicted": got.height, "missing": missing.height,
+                  "implausible": bad.height,
+                  "examples": dg.MetadataValue.json(
+                      [{k: str(v) for k, v in r.items()} for r in pl.concat(
+                          [missing.head(5).with_columns(problem=pl.lit("missing")),
+                           bad.select("ticker", "date").head(5).with_columns(problem=pl.lit("implausible"))]
+                      ).to_dicts()])},
+    )

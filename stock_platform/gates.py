@@ -33,6 +33,11 @@ class CheckStatus:
     failed: list[str] = field(default_factory=list)
     unchecked: list[str] = field(default_factory=list)
 
+    def usable(self, days: Sequence) -> list:
+        """`days` (dates) without the partitions that failed."""
+        failed = set(self.failed)
+        return [d for d in days if d.isoformat() not in failed]
+
     def describe(self) -> str:
         shown = ", ".join(self.failed[:5]) + (f" and {len(self.failed) - 5} more" if len(self.failed) > 5 else "")
         return (f"{len(self.failed)} partition(s) of `{self.check.asset_key.to_user_string()}` whose latest "
@@ -41,7 +46,7 @@ class CheckStatus:
 
 def check_status(instance: dg.DagsterInstance, check: dg.AssetCheckKey, partition_keys: Sequence[str]) -> CheckStatus:
     """The latest evaluation of `check` for each of `partition_keys`."""
-    from dagster._core.events import DagsterEventType
+    # private: the status enum of the per-partition records (no public per-partition check-status API, above)
     from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus as Status
 
     wanted = list(dict.fromkeys(partition_keys))
@@ -54,7 +59,7 @@ def check_status(instance: dg.DagsterInstance, check: dg.AssetCheckKey, partitio
     def run_evaluation(run_id: str):
         """The run's evaluation of the check (a range run evaluates it once, without a partition)."""
         if run_id not in evaluations:
-            records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION).records
+            records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
             found = [r.event_log_entry.dagster_event.event_specific_data for r in records]
             found = [e for e in found if e.asset_check_key == check]
             evaluations[run_id] = found[-1] if found else None

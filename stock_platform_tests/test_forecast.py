@@ -9,7 +9,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from stock_platform.assets.forecast import model_for_each_day, prediction_evaluation, predictions, predictions_check
+from stock_platform.assets.forecast import prediction_evaluation, predictions
+from stock_platform.checks import predictions_check
+from stock_platform.lib.selection import model_for_each_day
 from stock_platform.lib.calendar import trading_days
 from stock_platform.lib.tables import EVALUATION_TABLE, PREDICTIONS_TABLE, SNAPSHOT_TABLE
 from stock_platform.registry import load_booster, promoted_versions, served_versions, set_promoted

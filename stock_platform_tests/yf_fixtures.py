@@ -1,4 +1,4 @@
-"""Frames in the exact shapes yfinance 1.x returns (read from its parsing code; see DESIGN.md).
+"""Frames in the exact shapes yfinance 1.x returns (read from its parsing code).
 
 `yf.download([...], auto_adjust=False, actions=True)`: MultiIndex columns named ['Price', 'Ticker'] with
 the price level sorted ('Adj Close', 'Close', 'Dividends', 'High', 'Low', 'Open', 'Stock Splits',

@@ -5,42 +5,22 @@ import datetime as dt
 import dagster as dg
 
 from stock_platform.assets.lake import price_snapshots
-
 from stock_platform.assets.ml import features
 from stock_platform.assets.model import tuned_model
 from stock_platform.gates import FEATURES_CHECK, PREDICTIONS_CHECK, check_status
 from stock_platform.lib.tables import (EVALUATION_TABLE, FEATURES_TABLE, PREDICTIONS_TABLE,
-                                       SNAPSHOT_TABLE, WAREHOUSE_EVALUATION, WAREHOUSE_PREDICTIONS,
-                                       predictions_schema)
-from stock_platform.partitions import daily_asset, daily_check, partition_dates
+                                       SNAPSHOT_TABLE, WAREHOUSE_EVALUATION, WAREHOUSE_PREDICTIONS)
+from stock_platform.partitions import daily_asset, partition_dates
 from stock_platform.registry import load_booster, promoted_versions, served_versions
-from stock_platform.resources import UniverseResource
 from stock_platform.resources.lake import LakeResource
 from stock_platform.resources.tracking import TrackingResource
 from stock_platform.resources.warehouse import WarehouseResource
 
-MAX_ABS_RETURN = 0.5  # a forecast beyond ±50% in a day is a broken model, not a bold one
 # A target day's forecast was made on the session before it.
 PREVIOUS_SESSION = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
 # A day's model is from a finished week: offsets count the daily side, and five sessions back is always in an
 # earlier week (after a holiday week, two weeks back). Lineage only: the version is picked by its training end.
 EARLIER_WEEK = dg.TimeWindowPartitionMapping(start_offset=-5, end_offset=-5)
-
-
-def usable_days(days: list[dt.date], blocked) -> list[dt.date]:
-    """`days` without the partitions a `gates.CheckStatus` reports failed."""
-    failed = set(blocked.failed)
-    return [d for d in days if d.isoformat() not in failed]
-
-
-def model_for_each_day(days: list[dt.date], promoted: list[tuple[int, dt.date]]) -> dict[dt.date, int]:
-    """For each day d, the newest promoted model version whose training data ends before d (none: no entry)."""
-    plan = {}
-    for day in days:
-        usable = [version for version, train_end in promoted if train_end < day]
-        if usable:
-            plan[day] = max(usable)
-    return plan
 
 
 @daily_asset(
@@ -55,7 +35,8 @@ def predictions(context: dg.AssetExecutionContext, lake: LakeResource, tracking:
                 warehouse: WarehouseResource) -> dg.MaterializeResult:
     import polars as pl
 
-    from stock_platform.lib.calendar import session_close_utc, trading_days
+    from stock_platform.lib.calendar import trading_days
+    from stock_platform.lib.selection import forecast_frame, model_for_each_day
 
     dates = partition_dates(context)
     start, end = dates[0], dates[-1]
@@ -64,40 +45,16 @@ def predictions(context: dg.AssetExecutionContext, lake: LakeResource, tracking:
     blocked = check_status(context.instance, FEATURES_CHECK, [d.isoformat() for d in dates])
     if blocked.failed:
         context.log.warning(f"no predictions for {blocked.describe()}")
-    plan = model_for_each_day(usable_days(dates, blocked), promoted_versions(served))
-    registered = dict(served.select("version", "registered_at").iter_rows())
+    plan = model_for_each_day(blocked.usable(dates), promoted_versions(served))
     feats = lake.read(FEATURES_TABLE, start, end).filter(pl.col("warm") & pl.col("date").is_in(list(plan)))
-    closes = lake.snapshot(SNAPSHOT_TABLE, start=start, end=end).select("ticker", "date", "close")
-    sessions = trading_days(start, end + dt.timedelta(days=10))
-    following = pl.DataFrame({"date": sessions[:-1], "target_date": sessions[1:]})
-    parts = []
-    for version in sorted(set(plan.values())):
-        rows = feats.filter(pl.col("date").is_in([d for d, v in plan.items() if v == version]))
-        if rows.is_empty():
-            continue
+    closes = lake.snapshot(SNAPSHOT_TABLE, start=start, end=end)
+
+    def predict(version: int, rows: pl.DataFrame):
         model = load_booster(served, version)
-        parts.append(rows.select("ticker", "date").with_columns(
-            pred_return=pl.Series(model.predict(rows.select(model.feature_name()).to_numpy())),
-            model_version=pl.lit(version, pl.Int32),
-            registered_at=pl.lit(registered[version], pl.Datetime("us", "UTC")),
-        ))
-    schema = {"ticker": pl.String, "date": pl.Date, "pred_return": pl.Float64, "model_version": pl.Int32,
-              "registered_at": pl.Datetime("us", "UTC")}
-    out = (
-        (pl.concat(parts) if parts else pl.DataFrame(schema=schema))
-        .join(closes, on=["ticker", "date"])
-        .join(following, on="date")
-        .with_columns(
-            pred_close=pl.col("close") * (1 + pl.col("pred_return")),
-            model_name=pl.lit(tracking.model_name),
-            # when the forecast could first exist: d's close, or the model's registration if later (a backfill)
-            created_at=pl.max_horizontal(
-                session_close_utc(pl.col("date")),
-                pl.col("registered_at")),
-        )
-        .select(list(predictions_schema()))
-        .sort("ticker", "date")
-    )
+        return model.predict(rows.select(model.feature_name()).to_numpy())
+
+    out = forecast_frame(feats, closes, trading_days(start, end + dt.timedelta(days=10)), plan, predict,
+                         dict(served.select("version", "registered_at").iter_rows()), tracking.model_name)
     # with a change data feed: the API's /ws/updates streams new forecasts from it
     version = lake.replace_dates(PREDICTIONS_TABLE, out, start, end, change_data_feed=True)
     warehouse.upsert(WAREHOUSE_PREDICTIONS, out.with_columns(
@@ -115,36 +72,6 @@ def predictions(context: dg.AssetExecutionContext, lake: LakeResource, tracking:
         "excluded_partitions": dg.MetadataValue.json({"check": FEATURES_CHECK.to_user_string(),
                                                       "partitions": blocked.failed}),
     })
-
-
-@daily_check(asset=predictions, name=PREDICTIONS_CHECK.name,
-             description="Every universe ticker with warm features on a day that has a model (and whose features "
-             "passed their check) has a prediction; every predicted return is finite and within ±50%.")
-def predictions_check(context: dg.AssetCheckExecutionContext, lake: LakeResource, tracking: TrackingResource,
-                      universe: UniverseResource) -> dg.AssetCheckResult:
-    import polars as pl
-
-    dates = partition_dates(context)
-    blocked = check_status(context.instance, FEATURES_CHECK, [d.isoformat() for d in dates])
-    plan = model_for_each_day(usable_days(dates, blocked), promoted_versions(served_versions(lake, tracking.model_name)))
-    expected = (lake.read(FEATURES_TABLE, dates[0], dates[-1], columns=["ticker", "date", "warm"])
-                .filter(pl.col("warm") & pl.col("date").is_in(list(plan)) & pl.col("ticker").is_in(universe.tickers))
-                .select("ticker", "date"))
-    got = lake.read(PREDICTIONS_TABLE, dates[0], dates[-1]) if lake.exists(PREDICTIONS_TABLE) else None
-    got = got if got is not None else pl.DataFrame(schema=predictions_schema())
-    missing = expected.join(got, on=["ticker", "date"], how="anti")
-    bad = got.filter(~pl.col("pred_return").is_finite() | (pl.col("pred_return").abs() >= MAX_ABS_RETURN))
-    return dg.AssetCheckResult(
-        passed=missing.is_empty() and bad.is_empty(),
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"expected": expected.height, "predicted": got.height, "missing": missing.height,
-                  "implausible": bad.height,
-                  "examples": dg.MetadataValue.json(
-                      [{k: str(v) for k, v in r.items()} for r in pl.concat(
-                          [missing.head(5).with_columns(problem=pl.lit("missing")),
-                           bad.select("ticker", "date").head(5).with_columns(problem=pl.lit("implausible"))]
-                      ).to_dicts()])},
-    )
 
 
 @daily_asset(

@@ -12,7 +12,6 @@ from stock_platform.resources.lake import LakeResource
 from stock_platform.resources.landing import LandingResource
 
 
-
 class LandingConfig(dg.Config):
     """Set by `landing_zone_sensor`: apply these landed quote-event files to the partitions' rows instead of
     fetching the day from the source (empty: a normal fetch)."""

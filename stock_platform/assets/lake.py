@@ -3,14 +3,12 @@
 import dagster as dg
 
 from stock_platform.assets.ingestion import LandingConfig, landed_events, prices
-
 from stock_platform.gates import PRICES_CHECK, refuse_failed
 from stock_platform.lib.tables import PRECOMBINE, PRICES_TABLE, SNAPSHOT_KEYS, SNAPSHOT_TABLE
 from stock_platform.partitions import daily_asset, partition_dates
 from stock_platform.resources.lake import LakeResource
 from stock_platform.resources.landing import LandingResource
 from stock_platform.resources.warehouse import WarehouseResource
-
 
 
 def ensure_snapshot_table(lake: LakeResource) -> None:

@@ -3,7 +3,6 @@
 import dagster as dg
 
 from stock_platform.assets.lake import price_snapshots
-
 from stock_platform.lib.tables import FEATURES_TABLE, SNAPSHOT_TABLE
 from stock_platform.partitions import daily_asset, partition_dates
 from stock_platform.resources.lake import LakeResource

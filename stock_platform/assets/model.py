@@ -6,7 +6,6 @@ import dagster as dg
 
 from stock_platform.assets.ml import features
 from stock_platform.gates import FEATURES_CHECK, LEAKAGE_CHECK as LEAKAGE_CHECK_KEY, check_status
-from stock_platform.lib.markdown import markdown_table
 from stock_platform.lib.tables import FEATURES_TABLE, SNAPSHOT_TABLE
 from stock_platform.partitions import model_weeks
 from stock_platform.registry import register_version
@@ -58,8 +57,37 @@ def load_training_set(lake: LakeResource, end: dt.date, exclude=None):
         raise dg.Failure(f"tuned_model up to {end}: {exc}") from exc
 
 
-def _table(rows: list[dict], columns: list[str]) -> str:
-    return markdown_table([[r.get(c, "") for c in columns] for r in rows], columns)
+def failed_feature_days(context: dg.AssetExecutionContext, days: list[dt.date], excluded: list[str]) -> list[dt.date]:
+    """The feature days whose latest features check failed (logged, and added to `excluded`)."""
+    status = check_status(context.instance, FEATURES_CHECK, [d.isoformat() for d in days])
+    if status.failed:
+        context.log.warning(f"training leaves out {status.describe()}")
+    excluded.extend(status.failed)
+    return [dt.date.fromisoformat(k) for k in status.failed]
+
+
+def track_and_register(context: dg.AssetExecutionContext, lake: LakeResource, tracking: TrackingResource, name: str,
+                       data, final, params: dict, best: dict, verdict, trials: list[dict]) -> tuple[int, str]:
+    """Log the tuning run to MLflow (parameters, CV/holdout/champion scores, the gate, every trial) and register
+    the final model; its version and the MLflow run id."""
+    import mlflow
+    import pandas as pd
+
+    from stock_platform.lib import modeling as m
+    from stock_platform.lib.selection import cv_scores
+
+    end = week_end(context)
+    with tracking.run(name, tags={"dagster_run_id": context.run.run_id, "partition": context.partition_key}) as run:
+        mlflow.log_params(params | {"features": len(data.feature_names), "train_end": str(end)})
+        mlflow.log_metrics({f"cv_{k}": v for k, v in cv_scores(best).items()}
+                           | {f"holdout_{k}": v for k, v in verdict.candidate.items()}
+                           | {f"champion_holdout_{k}": v for k, v in (verdict.champion or {}).items()}
+                           | {"promoted": float(verdict.promote)})
+        mlflow.set_tags({"gate": verdict.reason})
+        tracking.log_trials(trials, list(m.SEARCH_SPACE))
+        version = register_version(lake, tracking, final, pd.DataFrame(data.x[-5:], columns=data.feature_names),
+                                   train_end=end, promoted=verdict.promote, gate=verdict.reason)
+    return version, run.info.run_id
 
 
 @dg.asset(
@@ -81,114 +109,49 @@ def tuned_model(context: dg.AssetExecutionContext, config: TuningConfig, lake: L
     import json
 
     from stock_platform.lib import modeling as m
+    from stock_platform.lib import selection as sel
 
     end = week_end(context)
-    excluded = []  # blocking across runs: feature days whose latest features_schema evaluation failed, and say so
-
-    def failed_days(days: list[dt.date]) -> list[dt.date]:
-        status = check_status(context.instance, FEATURES_CHECK, [d.isoformat() for d in days])
-        if status.failed:
-            context.log.warning(f"training leaves out {status.describe()}")
-        excluded.extend(status.failed)
-        return [dt.date.fromisoformat(k) for k in status.failed]
-
-    data = load_training_set(lake, end, exclude=failed_days)
+    excluded: list[str] = []  # blocking across runs: feature days whose latest check failed, said in the metadata
+    data = load_training_set(lake, end, exclude=lambda days: failed_feature_days(context, days, excluded))
     ics = m.feature_ics(data)
-    leaks = {k: v for k, v in ics.items() if abs(v) > m.LEAKAGE_IC}
-
-    # Layout: [ train ... | fold 1 | ... | fold k ] gap [ holdout ]; every block in sessions.
-    gap = m.LABEL_HORIZON + config.embargo_sessions
-    holdout_first = data.sessions - config.holdout_sessions
-    room = holdout_first - 2 * gap - 60  # a gap before the holdout and before each fold; 60: least training
-    test_sessions = min(config.test_sessions, room // config.folds)
-    if test_sessions < 20:
-        raise dg.Failure(f"{data.sessions} sessions of labelled features up to {end} are too few for {config.folds} "
-                         f"folds of >= 20 sessions and a {config.holdout_sessions}-session holdout: "
-                         "materialize more history of `features`")
-    folds = m.walk_forward_folds(data.sessions, folds=config.folds, test_sessions=test_sessions,
-                                 embargo=config.embargo_sessions, end=holdout_first - gap)
-    name = f"tuned_model_{context.partition_key}_{context.run.run_id[:8]}"
-    with tuning.ray_session():
-        trials = tuning.search(data, folds, trials=config.trials, time_budget_seconds=config.time_budget_seconds,
-                               seed=config.seed, name=name)
-    complete = [t for t in trials if t.get("folds_done") == len(folds) and not t["error"]]
-    if not complete:
-        raise dg.Failure(f"no trial finished all {len(folds)} folds within the budget; errors: "
-                         f"{[t['error'] for t in trials if t['error']][:3]}")
-    best = max(complete, key=lambda t: t["ic"])
-    params = {k: best[k] for k in m.SEARCH_SPACE} | {"n_estimators": max(1, int(best["rounds"]))}
-
-    # The gate: candidate and champion parameters refit on the same sessions before the holdout, scored on it.
-    holdout = data.rows(holdout_first, data.sessions - 1)
-
-    def holdout_scores(p: dict) -> dict:
-        booster = m.fit(p, data, (0, holdout_first - gap - 1), threads=tuning.num_cpus)
-        return m.scores(data.t[holdout], data.y[holdout], booster.predict(data.x[holdout]))
-
-    candidate = holdout_scores(params)
-    champion_version = tracking.champion()
-    champion = None
-    if champion_version is not None:
-        champion = holdout_scores(m.params_from_strings(tracking.run_params(champion_version.run_id)))
-    promote, reason = m.should_promote(candidate, champion)
-    if leaks:
-        promote, reason = False, f"leakage suspected in {sorted(leaks)}: {reason}"
-
+    try:
+        layout = sel.validation_layout(data.sessions, folds=config.folds, test_sessions=config.test_sessions,
+                                       holdout_sessions=config.holdout_sessions, embargo=config.embargo_sessions)
+        name = f"tuned_model_{context.partition_key}_{context.run.run_id[:8]}"
+        with tuning.ray_session():
+            trials = tuning.search(data, layout.folds, trials=config.trials,
+                                   time_budget_seconds=config.time_budget_seconds, seed=config.seed, name=name)
+        best, params, complete = sel.best_trial(trials, len(layout.folds))
+    except ValueError as exc:
+        raise dg.Failure(f"tuned_model up to {end}: {exc}") from exc
+    champion = tracking.champion()
+    champion_params = m.params_from_strings(tracking.run_params(champion.run_id)) if champion else None
+    verdict = sel.gate(data, layout, params, champion_params, ics, threads=tuning.num_cpus)
     final = m.fit(params, data, (0, data.sessions - 1), threads=tuning.num_cpus)
-    importance = sorted(zip(data.feature_names, final.feature_importance("gain")), key=lambda kv: -kv[1])[:15]
-    cv = {k: best[k] for k in ("ic", "mae", "rmse", "naive_mae", "naive_rmse", "mase", "hit_rate", "up_rate")}
-    with tracking.run(name, tags={"dagster_run_id": context.run.run_id, "partition": context.partition_key}) as run:
-        import mlflow
-        import pandas as pd
-
-        mlflow.log_params(params | {"features": len(data.feature_names), "train_end": str(end)})
-        mlflow.log_metrics({f"cv_{k}": v for k, v in cv.items()}
-                           | {f"holdout_{k}": v for k, v in candidate.items()}
-                           | ({f"champion_holdout_{k}": v for k, v in champion.items()} if champion else {})
-                           | {"promoted": float(promote)})
-        mlflow.set_tags({"gate": reason})
-        tracking.log_trials(trials, list(m.SEARCH_SPACE))
-        version = register_version(lake, tracking, final, pd.DataFrame(data.x[-5:], columns=data.feature_names),
-                                   train_end=end, promoted=promote, gate=reason)
-    context.log.info(f"model version {version}: {'promoted' if promote else 'not promoted'} ({reason})")
-
-    holdout_rows = [{"model": "candidate", **candidate}] + ([{"model": f"champion v{champion_version.version}",
-                                                             **champion}] if champion else [])
-    holdout_rows.append({"model": "naive random walk", "mae": candidate["naive_mae"], "rmse": candidate["naive_rmse"],
-                         "mase": 1.0, "hit_rate": candidate["up_rate"], "ic": 0.0})
+    version, run_id = track_and_register(context, lake, tracking, name, data, final, params, best, verdict, trials)
+    context.log.info(f"model version {version}: {'promoted' if verdict.promote else 'not promoted'} "
+                     f"({verdict.reason})")
+    tables = sel.report_tables(best, verdict, f"champion v{champion.version}" if champion else None, trials,
+                               sel.top_importance(data.feature_names, final.feature_importance("gain")))
     return dg.MaterializeResult(
         metadata={
-            "model_name": tracking.model_name,
-            "model_version": version,
-            "promoted": promote,
-            "gate": reason,
-            "mlflow_run_id": run.info.run_id,
-            "best_params": dg.MetadataValue.json(params),
+            "model_name": tracking.model_name, "model_version": version, "promoted": verdict.promote,
+            "gate": verdict.reason, "mlflow_run_id": run_id, "best_params": dg.MetadataValue.json(params),
             "cv_ic": best["ic"], "cv_mase": best["mase"],
-            "holdout_ic": candidate["ic"], "holdout_mase": candidate["mase"],
-            "holdout_rmse": candidate["rmse"], "holdout_naive_rmse": candidate["naive_rmse"],
-            "champion_holdout_ic": champion["ic"] if champion else None,
-            "cv_scores": dg.MetadataValue.md(_table(
-                [{"": "model (CV)", **cv}, {"": "naive random walk", "mae": cv["naive_mae"], "rmse": cv["naive_rmse"],
-                                             "mase": 1.0, "hit_rate": cv["up_rate"], "ic": 0.0}],
-                ["", "mae", "rmse", "mase", "hit_rate", "ic"])),
-            "holdout_scores": dg.MetadataValue.md(_table(holdout_rows, ["model", "mae", "rmse", "mase", "hit_rate",
-                                                                        "ic"])),
-            "trials": dg.MetadataValue.md(_table(sorted(trials, key=lambda t: -t.get("ic", -1)),
-                                                 ["trial", "ic", "mase", "folds_done", "rounds", *m.SEARCH_SPACE])),
-            "feature_importance": dg.MetadataValue.md(_table(
-                [{"feature": f, "gain": float(g)} for f, g in importance], ["feature", "gain"])),
-            "layout": f"{data.sessions} sessions ({data.dates[0]}..{data.dates[-1]}), {len(data.y):,} rows; "
-                      f"{len(folds)} folds x {test_sessions} sessions, gap {gap}, holdout {config.holdout_sessions}",
+            "holdout_ic": verdict.candidate["ic"], "holdout_mase": verdict.candidate["mase"],
+            "holdout_rmse": verdict.candidate["rmse"], "holdout_naive_rmse": verdict.candidate["naive_rmse"],
+            "champion_holdout_ic": verdict.champion["ic"] if verdict.champion else None,
+            **{key: dg.MetadataValue.md(table) for key, table in tables.items()},
+            "layout": layout.describe(data),
             "dagster/row_count": len(data.y),
             "excluded_partitions": dg.MetadataValue.json({"check": FEATURES_CHECK.to_user_string(),
                                                           "count": len(excluded), "first": excluded[:20]}),
             "trials_complete": f"{len(complete)} of {len(trials)}",
-            "leaky_features": json.dumps({k: round(v, 3) for k, v in leaks.items()}),
+            "leaky_features": json.dumps({k: round(v, 3) for k, v in verdict.leaks.items()}),
         },
         check_results=[dg.AssetCheckResult(
-            check_name=LEAKAGE_CHECK, passed=not leaks, severity=dg.AssetCheckSeverity.ERROR,
-            metadata={"suspects": dg.MetadataValue.json({k: round(v, 4) for k, v in leaks.items()}),
-                      "threshold_abs_ic": m.LEAKAGE_IC,
-                      "max_abs_ic": max(abs(v) for v in ics.values())})],
+            check_name=LEAKAGE_CHECK, passed=not verdict.leaks, severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"suspects": dg.MetadataValue.json({k: round(v, 4) for k, v in verdict.leaks.items()}),
+                      "threshold_abs_ic": m.LEAKAGE_IC, "max_abs_ic": max(abs(v) for v in ics.values())})],
     )

@@ -1,6 +1,6 @@
 """Quote events from the landing zone (no Dagster): parse a file, and turn events into daily bars.
 
-One event (DESIGN.md): `ticker, ts (UTC), open, high, low, close, volume, event_id, op`, `op` in
+One event (the README's landing format): `ticker, ts (UTC), open, high, low, close, volume, event_id, op`, `op` in
 {upsert, delete}: the shape of a DynamoDB-stream / Firehose CDC record, flattened. Files are JSON lines
 (`.jsonl`, `.json`), `.csv` or `.parquet`. A file that cannot be read, or lacks a column, or has an
 unknown `op` or an unreadable timestamp, is refused as a whole (`EventFileError`, quarantined with the

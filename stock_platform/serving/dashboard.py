@@ -26,26 +26,34 @@ def _lake(uri: str, endpoint: str | None):
     return LakeResource(uri=uri, aws_endpoint_url=endpoint)
 
 
-def lake():
-    """The configured lake (settings read per script run: cheap, and a changed environment is seen)."""
+def settings():
+    """The settings, read per script run (cheap, and a changed environment is seen)."""
     from stock_platform.settings import load_settings
 
-    settings = load_settings()
-    return _lake(settings.lake_uri, settings.aws_endpoint_url)
+    return load_settings()
+
+
+def lake():
+    """The configured lake."""
+    configured = settings()
+    return _lake(configured.lake_uri, configured.aws_endpoint_url)
 
 
 @st.cache_data(ttl=30)
 def check_history(dagster_home: str, limit: int = 20) -> pl.DataFrame:
-    """The latest evaluations of the blocking checks, from the Dagster instance (DAGSTER_HOME)."""
+    """The latest evaluations of the blocking checks, from the home's Dagster instance.
+
+    Dagster 1.13 has no public API for a check's execution history (the instance's `get_event_records` is
+    deprecated and its asset filter does not see check evaluations): this reads the event log storage's, the
+    one Dagster's own UI serves. Planned executions a skipped run left behind are not shown."""
     import dagster as dg
 
-    from dagster._core.storage.asset_check_execution_record import COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES
-
-    done = COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES  # passed or failed, not planned ones a skip left behind
     rows = []
     with dg.DagsterInstance.from_config(dagster_home) as instance:
         for key in CHECK_KEYS:
-            for record in instance.event_log_storage.get_asset_check_execution_history(key, limit=limit, status=done):
+            for record in instance.event_log_storage.get_asset_check_execution_history(key, limit=limit):
+                if record.status.value not in ("SUCCEEDED", "FAILED"):
+                    continue
                 evaluation = record.event.dagster_event.event_specific_data if record.event else None
                 metadata = getattr(evaluation, "metadata", {}) or {}
                 rows.append({"check": f"{key.asset_key.to_user_string()}.{key.name}", "status": record.status.value,
@@ -158,12 +166,11 @@ def main() -> None:
     left.caption(f"{flagged.height} day(s) with quarantined rows, lowest DQ score "
                  f"{fmt(dq['dq_score'].min() if dq.height else None, '{:.3f}')}")
     right.markdown("Asset check results (newest first)")
+    dagster_home = str(settings().dagster_home)
     try:
-        import os
-
-        checks = check_history(os.environ["DAGSTER_HOME"])
+        checks = check_history(dagster_home)
     except Exception as exc:  # noqa: BLE001 - no instance here: say so, show the rest
-        right.info(f"No Dagster instance to read check results from (DAGSTER_HOME): {exc}")
+        right.info(f"No Dagster instance to read check results from ({dagster_home}): {exc}")
     else:
         right.dataframe(checks.sort("at", descending=True).to_pandas(), hide_index=True, height=220)
 
