@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 # Before anything loads settings: keep the test session's embedded state out of the work tree.
@@ -19,12 +20,18 @@ for _var in ("STOCK_PLATFORM_SOURCE", "STOCK_PLATFORM_TICKERS", "STOCK_PLATFORM_
     os.environ.pop(_var, None)
 
 import dagster as dg  # noqa: E402
+import hypothesis  # noqa: E402
 import pytest  # noqa: E402
 
 from stock_platform.resources import PriceSourceResource, UniverseResource  # noqa: E402
 from stock_platform.resources.lake import LakeResource  # noqa: E402
 
 MLFLOW_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+# The property tests draw the same examples on every run (a failure found once is found again, on any machine),
+# and keep no example database in the work tree.
+hypothesis.settings.register_profile("stock_platform", derandomize=True, database=None)
+hypothesis.settings.load_profile("stock_platform")
 
 
 @pytest.fixture(autouse=True)
@@ -176,8 +183,43 @@ def fresh_postgres_db(postgres_url: str):
 # What makes a test slow, by what it uses (so the `slow` mark cannot drift from the test's needs): a real
 # Dagster instance and runs, Postgres, the S3 server or the prepared near-real-time stack. The fast tier,
 # `python -m pytest -m "not slow"`, is everything else; `python -m pytest` runs both.
-SLOW_FIXTURES = {"instance", "s3_endpoint", "s3_lake", "postgres_url", "fresh_postgres_db", "prepared"}
+SLOW_FIXTURES = {"instance", "s3_endpoint", "s3_lake", "postgres_url", "fresh_postgres_db", "prepared", "demo_run"}
 POSTGRES_FIXTURES = {"postgres_url", "fresh_postgres_db"}
+
+
+# ------------------------------------------------------------------ the demo with a model, run once per session
+DEMO_TICKERS = ("AAPL", "MSFT", "XOM", "JPM")
+DEMO_END = "2025-06-30"
+DEMO_ARGS = ("--tickers", ",".join(DEMO_TICKERS), "--years", "2.5", "--end", DEMO_END, "--trials", "2")
+
+
+def user_env() -> dict[str, str]:
+    """This environment without the platform's, Dagster's and MLflow's settings: what a user's shell starts with."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("STOCK_PLATFORM_", "DAGSTER_", "MLFLOW_"))}
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    home: Path  # the template: tests work on a copy (`copy_to`)
+    stdout: str  # what the first `stock-platform demo` printed
+    stderr: str
+
+    def copy_to(self, home: Path) -> Path:
+        """A home of its own: the lake's Delta logs, the SQLite instance, warehouse and MLflow store hold paths
+        relative to it (MLflow's artifact URIs still name the template's, which stays for the session)."""
+        shutil.copytree(self.home, home)
+        return home
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> DemoRun:
+    """`stock-platform demo` over 2.5 years of four tickers with a 2-trial model, run once per session as a user
+    runs it (a subprocess with its own environment); test_cli and test_serving copy its home."""
+    home = tmp_path_factory.mktemp("demo_template") / "home"
+    done = subprocess.run([sys.executable, "-W", "ignore", "-m", "stock_platform.cli", "demo", "--home", str(home),
+                           *DEMO_ARGS], env=user_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return DemoRun(home, done.stdout, done.stderr)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
+import functools
+import shutil
+import tempfile
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
 from stock_platform.assets.lake import ensure_snapshot_table
-
 from stock_platform.assets.model import load_training_set
-
 from stock_platform.lib import modeling
 from stock_platform.lib.calendar import trading_days
 from stock_platform.lib.demo_market import generate
@@ -51,8 +53,17 @@ def materialization_metadata(result, asset: str) -> dict:
 
 
 def build_lake(root: Path, *, leak: bool = False) -> LakeResource:
-    """Snapshots and features of a 40-ticker demo market; `leak` makes the model input `ret_1d` tomorrow's return
-    (the classic off-by-one: a shift the wrong way)."""
+    """Snapshots and features of a 40-ticker demo market under `root/lake`; `leak` makes the model input `ret_1d`
+    tomorrow's return (the classic off-by-one: a shift the wrong way). Built once per test session, copied here
+    (a Delta table's log holds relative paths: the copy is a table of its own)."""
+    shutil.copytree(_lake_template(leak), root / "lake")
+    return LakeResource(uri=str(root / "lake"))
+
+
+@functools.cache
+def _lake_template(leak: bool) -> Path:
+    root = Path(tempfile.mkdtemp(prefix=f"lake_template_{'leak' if leak else 'honest'}_"))
+    atexit.register(shutil.rmtree, root, True)
     prices = generate([f"T{i:03d}" for i in range(40)], START, END)
     lake = LakeResource(uri=str(root / "lake"))
     ensure_snapshot_table(lake)
@@ -64,7 +75,7 @@ def build_lake(root: Path, *, leak: bool = False) -> LakeResource:
         features = (features.join(tomorrow, on=["ticker", "date"], how="left")
                     .with_columns(ret_1d=pl.col("tomorrow")).drop("tomorrow"))
     lake.replace_dates(FEATURES_TABLE, features, START, END)
-    return lake
+    return root / "lake"
 
 
 def model_resources(root: Path, lake: LakeResource) -> dict:
@@ -99,3 +110,12 @@ def fail_the_features_check(lake: LakeResource, instance: dg.DagsterInstance, da
     [evaluation] = run_range(defs, instance, first.isoformat(), last.isoformat(), "features_check"
                              ).get_asset_check_evaluations()
     assert not evaluation.passed and evaluation.metadata["failed_partitions"].value == [day.isoformat()]
+
+
+def registry_booster(tracking: TrackingResource, version: str):
+    """The booster MLflow's registry holds for `version`, loaded the way any MLflow user would (the platform
+    serves its lake copy; tests compare the two)."""
+    import mlflow
+
+    tracking.client()  # points mlflow at the tracking and registry URIs
+    return mlflow.lightgbm.load_model(f"models:/{tracking.model_name}/{version}")

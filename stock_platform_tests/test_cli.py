@@ -12,6 +12,7 @@ import pytest
 
 from stock_platform.gates import FEATURES_CHECK, check_status
 from stock_platform.resources.lake import LakeResource
+from stock_platform_tests.conftest import DEMO_ARGS
 from stock_platform_tests.helpers import fail_the_features_check
 
 
@@ -73,42 +74,40 @@ def test_demo_runs_in_a_real_instance_and_a_second_run_changes_nothing(tmp_path)
     assert pl.read_delta(str(tmp_path / "lake" / "features"))["stoch_k_14"].drop_nulls().max() <= 100
 
 
-@pytest.mark.slow
-def test_demo_trains_a_model_and_shows_it_beside_the_naive_baseline(tmp_path):
-    args = ("--tickers", "AAPL,MSFT,XOM,JPM", "--years", "2.5", "--end", "2025-06-30", "--trials", "2")
-    first = demo(tmp_path, *args)
-    assert first.returncode == 0, first.stderr
-    row = next(line for line in first.stdout.splitlines() if line.startswith("tuned_model"))
+def test_demo_trains_a_model_and_shows_it_beside_the_naive_baseline(demo_run, tmp_path):
+    home = demo_run.copy_to(tmp_path / "home")  # `stock-platform demo` DEMO_ARGS, run once for the session
+    first = demo_run.stdout
+    row = next(line for line in first.splitlines() if line.startswith("tuned_model"))
     # trained up to 12 weeks before the end; the weeks after it are forecast out of sample
     assert "week 2025-03-31" in row and "1/1 passed" in row and "model v1" in row
-    assert "| naive random walk |" in first.stdout and "| candidate |" in first.stdout
-    assert "stock_platform_lgbm v1" in first.stdout and "Created version" not in first.stdout + first.stderr
-    assert (tmp_path / "mlflow.db").exists() and (tmp_path / "mlartifacts").is_dir()
-    assert "[3/3] predictions, prediction_evaluation: 2025-04-07 .. 2025-06-30" in first.stdout
-    if "promoted to champion" in first.stdout:
-        assert "| MASE |" in first.stdout and "Diebold-Mariano" in first.stdout
-        pred_row = next(line for line in first.stdout.splitlines() if line.startswith("predictions"))
+    assert "| naive random walk |" in first and "| candidate |" in first
+    assert "stock_platform_lgbm v1" in first and "Created version" not in first + demo_run.stderr
+    assert (home / "mlflow.db").exists() and (home / "mlartifacts").is_dir()
+    assert "[3/3] predictions, prediction_evaluation: 2025-04-07 .. 2025-06-30" in first
+    if "promoted to champion" in first:
+        assert "| MASE |" in first and "Diebold-Mariano" in first
+        pred_row = next(line for line in first.splitlines() if line.startswith("predictions"))
         assert "1/1 passed" in pred_row
     else:  # the gate kept the model out: nothing to forecast with, and the demo says so
-        assert "no evaluated predictions" in first.stdout
+        assert "no evaluated predictions" in first
 
-    second = demo(tmp_path, *args)
+    second = demo(home, *DEMO_ARGS)
     assert second.returncode == 0, second.stderr
     assert "tuned_model, week 2025-03-31: Ray Tune, 2 trials ... up to date" in second.stdout
 
-    report = cli(tmp_path, "report", "--start", "2025-05-01", "--plot", str(tmp_path / "eval.png"))
+    report = cli(home, "report", "--start", "2025-05-01", "--plot", str(home / "eval.png"))
     assert report.returncode == 0, report.stderr
-    if "promoted to champion" in first.stdout:
+    if "promoted to champion" in first:
         assert "out-of-sample forecasts 2025-05-01" in report.stdout
-        assert (tmp_path / "eval.png").read_bytes()[:4] == b"\x89PNG"
+        assert (home / "eval.png").read_bytes()[:4] == b"\x89PNG"
 
-    listed = cli(tmp_path, "models")
+    listed = cli(home, "models")
     assert listed.returncode == 0, listed.stderr
     assert "stock_platform_lgbm: 1 registered version(s)" in listed.stdout and "2025-04-06" in listed.stdout
-    rollback = cli(tmp_path, "models", "--demote", "1")
+    rollback = cli(home, "models", "--demote", "1")
     assert rollback.returncode == 0, rollback.stderr
     assert "demoted v1" in rollback.stdout and "champion is now none" in rollback.stdout
-    assert cli(tmp_path, "models", "--demote", "9").stderr.strip() == (
+    assert cli(home, "models", "--demote", "9").stderr.strip() == (
         "error: model stock_platform_lgbm has no registered version 9")
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from stock_platform.definitions import defs
 from stock_platform.partitions import model_weeks, trading_days
@@ -100,6 +101,28 @@ def test_dagster_validates_the_code_location(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "All code locations passed validation" in out.stdout + out.stderr
+
+
+@pytest.mark.slow  # two `dg` processes that each load the project: ~10-20 s here
+def test_the_dg_cli_checks_and_lists_the_project(tmp_path):
+    """`[tool.dg]` in pyproject.toml makes this a `dg` project: `dg check defs` loads it, `dg list defs` shows it."""
+    repo = Path(__file__).resolve().parents[1]
+    dg_cli = os.path.join(os.path.dirname(sys.executable), "dg")
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    check = subprocess.run([dg_cli, "check", "defs"], capture_output=True, text=True, env=env, cwd=repo, timeout=300)
+    assert check.returncode == 0 and "All definitions loaded successfully" in check.stdout + check.stderr, (
+        check.stdout[-2000:] + check.stderr[-2000:])
+    listed = subprocess.run([dg_cli, "list", "defs", "--json"], capture_output=True, text=True, env=env, cwd=repo,
+                            timeout=300)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    defs = json.loads(listed.stdout)
+    assert {a["asset_key"] for a in defs["assets"]} == {"prices", "price_snapshots", "features", "tuned_model",
+                                                        "predictions", "prediction_evaluation"}
+    assert {c["key"] for c in defs["asset_checks"]} == {
+        "prices:prices_schema", "features:features_schema", "predictions:predictions_complete_and_plausible",
+        "tuned_model:no_leakage"}
+    assert {j["name"] for j in defs["jobs"]} == {"daily_assets", "weekly_retrain"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -18,7 +18,8 @@ from stock_platform.registry import load_booster, promoted_versions, served_vers
 from stock_platform.resources import UniverseResource
 from stock_platform.resources.warehouse import WarehouseResource
 from stock_platform_tests.helpers import (build_lake, fail_the_features_check, failure_message,
-                                         materialization_metadata, model_resources, register_promoted_model)
+                                         materialization_metadata, model_resources, register_promoted_model,
+                                         registry_booster)
 
 pytestmark = pytest.mark.slow
 FIRST, LAST = dt.date(2024, 5, 13), dt.date(2024, 6, 14)
@@ -122,7 +123,7 @@ def test_rolling_back_a_model_moves_champion_and_predictions_to_the_previous_ver
     # the serving copy predicts exactly what the registry's model predicts
     x = lake.read("features", dt.date(2024, 6, 10), dt.date(2024, 6, 10)).filter("warm")
     served = load_booster(served_versions(lake, tracking.model_name), 2)
-    registry = tracking.load("2")
+    registry = registry_booster(tracking, "2")
     np.testing.assert_array_equal(served.predict(x.select(served.feature_name()).to_numpy()),
                                   registry.predict(x.select(registry.feature_name()).to_numpy()))
     assert promoted_versions(served_versions(lake, tracking.model_name)) == [(1, TRAIN_ENDS[1]), (2, TRAIN_ENDS[2])]

@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 
 from stock_platform.cli.demo import demo_range
-from stock_platform.lib.calendar import (exchange_date, is_trading_day, next_session, nyse_holidays, previous_session,
+from stock_platform.lib.calendar import (exchange_date, is_trading_day, nyse_holidays,
                                          trading_days as calendar_days)
 from stock_platform.settings import SettingsError, load_settings
 from stock_platform.partitions import model_weeks, trading_days
@@ -59,15 +59,17 @@ INSTANTS = [
 @pytest.mark.parametrize(("instant", "ny_date", "last_partition"), INSTANTS)
 def test_date_logic_at_fixed_instants(instant, ny_date, last_partition):
     today = dt.date.fromisoformat(ny_date)
+    previous_session = calendar_days(today - dt.timedelta(days=10), today - dt.timedelta(days=1))[-1]
+    next_session = calendar_days(today + dt.timedelta(days=1), today + dt.timedelta(days=10))[0]
     assert exchange_date(instant) == today
     with dg.partition_loading_context(instant):  # Dagster's "now" for the partitions
         assert trading_days.get_last_partition_key() == last_partition
     if is_trading_day(today):  # the 18:00 close schedule's partition exists all day
         assert last_partition == ny_date
     else:
-        assert dt.date.fromisoformat(last_partition) in (previous_session(today), next_session(today))
+        assert dt.date.fromisoformat(last_partition) in (previous_session, next_session)
     # the demo's default range ends at the last session before New York's today
-    assert demo_range(0.5, now=instant)[1] == previous_session(today)
+    assert demo_range(0.5, now=instant)[1] == previous_session
     # STOCK_PLATFORM_START may be New York's today, not the day after
     assert load_settings({"STOCK_PLATFORM_START": ny_date}, now=instant).start == today
     with pytest.raises(SettingsError, match=f"today in New York \\({ny_date}\\)"):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -18,18 +17,18 @@ import pytest
 from stock_platform.resources.lake import LakeResource
 from stock_platform.resources.warehouse import WarehouseResource
 from stock_platform.serving.api import MAX_LIMIT, create_app
+from stock_platform_tests.conftest import DEMO_ARGS, DEMO_END, DEMO_TICKERS, user_env
 from stock_platform_tests.deployment import free_port
 
 pytestmark = pytest.mark.slow
-TICKERS = ("AAPL", "MSFT", "XOM", "JPM")
-END = dt.date(2025, 6, 30)
+TICKERS = DEMO_TICKERS
+END = dt.date.fromisoformat(DEMO_END)
 NEXT = dt.date(2025, 7, 1)
 DASHBOARD = Path(__file__).resolve().parents[1] / "stock_platform" / "serving" / "dashboard.py"
 
 
 def demo_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STOCK_PLATFORM_", "DAGSTER_", "MLFLOW_"))}
-    return env | {"STOCK_PLATFORM_HOME": str(home), "STOCK_PLATFORM_TICKERS": ",".join(TICKERS),
+    return user_env() | {"STOCK_PLATFORM_HOME": str(home), "STOCK_PLATFORM_TICKERS": ",".join(TICKERS),
                   "DAGSTER_HOME": str(home / "dagster")}
 
 
@@ -41,14 +40,14 @@ def cli(home: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    """The demo's lake, warehouse and instance, with forecasts: when the gate kept the demo's model out, an
-    operator promotes it (`models --promote 1`) and the demo's second run forecasts with it."""
-    home = tmp_path_factory.mktemp("demo")
-    demo = ("demo", "--years", "2.5", "--end", END.isoformat(), "--trials", "2")
-    if "promoted to champion" not in cli(home, *demo).stdout:
+def home(demo_run, tmp_path_factory) -> Path:
+    """The demo's lake, warehouse and instance (a copy of the session's demo home), with forecasts: when the gate
+    kept the demo's model out, an operator promotes it (`models --promote 1`) and the demo's second run forecasts
+    with it."""
+    home = demo_run.copy_to(tmp_path_factory.mktemp("serving") / "home")
+    if "promoted to champion" not in demo_run.stdout:
         cli(home, "models", "--promote", "1")
-        cli(home, *demo)
+        cli(home, "demo", *DEMO_ARGS)
     return home
 
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -143,6 +144,19 @@ def _writer(lake: LakeResource, start: dt.date, end: dt.date, **extra) -> subpro
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
 
 
+def _data_files(lake: LakeResource) -> set[str]:
+    """The Parquet files under the snapshot table's folder, committed or not (local folder or S3 prefix)."""
+    uri = lake.table_uri(SNAPSHOT_TABLE)
+    if not uri.startswith("s3://"):
+        return {str(p) for p in Path(uri).rglob("*.parquet")}
+    import boto3
+
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    pages = boto3.client("s3", endpoint_url=lake.aws_endpoint_url).get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix + "/")
+    return {o["Key"] for page in pages for o in page.get("Contents", []) if o["Key"].endswith(".parquet")}
+
+
 def _finish(proc: subprocess.Popen) -> dict:
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
@@ -180,9 +194,13 @@ def test_writer_killed_mid_merge_leaves_the_previous_version_and_a_rerun_complet
     before_version = any_lake.table(SNAPSHOT_TABLE).version()
     before = any_lake.snapshot(SNAPSHOT_TABLE)
     start, end = dt.date(2023, 1, 3), dt.date(2023, 12, 29)
+    committed = _data_files(any_lake)
     proc = _writer(any_lake, start, end, tickers=400, dates_per_commit=1000)  # one large commit
     assert proc.stdout.readline().strip() == "merging"
-    time.sleep(0.3)
+    deadline = time.monotonic() + 60
+    while not _data_files(any_lake) - committed:  # kill once the MERGE has written a data file, before its commit
+        assert proc.poll() is None and time.monotonic() < deadline, "the writer wrote no data file"
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, "the writer must die mid-merge for this test to mean anything"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -15,23 +16,35 @@ from stock_platform.registry import load_booster, served_versions
 from stock_platform.resources.tracking import TrackingResource
 from stock_platform.resources.tuning import TuningResource
 from stock_platform_tests.helpers import (build_lake, fail_the_features_check, failure_message,
-                                         materialization_metadata, model_resources)
+                                         materialization_metadata, model_resources, registry_booster)
 
 pytestmark = pytest.mark.slow
 SMALL = {"ops": {"tuned_model": {"config": {"trials": 4, "time_budget_seconds": 120}}}}
 
 
 def ray_processes() -> list[str]:
-    """Command lines of live Ray processes (raylet, GCS, workers) on this machine."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    """Command lines of the live Ray processes (raylet, GCS, workers) this test process started: its descendants,
+    so a Ray job of another process on the machine does not count."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:  # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):  # the process ended meanwhile
+            continue
+    mine, grew = {os.getpid()}, True
+    while grew:
+        found = {pid for pid, parent in parents.items() if parent in mine} - mine
+        mine |= found
+        grew = bool(found)
+    commands = []
+    for pid in mine - {os.getpid()}:
         try:
-            cmd = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:  # the process ended meanwhile
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
             continue
         if any(name in cmd for name in ("raylet", "gcs_server", "ray::", "default_worker.py")):
-            found.append(cmd[:120])
-    return found
+            commands.append(cmd[:120])
+    return commands
 
 
 def materialize(res: dict, instance, week: str):
@@ -76,7 +89,7 @@ def test_two_weeks_register_two_versions_and_champion_follows_the_gate(tmp_path,
     run = client.get_run(second["mlflow_run_id"])
     nested = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
     assert len(nested) == 4 and {"num_leaves", "learning_rate"} <= set(nested[0].data.params)
-    model = tracking.load("2")
+    model = registry_booster(tracking, "2")
     assert model.feature_name() == list(MODEL_FEATURES)  # the scale-free inputs only, never a price level
     # the lake's serving copy: both versions, promoted as the gate said, the same trees as the registry's
     served = served_versions(res["lake"], tracking.model_name)

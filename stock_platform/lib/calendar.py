@@ -44,23 +44,6 @@ def exchange_date(instant: dt.datetime | None = None) -> dt.date:
     return instant.astimezone(_EXCHANGE_TZ).date()
 
 
-def previous_session(day: dt.date) -> dt.date:
-    """The last NYSE session strictly before `day`."""
-    return _step_session(day, -1)
-
-
-def next_session(day: dt.date) -> dt.date:
-    """The first NYSE session strictly after `day`."""
-    return _step_session(day, 1)
-
-
-def _step_session(day: dt.date, step: int) -> dt.date:
-    day += dt.timedelta(days=step)
-    while not is_trading_day(day):
-        day += dt.timedelta(days=step)
-    return day
-
-
 def _cache_file(first_year: int, last_year: int) -> Path:
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stock_platform"
     return root / f"nyse-holidays-{version('holidays')}-{first_year}-{last_year}.json"

@@ -88,10 +88,6 @@ class TrainingSet:
         if self.target is None:
             object.__setattr__(self, "target", demeaned(self.t, self.y))
 
-    def with_labels(self, y: np.ndarray) -> TrainingSet:
-        return TrainingSet(x=self.x, y=y, t=self.t, dates=self.dates, feature_names=self.feature_names,
-                           keys=self.keys)
-
     @property
     def fingerprint(self) -> tuple:
         """Identifies the data across processes (Ray hands each trial its own copy)."""

@@ -95,8 +95,3 @@ class TrackingResource(dg.ConfigurableResource):
 
     def remove_champion(self) -> None:
         self.client().delete_registered_model_alias(self.model_name, CHAMPION)
-
-    def load(self, version: str | None = None):
-        """A registered booster: `version`, or the champion."""
-        ref = f"models:/{self.model_name}/{version}" if version else f"models:/{self.model_name}@{CHAMPION}"
-        return self._mlflow().lightgbm.load_model(ref)
