@@ -26,34 +26,23 @@ def _lake(uri: str, endpoint: str | None):
     return LakeResource(uri=uri, aws_endpoint_url=endpoint)
 
 
-def settings():
-    """The settings, read per script run (cheap, and a changed environment is seen)."""
-    from stock_platform.settings import load_settings
-
-    return load_settings()
-
-
-def lake():
-    """The configured lake."""
-    configured = settings()
-    return _lake(configured.lake_uri, configured.aws_endpoint_url)
-
-
 @st.cache_data(ttl=30)
 def check_history(dagster_home: str, limit: int = 20) -> pl.DataFrame:
     """The latest evaluations of the blocking checks, from the home's Dagster instance.
 
     Dagster 1.13 has no public API for a check's execution history (the instance's `get_event_records` is
     deprecated and its asset filter does not see check evaluations): this reads the event log storage's, the
-    one Dagster's own UI serves. Planned executions a skipped run left behind are not shown."""
+    one Dagster's own UI serves, with its status enum (private). Planned executions a skipped run left behind
+    are not shown: the storage filters them before the limit."""
     import dagster as dg
 
+    from dagster._core.storage.asset_check_execution_record import COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES
+
+    done = COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES  # passed or failed
     rows = []
     with dg.DagsterInstance.from_config(dagster_home) as instance:
         for key in CHECK_KEYS:
-            for record in instance.event_log_storage.get_asset_check_execution_history(key, limit=limit):
-                if record.status.value not in ("SUCCEEDED", "FAILED"):
-                    continue
+            for record in instance.event_log_storage.get_asset_check_execution_history(key, limit=limit, status=done):
                 evaluation = record.event.dagster_event.event_specific_data if record.event else None
                 metadata = getattr(evaluation, "metadata", {}) or {}
                 rows.append({"check": f"{key.asset_key.to_user_string()}.{key.name}", "status": record.status.value,
@@ -119,7 +108,10 @@ def fmt(value, pattern: str = "{:.4f}") -> str:
 def main() -> None:
     st.set_page_config(page_title="stock_platform", layout="wide")
     st.title("stock_platform")
-    store = lake()
+    from stock_platform.settings import load_settings
+
+    settings = load_settings()  # per script run: cheap, and a changed environment is seen
+    store = _lake(settings.lake_uri, settings.aws_endpoint_url)
     listed = q.tickers(store)
     if listed.is_empty():
         st.warning("The lake holds no prices yet: run `stock-platform demo` (or materialize `prices` and "
@@ -166,7 +158,7 @@ def main() -> None:
     left.caption(f"{flagged.height} day(s) with quarantined rows, lowest DQ score "
                  f"{fmt(dq['dq_score'].min() if dq.height else None, '{:.3f}')}")
     right.markdown("Asset check results (newest first)")
-    dagster_home = str(settings().dagster_home)
+    dagster_home = str(settings.dagster_home)
     try:
         checks = check_history(dagster_home)
     except Exception as exc:  # noqa: BLE001 - no instance here: say so, show the rest
