@@ -31,6 +31,14 @@ def session_close_utc(date):
             .dt.replace_time_zone(EXCHANGE_TIMEZONE).dt.convert_time_zone("UTC"))
 
 
+def following_sessions(sessions):
+    """A polars frame `date, target_date`: each of the consecutive `sessions` and the session after it."""
+    import polars as pl
+
+    return pl.DataFrame({"date": sessions[:-1], "target_date": sessions[1:]},
+                        schema={"date": pl.Date, "target_date": pl.Date})
+
+
 def exchange_now() -> dt.datetime:
     """The current instant in New York time (the only wall-clock read of the date logic)."""
     return dt.datetime.now(_EXCHANGE_TZ)

@@ -47,14 +47,13 @@ def next_day_returns(prices: pl.DataFrame, sessions: Sequence[dt.date]) -> pl.Da
     prices: ticker, date, close, dividends, splits (as traded). Only where the ticker has a bar on the very
     next session: a gap gives no label, not a multi-day return.
     """
+    from stock_platform.lib.calendar import following_sessions
     from stock_platform.lib.corporate_actions import total_returns
 
-    following = pl.DataFrame({"date": sessions[:-1], "target_date": sessions[1:]},
-                             schema={"date": pl.Date, "target_date": pl.Date})
     return (
         total_returns(prices.select("ticker", "date", "close", "dividends", "splits"))
         .rename({"date": "target_date", "prev_date": "date"})
-        .join(following, on=["date", "target_date"])
+        .join(following_sessions(sessions), on=["date", "target_date"])
         .select("ticker", "date", "target_date", label="total_return")
         .sort(KEYS)
     )

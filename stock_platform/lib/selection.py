@@ -148,11 +148,9 @@ def forecast_frame(features, closes, sessions: Sequence[dt.date], plan: dict[dt.
     the model's registration if later: a backfill). `predict(version, rows)` gives a version's predictions."""
     import polars as pl
 
-    from stock_platform.lib.calendar import session_close_utc
+    from stock_platform.lib.calendar import following_sessions, session_close_utc
     from stock_platform.lib.tables import predictions_schema
 
-    following = pl.DataFrame({"date": sessions[:-1], "target_date": sessions[1:]},
-                             schema={"date": pl.Date, "target_date": pl.Date})
     parts = []
     for version in sorted(set(plan.values())):
         rows = features.filter(pl.col("date").is_in([d for d, v in plan.items() if v == version]))
@@ -168,7 +166,7 @@ def forecast_frame(features, closes, sessions: Sequence[dt.date], plan: dict[dt.
     return (
         (pl.concat(parts) if parts else pl.DataFrame(schema=schema))
         .join(closes.select("ticker", "date", "close"), on=["ticker", "date"])
-        .join(following, on="date")
+        .join(following_sessions(sessions), on="date")
         .with_columns(
             pred_close=pl.col("close") * (1 + pl.col("pred_return")),
             model_name=pl.lit(model_name),
