@@ -16,7 +16,7 @@ from stock_platform.lib.calendar import EXCHANGE_TIMEZONE
 from stock_platform.partitions import CADENCE_TAG, DAILY_CADENCE, trading_days
 from stock_platform.resources import PriceSourceResource, UniverseResource
 from stock_platform.resources.landing import LandedFile, LandingResource, validate_key
-from stock_platform.resources.lake import LakeResource
+from stock_platform.resources.lake import LakeResource, Maintenance
 
 # At most this many new file versions are read per sensor tick (a backlog is taken over the next ticks).
 MAX_FILES_PER_TICK = 500
@@ -232,6 +232,45 @@ def live_quotes_sensor(context: dg.SensorEvaluationContext, source: PriceSourceR
     return dg.SkipReason(f"landed {key}" if key else "market closed: nothing polled")
 
 
-jobs = [daily_assets_job, weekly_retrain_job]
-schedules = [daily_close, weekly_retrain_schedule]
+@dg.op(description="Compact, checkpoint and vacuum every lake table (migrating tables of the earlier per-date "
+       "layout): files and bytes before/after per table, as observations of the tables' assets.")
+def maintain_lake(context, lake: LakeResource):
+    from stock_platform.lib.markdown import markdown_table
+    from stock_platform.lib.tables import ASSET_TABLES, LAKE_TABLES
+
+    done = []
+    for name in filter(lake.exists, LAKE_TABLES):
+        m = lake.maintain(name)
+        done.append(m)
+        context.log.info(f"{name}: {m.files_before} -> {m.files_after} files, {m.bytes_before:,} -> "
+                         f"{m.bytes_after:,} bytes, {m.files_vacuumed} vacuumed, {m.seconds} s")
+        if name in ASSET_TABLES:
+            context.log_event(dg.AssetObservation(asset_key=name, metadata={
+                "table_files": m.files_after, "table_size_bytes": m.bytes_after, "files_compacted": m.files_compacted,
+                "files_vacuumed": m.files_vacuumed, "maintenance_seconds": m.seconds}))
+    columns = list(Maintenance.__dataclass_fields__)
+    return dg.Output(None, metadata={
+        "tables": dg.MetadataValue.md(markdown_table([[getattr(m, c) for c in columns] for m in done], columns)),
+        "files_before": sum(m.files_before for m in done), "files_after": sum(m.files_after for m in done),
+        "bytes_before": sum(m.bytes_before for m in done), "bytes_after": sum(m.bytes_after for m in done)})
+
+
+@dg.job(description="Hudi's compaction and cleaner for the lake: OPTIMIZE, checkpoint and VACUUM within the "
+        "retention that time travel and change-feed consumers need; safe beside the daily runs.")
+def lake_maintenance():
+    maintain_lake()
+
+
+@dg.schedule(cron_schedule="0 3 * * 0", execution_timezone=EXCHANGE_TIMEZONE, job=lake_maintenance,
+             name="weekly_lake_maintenance", description="Sunday 03:00 New York (no session, no retraining): "
+             "compact the week's daily files, checkpoint, vacuum.")
+def weekly_lake_maintenance(context: dg.ScheduleEvaluationContext):
+    from zoneinfo import ZoneInfo
+
+    day = context.scheduled_execution_time.astimezone(ZoneInfo(EXCHANGE_TIMEZONE)).date()
+    return dg.RunRequest(run_key=f"lake_maintenance:{day}")
+
+
+jobs = [daily_assets_job, weekly_retrain_job, lake_maintenance]
+schedules = [daily_close, weekly_retrain_schedule, weekly_lake_maintenance]
 sensors = [landing_zone_sensor, live_quotes_sensor]

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 import pytest
 
-from stock_platform.automation import daily_close, weekly_retrain_schedule
+from stock_platform.automation import daily_close, weekly_lake_maintenance, weekly_retrain_schedule
 from stock_platform.definitions import defs
 
 NY = ZoneInfo("America/New_York")
@@ -45,4 +45,10 @@ def test_weekly_retrain_requests_the_week_that_just_finished():
 
 
 def test_schedules_are_registered():
-    assert {s.name for s in defs.schedules} == {"daily_close", "weekly_retrain_schedule"}
+    assert {s.name for s in defs.schedules} == {"daily_close", "weekly_retrain_schedule", "weekly_lake_maintenance"}
+
+
+@pytest.mark.parametrize("when", [dt.datetime(2024, 6, 23, 3, 0, tzinfo=NY), dt.datetime(2024, 6, 23, 7, 0, tzinfo=dt.UTC)])
+def test_weekly_lake_maintenance_requests_one_run_per_new_york_sunday(when):
+    [request] = tick(weekly_lake_maintenance, when).run_requests
+    assert request.run_key == "lake_maintenance:2024-06-23" and weekly_lake_maintenance.job_name == "lake_maintenance"

@@ -136,3 +136,22 @@ def test_demo_fails_at_start_on_an_unreachable_warehouse(tmp_path):
                          env={**os.environ, "STOCK_PLATFORM_WAREHOUSE_URL": env_url})
     assert out.returncode == 2
     assert "STOCK_PLATFORM_WAREHOUSE_URL='postgresql+psycopg2://nobody@127.0.0.1:1/none': unreachable" in out.stderr
+
+
+def test_maintain_runs_the_lake_maintenance_job_in_the_homes_instance(tmp_path):
+    from stock_platform_tests.helpers import build_lake
+
+    lake = build_lake(tmp_path / "home")  # snapshots and features of 40 tickers, written in 126-date commits
+    before = {name: lake.read(name) for name in ("price_snapshots", "features")}
+    result = cli(tmp_path / "home", "maintain")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| price_snapshots |" in result.stdout and "| features |" in result.stdout, result.stdout
+    assert "lake_maintenance run" in result.stdout and "done" in result.stdout
+    for name, rows in before.items():
+        assert lake.read(name).equals(rows), name
+        assert lake.table(name).get_add_actions(flatten=True).num_rows == 4, name  # 2021..2024: a file per year
+    with dg.DagsterInstance.from_config(str(tmp_path / "home" / "dagster")) as instance:
+        [run] = instance.get_runs(dg.RunsFilter(job_name="lake_maintenance"))
+        assert run.status == dg.DagsterRunStatus.SUCCESS
+        observed = instance.fetch_observations(dg.AssetKey("price_snapshots"), limit=5).records
+        assert [r.asset_observation.metadata["table_files"].value for r in observed] == [4]

@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 
 from stock_platform.assets.lake import ensure_snapshot_table
-
+from stock_platform.lib.calendar import trading_days
 from stock_platform.lib.snapshots import MergeCounts, precombine
 from stock_platform.lib.tables import PRECOMBINE, SNAPSHOT_KEYS, SNAPSHOT_TABLE
 from stock_platform.resources.lake import LakeError, LakeResource
@@ -139,8 +139,9 @@ def _writer(lake: LakeResource, start: dt.date, end: dt.date, **extra) -> subpro
             "--start", start.isoformat(), "--end", end.isoformat()]
     if lake.aws_endpoint_url:
         args += ["--endpoint", lake.aws_endpoint_url]
-    for key, value in extra.items():
-        args += [f"--{key.replace('_', '-')}", str(value)]
+    for key, value in extra.items():  # True/False: a flag given or not
+        if value is not False:
+            args += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
 
 
@@ -193,9 +194,10 @@ def test_writer_killed_mid_merge_leaves_the_previous_version_and_a_rerun_complet
     upsert(any_lake, batch(5, D1, D1))
     before_version = any_lake.table(SNAPSHOT_TABLE).version()
     before = any_lake.snapshot(SNAPSHOT_TABLE)
-    start, end = dt.date(2023, 1, 3), dt.date(2023, 12, 29)
+    # ten years: the MERGE writes a file per year partition, and the kill lands after the first, before the commit
+    start, end = dt.date(2014, 1, 2), dt.date(2023, 12, 29)
     committed = _data_files(any_lake)
-    proc = _writer(any_lake, start, end, tickers=400, dates_per_commit=1000)  # one large commit
+    proc = _writer(any_lake, start, end, tickers=100, dates_per_commit=5000)  # one large commit
     assert proc.stdout.readline().strip() == "merging"
     deadline = time.monotonic() + 60
     while not _data_files(any_lake) - committed:  # kill once the MERGE has written a data file, before its commit
@@ -209,9 +211,10 @@ def test_writer_killed_mid_merge_leaves_the_previous_version_and_a_rerun_complet
     assert any_lake.table(SNAPSHOT_TABLE).version() == before_version
     assert any_lake.snapshot(SNAPSHOT_TABLE).equals(before)
 
-    result = _finish(_writer(any_lake, start, end, tickers=400, dates_per_commit=1000))
-    assert result["version"] == before_version + 1 and result["inserted"] == 400 * 250
-    assert any_lake.snapshot(SNAPSHOT_TABLE).height == before.height + 400 * 250
+    result = _finish(_writer(any_lake, start, end, tickers=100, dates_per_commit=5000))
+    sessions = len(trading_days(start, end))
+    assert result["version"] == before_version + 1 and result["inserted"] == 100 * sessions
+    assert any_lake.snapshot(SNAPSHOT_TABLE).height == before.height + 100 * sessions
 
 
 def test_vacuum_refuses_a_retention_shorter_than_consumers_need(lake):

@@ -14,8 +14,8 @@ from stock_platform.resources.warehouse import WarehouseResource
 def ensure_snapshot_table(lake: LakeResource) -> None:
     from stock_platform.lib.prices import SNAPSHOT_SCHEMA
 
-    # Partitioned by date: a day's upsert touches one folder, and MERGE prunes to it.
-    lake.ensure_table(SNAPSHOT_TABLE, SNAPSHOT_SCHEMA, partition_by=["date"], change_data_feed=True,
+    # Partitioned by year, rows sorted by date: a day's upsert scans the files holding its dates only.
+    lake.ensure_table(SNAPSHOT_TABLE, SNAPSHOT_SCHEMA, date_column="date", change_data_feed=True,
                       description="price snapshots: upserts on (ticker, date), precombine ingested_at, soft deletes")
 
 

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--promote", type=int, metavar="VERSION",
                         help="overrule the gate: VERSION may serve predictions (champion: the newest promoted)")
 
+    command("maintain", operate.cmd_maintain, "compact, checkpoint and vacuum the lake's tables (the lake_maintenance "
+            "job; migrates tables of the earlier per-date layout)")
+
     for name, func, port, help in (  # noqa: A001
             ("serve", operate.cmd_serve, 8000,
              "the prediction API (GET /tickers, /prices, /predictions, /evaluation, WebSocket /ws/updates)"),

@@ -1,5 +1,5 @@
 """What every command shares: the `--home` option, the settings built from the environment and the options,
-the resources built from those settings, and the error a bad option raises."""
+the resources built from those settings, the home's Dagster instance, and the error a bad option raises."""
 
 from __future__ import annotations
 
@@ -45,6 +45,30 @@ def resources(settings: Settings) -> dict:
     from stock_platform.resources import build_resources
 
     return build_resources(settings)
+
+
+def open_instance(settings: Settings):
+    """The home's Dagster instance (created on first use: SQLite storage in its folder, no telemetry).
+
+    Dagster reads its home and feature flags only from the environment: these two variables are set for
+    Dagster itself, not to pass the platform's settings (those go down as a `Settings` object)."""
+    import dagster as dg
+
+    settings.dagster_home.mkdir(parents=True, exist_ok=True)
+    instance_yaml = settings.dagster_home / "dagster.yaml"
+    if not instance_yaml.exists():
+        instance_yaml.write_text("telemetry:\n  enabled: false\n")
+    os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
+    # One "planned" event per asset for a single-run backfill instead of one per partition.
+    os.environ.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
+    return dg.DagsterInstance.get()
+
+
+def step_errors(result) -> str:
+    """The step failures' messages of an in-process run's result."""
+    messages = [e.event_specific_data.error.message.strip() for e in result.all_events
+                if e.event_type_value == "STEP_FAILURE" and e.event_specific_data.error]
+    return "\n".join(messages) or "run failed (see the run in the Dagster UI)"
 
 
 def tickers_option(value: str | None) -> list[str] | None:

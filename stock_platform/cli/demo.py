@@ -8,12 +8,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import os
 import time
 from dataclasses import dataclass
 
 from stock_platform.cli.operate import forecast_report
-from stock_platform.cli.common import CommandError, date_option, settings_environment, settings_from, tickers_option
+from stock_platform.cli.common import (CommandError, date_option, open_instance, settings_environment, settings_from,
+                                       step_errors, tickers_option)
 from stock_platform.settings import DEFAULT_START, Settings, SettingsError, use_settings
 
 # A model needs a year of indicator warm-up, then walk-forward folds and a held-out window.
@@ -29,23 +29,6 @@ class StageReport:
     checks: str
     seconds: float
     note: str = ""
-
-
-def open_instance(settings: Settings):
-    """The home's Dagster instance (created on first use: SQLite storage in its folder, no telemetry).
-
-    Dagster reads its home and feature flags only from the environment: these two variables are set for
-    Dagster itself, not to pass the platform's settings (those go down as a `Settings` object)."""
-    import dagster as dg
-
-    settings.dagster_home.mkdir(parents=True, exist_ok=True)
-    instance_yaml = settings.dagster_home / "dagster.yaml"
-    if not instance_yaml.exists():
-        instance_yaml.write_text("telemetry:\n  enabled: false\n")
-    os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
-    # One "planned" event per asset for a single-run backfill instead of one per partition.
-    os.environ.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
-    return dg.DagsterInstance.get()
 
 
 def demo_range(years: float, end: dt.date | None = None, *, now: dt.datetime | None = None) -> tuple[dt.date, dt.date]:
@@ -100,12 +83,6 @@ def ui_command(settings: Settings) -> str:
     return " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " dagster dev"
 
 
-def _step_errors(result) -> str:
-    messages = [e.event_specific_data.error.message.strip() for e in result.all_events
-                if e.event_type_value == "STEP_FAILURE" and e.event_specific_data.error]
-    return "\n".join(messages) or "run failed (see the run in the Dagster UI)"
-
-
 def _daily_assets() -> list[tuple[str, str]]:
     """(asset key, lake table) of the daily assets the demo materializes, in dependency order."""
     from stock_platform.lib.tables import PRICES_TABLE
@@ -122,7 +99,7 @@ def _run_demo_job(instance, defs, job: str, *, tags: dict[str, str] | None = Non
         instance=instance, run_config=QUIET_LOGS | (run_config or {}), raise_on_error=False,
         tags={"stock_platform/launched_by": "demo", **(tags or {})}, **kwargs)
     if not result.success:
-        raise RuntimeError(_step_errors(result))
+        raise RuntimeError(step_errors(result))
     return result
 
 

@@ -1,4 +1,4 @@
-"""The operator's commands: `snapshot`, `report`, `models`, `replay`, `serve`, `dashboard`."""
+"""The operator's commands: `snapshot`, `report`, `models`, `replay`, `maintain`, `serve`, `dashboard`."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from stock_platform.cli.common import (CommandError, date_option, resources, settings_environment, settings_from,
-                                       tickers_option)
+from stock_platform.cli.common import (CommandError, date_option, open_instance, resources, settings_environment,
+                                       settings_from, step_errors, tickers_option)
 from stock_platform.settings import SettingsError
 
 
@@ -139,6 +139,23 @@ def cmd_models(args: argparse.Namespace) -> int:
     pl.Config.set_fmt_str_lengths(90)
     print(f"{tracking.model_name}: {served.height} registered version(s)")
     print(served)
+    return 0
+
+
+def cmd_maintain(args: argparse.Namespace) -> int:
+    """Run the `lake_maintenance` job in the home's Dagster instance (it shows in the UI) and print what it did."""
+    from stock_platform.automation import lake_maintenance
+
+    settings = settings_from(args)
+    with open_instance(settings) as instance:
+        result = lake_maintenance.execute_in_process(instance=instance, resources={"lake": resources(settings)["lake"]},
+                                                     raise_on_error=False, tags={"stock_platform/launched_by": "cli"})
+    if not result.success:
+        raise CommandError(f"lake_maintenance run {result.run_id} failed: {step_errors(result)}")
+    for event in result.all_events:
+        if event.event_type_value == "STEP_OUTPUT":
+            print(event.event_specific_data.metadata["tables"].value)
+    print(f"lake_maintenance run {result.run_id}: done")
     return 0
 
 

@@ -7,6 +7,12 @@ previous version until the commit lands. Two kinds of table:
 - *snapshot tables* (`price_snapshots`): Hudi-like upserts keyed on (ticker, date) with a precombine
   column, soft deletes, time travel and a change data feed (see `lib/snapshots.py`).
 
+Layout: a dated table is partitioned by the *year* of its date column (`date` -> `date_year`, added on write,
+dropped on read), its rows written sorted by date, so a reader prunes by partition and by the files' date
+statistics. A daily write adds one small file to the year; `maintain` (the `lake_maintenance` job) compacts
+them, checkpoints the log and vacuums within the retention. Tables of the earlier one-folder-per-date layout
+are migrated by the first write or maintenance that meets them (`migrate_layout`).
+
 Usable outside Dagster too: `LakeResource(uri="./.stock_platform/lake").snapshot("price_snapshots")`.
 """
 
@@ -31,10 +37,30 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 DAY_HOURS = 24
+YEAR_SUFFIX = "_year"
+# Marks the commit that moved a table to the year layout (its change feed cannot be read: `changes` skips it).
+MIGRATION_MARK = {"stock_platform.operation": "layout migration"}
+# delta-rs OPTIMIZE's file size (its default is 100 MB): a year of 500 tickers' prices is ~6 MB, so a year is one file.
+TARGET_FILE_BYTES = 128 * 1024**2
 
 
 class LakeError(RuntimeError):
     """A lake operation was refused (missing table, vacuumed history, unsafe retention, ...)."""
+
+
+@dataclass(frozen=True)
+class Maintenance:
+    """What `LakeResource.maintain` did to one table."""
+
+    table: str
+    files_before: int
+    bytes_before: int
+    files_after: int
+    bytes_after: int
+    files_compacted: int  # small files OPTIMIZE rewrote into larger ones
+    files_vacuumed: int  # files deleted: replaced longer ago than the retention
+    migrated_version: int | None  # the version that moved the table to the year layout (None: already there)
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -54,6 +80,36 @@ def _date_literal(day: dt.date) -> str:
 def date_range_sql(column: str, start: dt.date, end: dt.date, *, alias: str | None = None) -> str:
     col = f"{alias}.{validate_identifier(column)}" if alias else validate_identifier(column)
     return f"{col} >= {_date_literal(start)} AND {col} <= {_date_literal(end)}"
+
+
+def range_sql(column: str, start: dt.date, end: dt.date, years: dict[str, str], *, alias: str | None = None) -> str:
+    """`date_range_sql`, plus the same bounds on the year partition column where the table has one (partition
+    pruning before any file is opened)."""
+    sql = date_range_sql(column, start, end, alias=alias)
+    for year, date in years.items():
+        if date == column:
+            col = f"{alias}.{year}" if alias else year
+            sql += f" AND {col} >= {start.year} AND {col} <= {end.year}"
+    return sql
+
+
+def year_column(date_column: str) -> str:
+    """The partition column of a table dated by `date_column`: the date's year (`date` -> `date_year`)."""
+    return validate_identifier(date_column, where="date column") + YEAR_SUFFIX
+
+
+def year_columns(table: DeltaTable) -> dict[str, str]:
+    """The table's year partition columns, each with the date column it is the year of (empty: not year-partitioned)."""
+    names = {field.name for field in table.schema().fields}
+    return {p: p.removesuffix(YEAR_SUFFIX) for p in table.metadata().partition_columns
+            if p.endswith(YEAR_SUFFIX) and p.removesuffix(YEAR_SUFFIX) in names}
+
+
+def with_years(df: pl.DataFrame, years: dict[str, str]) -> pl.DataFrame:
+    """`df` with the year partition columns a table with `years` (see `year_columns`) stores."""
+    import polars as pl
+
+    return df.with_columns(pl.col(date).dt.year().cast(pl.Int32).alias(year) for year, date in years.items())
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -114,13 +170,19 @@ class LakeResource(dg.ConfigurableResource):
         return table
 
     # --------------------------------------------------------------------------------------- writes
-    def ensure_table(self, name: str, schema: dict[str, pl.DataType], *, partition_by: Sequence[str] | None = None,
+    def ensure_table(self, name: str, schema: dict[str, pl.DataType], *, date_column: str | None = None,
                      change_data_feed: bool = False, description: str | None = None) -> None:
-        """Create the table with `schema` once, up front (idempotent; concurrent creators are fine)."""
+        """Create the table with `schema` once, up front (idempotent; concurrent creators are fine).
+
+        A table dated by `date_column` is partitioned by its year (see the module's doc); an existing table of
+        the earlier per-date layout is migrated to it here, with a log line saying so.
+        """
         import polars as pl
         from deltalake import DeltaTable
 
         if self.exists(name):
+            if date_column is not None:
+                self.migrate_layout(name)
             return
         config = {
             "delta.logRetentionDuration": f"interval {self.retention_hours} hours",
@@ -128,21 +190,58 @@ class LakeResource(dg.ConfigurableResource):
         }
         if change_data_feed:
             config["delta.enableChangeDataFeed"] = "true"
-        arrow_schema = pl.DataFrame(schema=schema).to_arrow().schema
+        partition_by = [year_column(date_column)] if date_column else []
+        arrow_schema = pl.DataFrame(schema=schema | dict.fromkeys(partition_by, pl.Int32)).to_arrow().schema
         try:
-            DeltaTable.create(self.table_uri(name), arrow_schema, mode="ignore", partition_by=list(partition_by or []),
+            DeltaTable.create(self.table_uri(name), arrow_schema, mode="ignore", partition_by=partition_by,
                               description=description, configuration=config, storage_options=self.storage_options())
         except Exception:  # noqa: BLE001 - lost a creation race: fine if the table now exists
             if not self.exists(name):
                 raise
 
+    def migrate_layout(self, name: str) -> int | None:
+        """Move a table of the earlier layout (one partition per date) to the year layout, keeping every row.
+
+        One overwrite commit, so readers see the old table or the new one, never a mix; versions before it stay
+        readable by time travel until vacuumed. Returns the migration's version, or None if there was nothing to
+        do. New code never writes to a table of the old layout except through here, and two migrations racing
+        conflict on the metadata change (the loser retries and finds the table migrated).
+        """
+        import polars as pl
+        from deltalake import CommitProperties, write_deltalake
+
+        def migrate() -> int | None:
+            table = self.table(name)
+            partition_columns = table.metadata().partition_columns
+            if len(partition_columns) != 1 or partition_columns[0].endswith(YEAR_SUFFIX):
+                return None
+            (date_column,) = partition_columns
+            scan = pl.scan_delta(table)
+            if scan.collect_schema()[date_column] != pl.Date:
+                return None
+            rows = scan.collect()
+            years = {year_column(date_column): date_column}
+            order = [c for c in (date_column, "ticker") if c in rows.columns]
+            write_deltalake(table, with_years(rows, years).sort(order).to_arrow(), mode="overwrite",
+                            schema_mode="overwrite", partition_by=list(years),
+                            commit_properties=CommitProperties(custom_metadata=MIGRATION_MARK))
+            version = self.table(name).version()
+            dg.get_dagster_logger().warning(
+                f"lake table {name}: migrated {rows.height} rows from one partition per {date_column} to one per "
+                f"year ({year_column(date_column)}) at version {version}; earlier versions stay readable by time "
+                "travel until vacuumed")
+            return version
+
+        return self._retry_conflicts(migrate)
+
     def replace_dates(self, name: str, df: pl.DataFrame, start: dt.date, end: dt.date, *,
                       date_column: str = "date", change_data_feed: bool = False) -> int:
         """Atomically replace the rows with `date_column` in [start, end] by `df`; return the new version.
 
-        The table is partitioned by `date_column`, so a replace rewrites only the range's partitions.
+        The table is partitioned by the year of `date_column` and its rows written sorted by date, so a replace
+        rewrites only the files whose dates overlap the range (a new day's write rewrites nothing).
         A long range is replaced in consecutive sub-ranges of `dates_per_commit` dates, one commit each:
-        every partition is replaced atomically, and a rerun after a failure is idempotent.
+        every sub-range is replaced atomically, and a rerun after a failure is idempotent.
         Rows of `df` outside the range are refused (they would survive a later replace of their range).
         `change_data_feed` applies when the table is created: a replace then records deletes and inserts.
         """
@@ -153,12 +252,15 @@ class LakeResource(dg.ConfigurableResource):
         if not outside.is_empty():
             raise LakeError(f"lake table {name}: {outside.height} row(s) outside {start}..{end}, "
                             f"e.g. {outside.row(0, named=True)}")
-        self.ensure_table(name, dict(df.schema), partition_by=[date_column], change_data_feed=change_data_feed)
+        self.ensure_table(name, dict(df.schema), date_column=date_column, change_data_feed=change_data_feed)
+        order = [c for c in (date_column, "ticker") if c in df.columns]
 
         def write(part: pl.DataFrame, first: dt.date, last: dt.date) -> int:
-            write_deltalake(self.table_uri(name), part.to_arrow(), mode="overwrite",
-                            predicate=date_range_sql(date_column, first, last), storage_options=self.storage_options())
-            return self.table(name).version()
+            table = self.table(name)  # re-read on every attempt: a retry replaces against the new version
+            years = year_columns(table)
+            write_deltalake(table, with_years(part, years).sort(order).to_arrow(), mode="overwrite",
+                            predicate=range_sql(date_column, first, last, years))
+            return table.version()
 
         version = -1
         for first, last in self._date_chunks(df.get_column(date_column), start, end):
@@ -219,16 +321,17 @@ class LakeResource(dg.ConfigurableResource):
             outside = batch.filter(~pl.col(column).is_between(start, end))
             if not outside.is_empty():
                 raise LakeError(f"upsert into {name}: {outside.height} row(s) outside the pruned range {start}..{end}")
-        values = [c for c in batch.columns if c not in (*keys, order_by, DELETED)]
-        clauses = merge_clauses(keys, values, order_by,
-                                prune=date_range_sql(prune[0], prune[1], prune[2], alias="t") if prune else None)
-        source = batch.to_arrow()
 
         def merge():
             table = self.table(name)  # re-read on every attempt: a retry plans against the new version
             before = table.version()
+            years = year_columns(table)
+            source = with_years(batch, years)
+            values = [c for c in source.columns if c not in (*keys, order_by, DELETED)]
+            clauses = merge_clauses(keys, values, order_by,
+                                    prune=range_sql(*prune, years, alias="t") if prune else None)
             metrics = (
-                table.merge(source, predicate=clauses.on, source_alias="s", target_alias="t")
+                table.merge(source.to_arrow(), predicate=clauses.on, source_alias="s", target_alias="t")
                 .when_matched_update(updates=clauses.delete_sets, predicate=clauses.delete_when)
                 .when_matched_update_all(predicate=clauses.update_when)
                 .when_not_matched_insert_all(predicate=clauses.insert_when)
@@ -268,13 +371,35 @@ class LakeResource(dg.ConfigurableResource):
             table.cleanup_metadata()
         return removed
 
+    def maintain(self, name: str, *, target_file_bytes: int = TARGET_FILE_BYTES) -> Maintenance:
+        """Hudi's compaction and cleaner, Delta's OPTIMIZE and VACUUM, for one table.
+
+        Migrates a table of the earlier layout; compacts the small files daily writes leave into files of up to
+        `target_file_bytes` (the rows stay, so time travel and the change feed are untouched: a compaction commit
+        changes no data); checkpoints the log; vacuums within `retention_hours`. Nothing here deletes a file a
+        version within the retention reads, so it is safe beside a writer; a compaction that loses a commit race
+        with one is re-planned on the new version (and a writer that loses to it retries likewise).
+        """
+        started = time.perf_counter()
+        before = self.table(name).get_add_actions(flatten=True)
+        migrated = self.migrate_layout(name)
+        compacted = self._retry_conflicts(lambda: self.table(name).optimize.compact(target_size=target_file_bytes))
+        self.table(name).create_checkpoint()
+        vacuumed = self.vacuum(name)
+        after = self.table(name).get_add_actions(flatten=True)
+        return Maintenance(
+            table=name, files_before=before.num_rows, bytes_before=_bytes(before),
+            files_after=after.num_rows, bytes_after=_bytes(after),
+            files_compacted=int(compacted.get("numFilesRemoved", 0)), files_vacuumed=len(vacuumed),
+            migrated_version=migrated, seconds=round(time.perf_counter() - started, 3))
+
     # ---------------------------------------------------------------------------------------- reads
     def scan(self, name: str, *, version: int | str | dt.datetime | None = None) -> pl.LazyFrame:
+        """The table (as of `version`) as a lazy frame of its own columns (the year partition columns left out)."""
         import polars as pl
 
-        if version is None:
-            return pl.scan_delta(self.table_uri(name), storage_options=self.storage_options())
-        return pl.scan_delta(self.table(name, version))
+        table = self.table(name, version)
+        return pl.scan_delta(table).drop(list(year_columns(table)))
 
     def read(self, name: str, start: dt.date | None = None, end: dt.date | None = None, *,
              tickers: Sequence[str] | None = None, columns: Sequence[str] | None = None,
@@ -282,15 +407,16 @@ class LakeResource(dg.ConfigurableResource):
         """Rows of a table, optionally limited to a date range and tickers, sorted by (ticker, date) where it has them."""
         import polars as pl
 
-        if not self.exists(name):
-            raise LakeError(f"lake table {name!r} does not exist at {self.table_uri(name)}")
-        lf = self.scan(name, version=version)
+        table = self.table(name, version)
+        lf = pl.scan_delta(table)
+        year = next((y for y, d in year_columns(table).items() if d == date_column), None)
         if start is not None:
-            lf = lf.filter(pl.col(date_column) >= start)
+            lf = lf.filter(pl.col(date_column) >= start, *([pl.col(year) >= start.year] if year else []))
         if end is not None:
-            lf = lf.filter(pl.col(date_column) <= end)
+            lf = lf.filter(pl.col(date_column) <= end, *([pl.col(year) <= end.year] if year else []))
         if tickers is not None:
             lf = lf.filter(pl.col("ticker").is_in(list(tickers)))
+        lf = lf.drop(list(year_columns(table)))
         if columns is not None:
             lf = lf.select(list(columns))
         present = lf.collect_schema().names()
@@ -316,7 +442,8 @@ class LakeResource(dg.ConfigurableResource):
         """The change data feed after `since_version` (exclusive) up to `until_version` (inclusive).
 
         Rows carry `_change_type` (insert, update_preimage, update_postimage), `_commit_version` and
-        `_commit_timestamp`. Consumers keep the last version they processed as their cursor.
+        `_commit_timestamp`. Consumers keep the last version they processed as their cursor. A layout
+        migration's commit changes no row and is left out (its change feed cannot be read).
         """
         import polars as pl
 
@@ -326,11 +453,24 @@ class LakeResource(dg.ConfigurableResource):
         if since_version >= until:
             return pl.DataFrame()
         try:
-            return pl.DataFrame(table.load_cdf(starting_version=since_version + 1, ending_version=until))
+            return self._feed(name, since_version + 1, until)
         except Exception as exc:  # noqa: BLE001 - delta-rs raises a generic error for vacuumed history
+            cut = next((c["version"] for c in table.history(latest - since_version)
+                        if since_version < c["version"] <= until and all(c.get(k) == v for k, v in MIGRATION_MARK.items())),
+                       None)
+            if cut is not None:
+                parts = [self._feed(name, a, b) for a, b in ((since_version + 1, cut - 1), (cut + 1, until)) if a <= b]
+                return pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame()
             raise LakeError(f"changes of {name} since version {since_version} are no longer available "
                             f"(retention {self.retention_hours} h): {exc}. Re-read the snapshot and restart "
                             f"from version {latest}.") from exc
+
+    def _feed(self, name: str, first: int, last: int) -> pl.DataFrame:
+        """Versions first..last of the change feed, read with the schema of `last` (a migration changed it)."""
+        import polars as pl
+
+        table = self.table(name, last)
+        return pl.DataFrame(table.load_cdf(starting_version=first, ending_version=last)).drop(list(year_columns(table)))
 
     def changed_keys(self, name: str, since_version: int, keys: Sequence[str] = ("ticker", "date")) -> pl.DataFrame:
         """The latest state of every key that changed after `since_version` (an incremental read)."""
@@ -359,5 +499,8 @@ class LakeResource(dg.ConfigurableResource):
 
     def size_bytes(self, name: str) -> int:
         """Bytes of the data files the current version references."""
-        actions = self.table(name).get_add_actions(flatten=True)
-        return int(sum(actions.column("size_bytes").to_pylist()))
+        return _bytes(self.table(name).get_add_actions(flatten=True))
+
+
+def _bytes(add_actions) -> int:
+    return int(sum(add_actions.column("size_bytes").to_pylist()))
