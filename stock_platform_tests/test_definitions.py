@@ -122,7 +122,7 @@ def test_the_dg_cli_checks_and_lists_the_project(tmp_path):
     assert {c["key"] for c in defs["asset_checks"]} == {
         "prices:prices_schema", "features:features_schema", "predictions:predictions_complete_and_plausible",
         "tuned_model:no_leakage"}
-    assert {j["name"] for j in defs["jobs"]} == {"daily_assets", "weekly_retrain"}
+    assert {j["name"] for j in defs["jobs"]} == {"daily_assets", "weekly_retrain", "lake_maintenance"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -454,23 +454,28 @@ class LakeResource(dg.ConfigurableResource):
         if since_version >= until:
             return pl.DataFrame()
         try:
-            return self._feed(name, since_version + 1, until)
+            return self._feed(name, since_version + 1, until, table)
         except Exception as exc:  # noqa: BLE001 - delta-rs raises a generic error for vacuumed history
-            cut = next((c["version"] for c in table.history(latest - since_version)
-                        if since_version < c["version"] <= until and all(c.get(k) == v for k, v in MIGRATION_MARK.items())),
-                       None)
-            if cut is not None:
-                parts = [self._feed(name, a, b) for a, b in ((since_version + 1, cut - 1), (cut + 1, until)) if a <= b]
+            error = exc
+        cut = next((c["version"] for c in table.history(latest - since_version)
+                    if since_version < c["version"] <= until and all(c.get(k) == v for k, v in MIGRATION_MARK.items())),
+                   None)
+        if cut is not None:  # read around the migration's commit
+            try:
+                parts = [self._feed(name, a, b, table) for a, b in ((since_version + 1, cut - 1), (cut + 1, until))
+                         if a <= b]
                 return pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame()
-            raise LakeError(f"changes of {name} since version {since_version} are no longer available "
-                            f"(retention {self.retention_hours} h): {exc}. Re-read the snapshot and restart "
-                            f"from version {latest}.") from exc
+            except Exception as exc:  # noqa: BLE001
+                error = exc
+        raise LakeError(f"changes of {name} since version {since_version} are no longer available "
+                        f"(retention {self.retention_hours} h): {error}. Re-read the snapshot and restart "
+                        f"from version {latest}.") from error
 
-    def _feed(self, name: str, first: int, last: int) -> pl.DataFrame:
+    def _feed(self, name: str, first: int, last: int, latest: DeltaTable) -> pl.DataFrame:
         """Versions first..last of the change feed, read with the schema of `last` (a migration changed it)."""
         import polars as pl
 
-        table = self.table(name, last)
+        table = latest if latest.version() == last else self.table(name, last)
         return pl.DataFrame(table.load_cdf(starting_version=first, ending_version=last)).drop(list(year_columns(table)))
 
     def changed_keys(self, name: str, since_version: int, keys: Sequence[str] = ("ticker", "date")) -> pl.DataFrame:
