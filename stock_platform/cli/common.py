@@ -11,6 +11,10 @@ from pathlib import Path
 
 from stock_platform.settings import Settings, SettingsError, load_settings, parse_tickers
 
+# The run config of a command's in-process runs: Dagster's console log shows errors only (the command prints its own).
+QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+
 class CommandError(Exception):
     """A command could not do its work (a failed run, a missing table version): `main` prints it, exit status 1."""
 

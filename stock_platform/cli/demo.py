@@ -12,13 +12,12 @@ import time
 from dataclasses import dataclass
 
 from stock_platform.cli.operate import forecast_report
-from stock_platform.cli.common import (CommandError, date_option, open_instance, settings_environment, settings_from,
-                                       step_errors, tickers_option)
+from stock_platform.cli.common import (QUIET_LOGS, CommandError, date_option, open_instance, settings_environment,
+                                       settings_from, step_errors, tickers_option)
 from stock_platform.settings import DEFAULT_START, Settings, SettingsError, use_settings
 
 # A model needs a year of indicator warm-up, then walk-forward folds and a held-out window.
 MIN_MODEL_YEARS = 1.75
-QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
 @dataclass

@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from stock_platform.cli.common import (CommandError, date_option, open_instance, resources, settings_environment,
-                                       settings_from, step_errors, tickers_option)
+from stock_platform.cli.common import (QUIET_LOGS, CommandError, date_option, open_instance, resources,
+                                       settings_environment, settings_from, step_errors, tickers_option)
 from stock_platform.settings import SettingsError
 
 
@@ -149,7 +149,8 @@ def cmd_maintain(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     with open_instance(settings) as instance:
         result = lake_maintenance.execute_in_process(instance=instance, resources={"lake": resources(settings)["lake"]},
-                                                     raise_on_error=False, tags={"stock_platform/launched_by": "cli"})
+                                                     run_config=QUIET_LOGS, raise_on_error=False,
+                                                     tags={"stock_platform/launched_by": "cli"})
     if not result.success:
         raise CommandError(f"lake_maintenance run {result.run_id} failed: {step_errors(result)}")
     for event in result.all_events:
