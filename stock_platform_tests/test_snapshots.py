@@ -197,7 +197,7 @@ def test_writer_killed_mid_merge_leaves_the_previous_version_and_a_rerun_complet
     # ten years: the MERGE writes a file per year partition, and the kill lands after the first, before the commit
     start, end = dt.date(2014, 1, 2), dt.date(2023, 12, 29)
     committed = _data_files(any_lake)
-    proc = _writer(any_lake, start, end, tickers=100, dates_per_commit=5000)  # one large commit
+    proc = _writer(any_lake, start, end, tickers=40, dates_per_commit=5000)  # one large commit
     assert proc.stdout.readline().strip() == "merging"
     deadline = time.monotonic() + 60
     while not _data_files(any_lake) - committed:  # kill once the MERGE has written a data file, before its commit
@@ -211,10 +211,10 @@ def test_writer_killed_mid_merge_leaves_the_previous_version_and_a_rerun_complet
     assert any_lake.table(SNAPSHOT_TABLE).version() == before_version
     assert any_lake.snapshot(SNAPSHOT_TABLE).equals(before)
 
-    result = _finish(_writer(any_lake, start, end, tickers=100, dates_per_commit=5000))
+    result = _finish(_writer(any_lake, start, end, tickers=40, dates_per_commit=5000))
     sessions = len(trading_days(start, end))
-    assert result["version"] == before_version + 1 and result["inserted"] == 100 * sessions
-    assert any_lake.snapshot(SNAPSHOT_TABLE).height == before.height + 100 * sessions
+    assert result["version"] == before_version + 1 and result["inserted"] == 40 * sessions
+    assert any_lake.snapshot(SNAPSHOT_TABLE).height == before.height + 40 * sessions
 
 
 def test_vacuum_refuses_a_retention_shorter_than_consumers_need(lake):
