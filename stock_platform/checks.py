@@ -7,7 +7,8 @@ import dagster as dg
 
 from stock_platform.gates import FAILED_PARTITIONS, FEATURES_CHECK, PREDICTIONS_CHECK, PRICES_CHECK, check_status
 from stock_platform.lib.markdown import markdown_table
-from stock_platform.lib.tables import FEATURES_TABLE, PREDICTIONS_TABLE, PRICES_TABLE, QUARANTINE_TABLE, predictions_schema
+from stock_platform.lib.tables import (FEATURES_TABLE, PREDICTIONS_TABLE, PRICES_TABLE, QUARANTINE_TABLE, SNAPSHOT_TABLE,
+                                       predictions_schema)
 from stock_platform.partitions import daily_check, partition_dates
 from stock_platform.resources import UniverseResource
 from stock_platform.registry import promoted_versions, served_versions
@@ -116,8 +117,9 @@ def features_schema_check(context: dg.AssetCheckExecutionContext, lake: LakeReso
 
 
 @daily_check(asset=PREDICTIONS_CHECK.asset_key, name=PREDICTIONS_CHECK.name,
-             description="Every universe ticker with warm features on a day that has a model (and whose features "
-             "passed their check) has a prediction; every predicted return is finite and within ±50%.")
+             description="Every universe ticker has a prediction on each day whose features passed their check: "
+             "where a model serves, for every warm feature row; where the naive random walk serves, for every "
+             "close. Every predicted return is finite and within ±50%.")
 def predictions_check(context: dg.AssetCheckExecutionContext, lake: LakeResource, tracking: TrackingResource,
                       universe: UniverseResource) -> dg.AssetCheckResult:
     import polars as pl
@@ -127,9 +129,12 @@ def predictions_check(context: dg.AssetCheckExecutionContext, lake: LakeResource
     dates = partition_dates(context)
     blocked = check_status(context.instance, FEATURES_CHECK, [d.isoformat() for d in dates])
     plan = model_for_each_day(blocked.usable(dates), promoted_versions(served_versions(lake, tracking.model_name)))
-    expected = (lake.read(FEATURES_TABLE, dates[0], dates[-1], columns=["ticker", "date", "warm"])
-                .filter(pl.col("warm") & pl.col("date").is_in(list(plan)) & pl.col("ticker").is_in(universe.tickers))
-                .select("ticker", "date"))
+    modelled = (lake.read(FEATURES_TABLE, dates[0], dates[-1], columns=["ticker", "date", "warm"])
+                .filter(pl.col("warm") & pl.col("date").is_in([d for d, v in plan.items() if v is not None])))
+    naive = lake.snapshot(SNAPSHOT_TABLE, start=dates[0], end=dates[-1]).filter(
+        pl.col("date").is_in([d for d, v in plan.items() if v is None]))
+    expected = pl.concat([modelled.select("ticker", "date"), naive.select("ticker", "date")]).filter(
+        pl.col("ticker").is_in(universe.tickers))
     got = lake.read(PREDICTIONS_TABLE, dates[0], dates[-1]) if lake.exists(PREDICTIONS_TABLE) else None
     got = got if got is not None else pl.DataFrame(schema=predictions_schema())
     missing = expected.join(got, on=["ticker", "date"], how="anti")

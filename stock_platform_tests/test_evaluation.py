@@ -27,7 +27,8 @@ def closes():
 def preds():
     return pl.DataFrame({
         "ticker": ["A", "A", "B"], "date": [D0, D1, D0], "target_date": [D1, D2, D1],
-        "pred_return": [0.01, 0.005, -0.01], "pred_close": [101.0, 102.51, 49.5], "model_version": [3, 3, 3],
+        "pred_return": [0.01, 0.005, -0.01], "pred_close": [101.0, 102.51, 49.5], "model_name": "lgbm",
+        "model_version": [3, 3, 3],
     }).with_columns(pl.col("model_version").cast(pl.Int32))
 
 
@@ -44,9 +45,19 @@ def test_evaluation_rows_by_hand():
     assert got[2] == ("B", D1, pytest.approx(51.0), pytest.approx(1.5), 50.0, pytest.approx(1.0), False)
 
 
+def test_the_naive_walks_flat_forecast_has_no_direction_and_its_errors_are_the_naive_ones():
+    naive = preds().with_columns(pred_return=pl.lit(0.0), model_name=pl.lit("naive_random_walk"),
+                                 model_version=pl.lit(1, pl.Int32))
+    naive = naive.with_columns(pred_close=pl.Series([100.0, 102.0, 50.0]))  # today's close
+    ev = evaluate(naive, closes())
+    assert ev["direction_hit"].null_count() == ev.height  # neither a hit nor a miss
+    assert ev["abs_error"].to_list() == pytest.approx(ev["naive_abs_error"].to_list())
+    assert set(ev["model_name"]) == {"naive_random_walk"}
+
+
 def test_a_prediction_whose_target_close_is_unknown_is_pending_not_evaluated():
     later = preds().vstack(pl.DataFrame({"ticker": ["B"], "date": [D1], "target_date": [D2], "pred_return": [0.0],
-                                         "pred_close": [25.5], "model_version": [3]},
+                                         "pred_close": [25.5], "model_name": ["lgbm"], "model_version": [3]},
                                         schema=preds().schema))
     assert evaluate(later, closes()).height == 3  # B has no bar on D2 yet
 

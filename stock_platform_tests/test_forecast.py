@@ -11,7 +11,7 @@ import pytest
 
 from stock_platform.assets.forecast import prediction_evaluation, predictions
 from stock_platform.checks import predictions_check
-from stock_platform.lib.selection import model_for_each_day
+from stock_platform.lib.selection import NAIVE_MODEL, model_for_each_day
 from stock_platform.lib.calendar import trading_days
 from stock_platform.lib.tables import EVALUATION_TABLE, PREDICTIONS_TABLE, SNAPSHOT_TABLE
 from stock_platform.registry import load_booster, promoted_versions, served_versions, set_promoted
@@ -29,7 +29,8 @@ TRAIN_ENDS = {1: dt.date(2024, 5, 19), 2: dt.date(2024, 6, 9)}  # Sundays: the e
 def test_each_day_gets_the_newest_model_trained_before_it():
     promoted = [(1, dt.date(2024, 5, 19)), (3, dt.date(2024, 6, 9))]
     days = [dt.date(2024, 5, 17), dt.date(2024, 5, 20), dt.date(2024, 6, 7), dt.date(2024, 6, 10)]
-    assert model_for_each_day(days, promoted) == {days[1]: 1, days[2]: 1, days[3]: 3}
+    assert model_for_each_day(days, promoted) == {days[0]: None, days[1]: 1, days[2]: 1, days[3]: 3}
+    assert model_for_each_day(days, []) == dict.fromkeys(days)  # no champion: the naive walk every day
 
 
 def register(res: dict, lake) -> None:
@@ -66,8 +67,13 @@ def test_predictions_use_only_earlier_models_evaluate_against_the_naive_walk_and
     assert [(c.check_name, c.passed) for c in result.get_asset_check_evaluations()] == [
         ("predictions_complete_and_plausible", True)]
 
-    preds = lake.read(PREDICTIONS_TABLE)
-    # no model predicts a day on or before the end of its training data; days before the first model: none
+    every = lake.read(PREDICTIONS_TABLE)
+    # days before the first model: the naive random walk, for every ticker
+    naive = every.filter(pl.col("model_name") == NAIVE_MODEL)
+    assert naive["date"].unique().to_list() == trading_days(FIRST, dt.date(2024, 5, 17))
+    assert naive.height == 40 * 5 and (naive["pred_return"] == 0).all()
+    # no model predicts a day on or before the end of its training data
+    preds = every.filter(pl.col("model_name") == res["tracking"].model_name)
     assert preds["date"].min() == dt.date(2024, 5, 20)
     train_end = preds["model_version"].replace_strict(TRAIN_ENDS, return_dtype=pl.Date)
     assert (train_end < preds["date"]).all()
@@ -82,35 +88,43 @@ def test_predictions_use_only_earlier_models_evaluate_against_the_naive_walk_and
                                                                   default=dt.date(2024, 6, 17))).all()
 
     ev = lake.read(EVALUATION_TABLE, date_column="target_date")
-    # targets inside the run's range: every prediction made before LAST
-    assert ev.height == 40 * (len(sessions) - 1) and ev["target_date"].min() == dt.date(2024, 5, 21)
+    # targets inside the run's range: every prediction made before LAST, the naive walk's included
+    assert ev.height == 40 * (len(trading_days(FIRST, LAST)) - 1) and ev["target_date"].min() == dt.date(2024, 5, 14)
     md = materialization_metadata(result, "prediction_evaluation")
     assert md["pending"] == 0 and md["coverage"] == 1.0
     assert "| MASE |" in md["model_vs_naive"] and "Diebold-Mariano" in md["model_vs_naive"]
     assert md["plot"].startswith("![equity and error](data:image/png;base64,")
 
     counts = (warehouse.count("stock_pred"), warehouse.count("stock_pred_eval"))
-    assert counts == (preds.height, ev.height)
+    assert counts == (every.height, ev.height)
     stored = warehouse.read("stock_pred_eval")
     assert set(stored.columns) >= {"date", "ticker", "pred_close", "true_close", "abs_error", "model"}
-    assert stored["model"][0].startswith("stock_platform_lgbm/")
+    assert set(stored["model"]) == {"naive_random_walk/1", "stock_platform_lgbm/1", "stock_platform_lgbm/2"}
 
     again = run(res, instance)
     assert again.success, failure_message(again)
-    assert lake.read(PREDICTIONS_TABLE).drop("created_at").equals(preds.drop("created_at"))
+    assert lake.read(PREDICTIONS_TABLE).drop("created_at").equals(every.drop("created_at"))
     assert lake.read(EVALUATION_TABLE, date_column="target_date").equals(ev)
     assert (warehouse.count("stock_pred"), warehouse.count("stock_pred_eval")) == counts
 
 
-def test_without_a_champion_no_day_is_predicted_and_evaluation_skips_cleanly(tmp_path, instance):
+def test_without_a_champion_the_naive_walk_serves_every_day_and_is_evaluated(tmp_path, instance):
     lake = build_lake(tmp_path)
     res = model_resources(tmp_path, lake) | {
         "warehouse": WarehouseResource(url=f"sqlite:///{tmp_path}/warehouse.db"),
         "universe": UniverseResource(tickers=[f"T{i:03d}" for i in range(40)])}
     result = run(res, instance)
     assert result.success, failure_message(result)
-    assert materialization_metadata(result, "predictions")["days_without_model"] == len(trading_days(FIRST, LAST))
-    assert materialization_metadata(result, "prediction_evaluation")["evaluated"] == 0
+    sessions = trading_days(FIRST, LAST)
+    assert materialization_metadata(result, "predictions")["days_served_by_naive"] == len(sessions)
+    assert [(c.check_name, c.passed) for c in result.get_asset_check_evaluations()] == [
+        ("predictions_complete_and_plausible", True)]
+    preds = lake.read(PREDICTIONS_TABLE)
+    assert preds.height == 40 * len(sessions) and set(preds["model_name"]) == {NAIVE_MODEL}
+    closes = lake.snapshot(SNAPSHOT_TABLE, start=FIRST, end=LAST).select("ticker", "date", "close")
+    assert preds.join(closes, on=["ticker", "date"]).select((pl.col("pred_close") == pl.col("close")).all()).item()
+    md = materialization_metadata(result, "prediction_evaluation")
+    assert md["evaluated"] == 40 * (len(sessions) - 1) and md["mase"] == pytest.approx(1.0)
 
 
 def test_rolling_back_a_model_moves_champion_and_predictions_to_the_previous_version(tmp_path, instance):
@@ -134,9 +148,14 @@ def test_rolling_back_a_model_moves_champion_and_predictions_to_the_previous_ver
     assert promoted_versions(served_versions(lake, tracking.model_name)) == [(1, TRAIN_ENDS[1])]
     result = run(res, instance)
     assert result.success, failure_message(result)
-    assert set(lake.read(PREDICTIONS_TABLE)["model_version"]) == {1}
+    served = lake.read(PREDICTIONS_TABLE).select("model_name", "model_version").unique().rows()
+    assert sorted(served) == [(NAIVE_MODEL, 1), (tracking.model_name, 1)]  # the naive walk before v1's week
 
-    assert set_promoted(lake, tracking, 1, False) is None and tracking.champion() is None
+    assert set_promoted(lake, tracking, 1, False) is None
+    assert tracking.champion() is None
+    result = run(res, instance)  # every version demoted: the naive random walk serves every day again
+    assert result.success, failure_message(result)
+    assert set(lake.read(PREDICTIONS_TABLE)["model_name"]) == {NAIVE_MODEL}
     assert set_promoted(lake, tracking, 2, True) == 2 and str(tracking.champion().version) == "2"
     assert promoted_versions(served_versions(lake, tracking.model_name)) == [(2, TRAIN_ENDS[2])]
     with pytest.raises(ValueError, match="no registered version 7"):
@@ -156,7 +175,7 @@ def test_a_day_whose_features_failed_their_check_in_an_earlier_run_is_not_foreca
     assert result.success, failure_message(result)
     preds = lake.read(PREDICTIONS_TABLE)
     assert bad_day not in set(preds["date"]) and dt.date(2024, 6, 4) in set(preds["date"])
-    assert preds.height == 40 * (len(trading_days(dt.date(2024, 5, 20), LAST)) - 1)
+    assert preds.height == 40 * (len(trading_days(FIRST, LAST)) - 1)
     md = materialization_metadata(result, "predictions")
     assert md["excluded_partitions"] == {"check": "features:features_schema", "partitions": ["2024-06-05"]}
     # the forecast check does not expect what was excluded, and the evaluation has no forecast made that day

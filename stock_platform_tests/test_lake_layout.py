@@ -190,3 +190,17 @@ def test_the_first_write_migrates_an_old_layout_table_and_says_so(lake, caplog):
     assert lake.table(PRICES_TABLE).metadata().partition_columns == ["date_year"]
     assert lake.read(PRICES_TABLE).height == prices.height + len(TICKERS)
     assert lake.read(PRICES_TABLE, end=dt.date(2024, 1, 31)).equals(prices.sort("ticker", "date"))
+
+
+def test_a_column_newer_code_writes_is_added_and_older_rows_read_null(lake):
+    day1, day2 = dt.date(2024, 3, 1), dt.date(2024, 3, 4)
+    rows = generate(TICKERS, day1, day1).drop("ingested_at")
+    lake.replace_dates(PRICES_TABLE, rows, day1, day1)
+    lake.replace_dates(PRICES_TABLE, generate(TICKERS, day2, day2).drop("ingested_at").with_columns(
+        vendor=pl.lit("x")), day2, day2)
+    read = lake.read(PRICES_TABLE)
+    assert read.filter(pl.col("date") == day1)["vendor"].null_count() == len(TICKERS)
+    assert set(read.filter(pl.col("date") == day2)["vendor"]) == {"x"}
+    with pytest.raises(Exception, match="(?i)cast|schema|type"):  # a column of another type is refused
+        lake.replace_dates(PRICES_TABLE, rows.with_columns(volume=pl.lit("many")), day1, day1)
+    assert lake.read(PRICES_TABLE).equals(read)

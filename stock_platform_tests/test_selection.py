@@ -85,8 +85,9 @@ def test_forecast_frame_uses_each_days_model_and_stamps_when_it_could_exist():
     days = trading_days(dt.date(2024, 6, 17), dt.date(2024, 6, 24))  # 19 June: Juneteenth
     feats = pl.DataFrame({"ticker": ["A", "B"] * 3, "date": [days[0]] * 2 + [days[1]] * 2 + [days[2]] * 2,
                           "f": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]})
-    closes = feats.select("ticker", "date", close=pl.lit(100.0))
-    plan = {days[0]: 1, days[1]: 1, days[2]: 2}
+    closes = pl.concat([feats.select("ticker", "date", close=pl.lit(100.0)),
+                        pl.DataFrame({"ticker": ["A", "B", "C"], "date": [days[3]] * 3, "close": [100.0, 20.0, 7.5]})])
+    plan = {days[0]: 1, days[1]: 1, days[2]: 2, days[3]: None}  # days[3]: no model, no features (C is new)
     late = dt.datetime(2024, 6, 20, 23, 0, tzinfo=dt.UTC)  # version 2 registered after days[2]'s close
     registered = {1: dt.datetime(2024, 6, 1, tzinfo=dt.UTC), 2: late}
 
@@ -102,5 +103,12 @@ def test_forecast_frame_uses_each_days_model_and_stamps_when_it_could_exist():
     close_utc = pl.select(session_close_utc(pl.lit(days[0]))).item()
     assert a[days[0]]["created_at"] == close_utc  # the day's close: the model was older
     assert a[days[2]]["created_at"] == late  # a backfill: not before the model existed
+    assert set(out.filter(pl.col("model_name") == "lgbm")["date"]) == set(days[:3])
+    # a day no model covers: the naive random walk for every ticker with a close, stamped at the close
+    naive = out.filter(pl.col("date") == days[3])
+    assert naive["ticker"].to_list() == ["A", "B", "C"] and set(naive["model_name"]) == {sel.NAIVE_MODEL}
+    assert naive["pred_return"].to_list() == [0.0] * 3 and naive["pred_close"].to_list() == [100.0, 20.0, 7.5]
+    assert naive["model_version"].to_list() == [sel.NAIVE_VERSION] * 3 and naive["target_date"][0] == days[4]
+    assert naive["created_at"][0] == pl.select(session_close_utc(pl.lit(days[3]))).item()
     assert sel.forecast_frame(feats, closes, days, {}, predict, registered, "lgbm").is_empty()
     assert np.isfinite(out["pred_close"].to_numpy()).all()

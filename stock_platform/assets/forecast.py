@@ -28,15 +28,16 @@ EARLIER_WEEK = dg.TimeWindowPartitionMapping(start_offset=-5, end_offset=-5)
     group_name="ml",
     kinds={"lightgbm", "deltalake", "sql"},
     description="For each ticker and session d: the next session's predicted return and implied close, from the "
-    "newest champion model trained on data before d (never a later one). Days before the first champion get no "
-    "rows. Mirrored to the warehouse table `stock_pred`.",
+    "newest champion model trained on data before d (never a later one); on days no promoted model covers, the "
+    "naive random walk (model `naive_random_walk`: tomorrow's close is today's). Every row names its model. "
+    "Mirrored to the warehouse table `stock_pred`.",
 )
 def predictions(context: dg.AssetExecutionContext, lake: LakeResource, tracking: TrackingResource,
                 warehouse: WarehouseResource) -> dg.MaterializeResult:
     import polars as pl
 
     from stock_platform.lib.calendar import trading_days
-    from stock_platform.lib.selection import forecast_frame, model_for_each_day
+    from stock_platform.lib.selection import NAIVE_MODEL, forecast_frame, model_for_each_day
 
     dates = partition_dates(context)
     start, end = dates[0], dates[-1]
@@ -46,7 +47,8 @@ def predictions(context: dg.AssetExecutionContext, lake: LakeResource, tracking:
     if blocked.failed:
         context.log.warning(f"no predictions for {blocked.describe()}")
     plan = model_for_each_day(blocked.usable(dates), promoted_versions(served))
-    feats = lake.read(FEATURES_TABLE, start, end).filter(pl.col("warm") & pl.col("date").is_in(list(plan)))
+    modelled = [d for d, v in plan.items() if v is not None]
+    feats = lake.read(FEATURES_TABLE, start, end).filter(pl.col("warm") & pl.col("date").is_in(modelled))
     closes = lake.snapshot(SNAPSHOT_TABLE, start=start, end=end)
 
     def predict(version: int, rows: pl.DataFrame):
@@ -59,15 +61,15 @@ def predictions(context: dg.AssetExecutionContext, lake: LakeResource, tracking:
     version = lake.replace_dates(PREDICTIONS_TABLE, out, start, end, change_data_feed=True)
     warehouse.upsert(WAREHOUSE_PREDICTIONS, out.with_columns(
         model=pl.format("{}/{}", "model_name", "model_version")))
-    without = sorted(set(dates) - set(plan))
+    naive = sorted(d for d, v in plan.items() if v is None)
     return dg.MaterializeResult(metadata={
         "dagster/row_count": out.height,
         "dagster/uri": lake.table_uri(PREDICTIONS_TABLE),
         "table_version": version,
-        "model_versions": dg.MetadataValue.json({str(d): v for d, v in sorted(plan.items())[-10:]}),
-        "versions_used": sorted(set(plan.values())),
-        "days_without_model": len(without),
-        "first_day_without_model": str(without[0]) if without else None,
+        "model_versions": dg.MetadataValue.json({str(d): v or NAIVE_MODEL for d, v in sorted(plan.items())[-10:]}),
+        "versions_used": sorted({v for v in plan.values() if v is not None}),
+        "days_served_by_naive": len(naive),
+        "first_naive_day": str(naive[0]) if naive else None,
         "tickers": out["ticker"].n_unique(),
         "excluded_partitions": dg.MetadataValue.json({"check": FEATURES_CHECK.to_user_string(),
                                                       "partitions": blocked.failed}),
@@ -110,7 +112,7 @@ def prediction_evaluation(context: dg.AssetExecutionContext, lake: LakeResource,
     table = evaluate(preds, closes)
     version = lake.replace_dates(EVALUATION_TABLE, table, start, end, date_column="target_date")
     warehouse.upsert(WAREHOUSE_EVALUATION, table.rename({"date": "asof_date", "target_date": "date"}).with_columns(
-        model=pl.format("{}/{}", pl.lit(preds["model_name"][0]), "model_version")))
+        model=pl.format("{}/{}", "model_name", "model_version")))
     summary = summarize(table)
     metadata = {
         "dagster/row_count": table.height,

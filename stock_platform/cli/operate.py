@@ -20,12 +20,14 @@ def forecast_report(lake, start: dt.date | None, end: dt.date | None, plot: Path
     from stock_platform.lib.tables import EVALUATION_TABLE
 
     if not lake.exists(EVALUATION_TABLE):
-        return "no evaluated predictions yet (is there a champion model? see tuned_model's gate)"
+        return "no evaluated predictions yet (materialize `predictions` and `prediction_evaluation`)"
     table = lake.read(EVALUATION_TABLE, start, end, date_column="target_date")
     if table.is_empty():
-        return f"no evaluated predictions for {start or '...'} .. {end or '...'} (is there a champion model?)"
-    lines = [f"out-of-sample forecasts {table['target_date'].min()} .. {table['target_date'].max()}, "
-             f"model versions {sorted(table['model_version'].unique().to_list())}:", summary_markdown(summarize(table))]
+        return f"no evaluated predictions for {start or '...'} .. {end or '...'}"
+    served = table.group_by("model_name", "model_version").len().sort("model_name", "model_version")
+    lines = [f"out-of-sample forecasts {table['target_date'].min()} .. {table['target_date'].max()}, served by "
+             + ", ".join(f"{name or 'an unnamed model'} v{version} ({n:,})" for name, version, n in served.iter_rows())
+             + ":", summary_markdown(summarize(table))]
     if plot is not None:
         plot.write_bytes(plot_png(table))
         lines.append(f"plot: {plot}")
@@ -131,8 +133,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         print(f"{'promoted' if promoted else 'demoted'} v{version}: predictions {'may' if promoted else 'no longer'} "
-              f"use it; champion is now {f'v{champion}' if champion else 'none'} (re-materialize `predictions` "
-              "for the days concerned)")
+              f"use it; champion is now {f'v{champion}' if champion else 'none: the naive random walk serves'} "
+              "(re-materialize `predictions` for the days concerned)")
     served = served_versions(lake, tracking.model_name).drop("booster", "model_name")
     pl.Config.set_tbl_rows(50)
     pl.Config.set_tbl_width_chars(200)

@@ -21,7 +21,7 @@ TRADING_DAYS_PER_YEAR = 252
 def evaluate(predictions: pl.DataFrame, closes: pl.DataFrame) -> pl.DataFrame:
     """One row per prediction whose target day's close is known (the others are pending).
 
-    predictions: ticker, date, target_date, pred_return, pred_close, model_version;
+    predictions: ticker, date, target_date, pred_return, pred_close, model_name, model_version;
     closes: ticker, date, close, dividends, splits (as traded; rows of both the as-of and the target days).
     """
     from stock_platform.lib.corporate_actions import total_returns
@@ -35,12 +35,12 @@ def evaluate(predictions: pl.DataFrame, closes: pl.DataFrame) -> pl.DataFrame:
         .with_columns(
             abs_error=(pl.col("pred_close") - pl.col("true_close")).abs(),
             naive_abs_error=(pl.col("naive_close") - pl.col("true_close")).abs(),
-            # a flat day has no direction: null, not a miss
-            direction_hit=pl.when(pl.col("true_return") != 0)
+            # a flat day, or a flat forecast (the naive walk's), has no direction: null, not a miss
+            direction_hit=pl.when((pl.col("true_return") != 0) & (pl.col("pred_return") != 0))
             .then(pl.col("pred_return").sign() == pl.col("true_return").sign()),
         )
         .select("ticker", "target_date", "date", "pred_close", "true_close", "abs_error", "naive_close",
-                "naive_abs_error", "direction_hit", "pred_return", "true_return", "model_version")
+                "naive_abs_error", "direction_hit", "pred_return", "true_return", "model_name", "model_version")
         .sort("target_date", "ticker")
     )
 

@@ -20,6 +20,11 @@ from stock_platform.lib.markdown import markdown_table
 LEAST_TRAINING_SESSIONS = 60
 LEAST_TEST_SESSIONS = 20
 SCORE_COLUMNS = ["mae", "rmse", "mase", "hit_rate", "ic"]
+# The baseline champion: tomorrow's close is today's (a zero return). It needs no training and serves every day
+# no promoted model covers (before the first promotion, after the last one is demoted): a forecast is always made,
+# and saying it is the naive one is an honest answer.
+NAIVE_MODEL = "naive_random_walk"
+NAIVE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -130,46 +135,49 @@ def top_importance(names: Sequence[str], gains: Sequence[float], n: int = 15) ->
     return sorted(zip(names, gains), key=lambda kv: -kv[1])[:n]
 
 
-def model_for_each_day(days: Sequence[dt.date], promoted: Sequence[tuple[int, dt.date]]) -> dict[dt.date, int]:
-    """For each day d, the newest promoted model version whose training data ends before d (none: no entry)."""
+def model_for_each_day(days: Sequence[dt.date], promoted: Sequence[tuple[int, dt.date]]) -> dict[dt.date, int | None]:
+    """For each day d, the newest promoted model version whose training data ends before d; None where there is
+    none: the naive random walk serves that day."""
     plan = {}
     for day in days:
         usable = [version for version, train_end in promoted if train_end < day]
-        if usable:
-            plan[day] = max(usable)
+        plan[day] = max(usable) if usable else None
     return plan
 
 
-def forecast_frame(features, closes, sessions: Sequence[dt.date], plan: dict[dt.date, int],
+def forecast_frame(features, closes, sessions: Sequence[dt.date], plan: dict[dt.date, int | None],
                    predict: Callable[[int, object], object], registered: dict[int, dt.datetime],
                    model_name: str):
-    """The predictions table's rows: for each warm feature row on a planned day, its model version's predicted
-    next-session return and implied close, stamped when the forecast could first exist (the day's close, or
-    the model's registration if later: a backfill). `predict(version, rows)` gives a version's predictions."""
+    """The predictions table's rows. On a day with a model version: for each warm feature row, the version's
+    predicted next-session return and implied close, stamped when the forecast could first exist (the day's
+    close, or the model's registration if later: a backfill); `predict(version, rows)` gives a version's
+    predictions. On a day without one (None): the naive random walk for every ticker with a close that day
+    (a zero return; it needs no features), stamped at the day's close."""
     import polars as pl
 
     from stock_platform.lib.calendar import following_sessions, session_close_utc
     from stock_platform.lib.tables import predictions_schema
 
-    parts = []
-    for version in sorted(set(plan.values())):
+    served = pl.Datetime("us", "UTC")
+    parts = [closes.filter(pl.col("date").is_in([d for d, v in plan.items() if v is None])).select(
+        "ticker", "date", pred_return=pl.lit(0.0), model_name=pl.lit(NAIVE_MODEL),
+        model_version=pl.lit(NAIVE_VERSION, pl.Int32), registered_at=pl.lit(None, served))]
+    for version in sorted({v for v in plan.values() if v is not None}):
         rows = features.filter(pl.col("date").is_in([d for d, v in plan.items() if v == version]))
         if rows.is_empty():
             continue
         parts.append(rows.select("ticker", "date").with_columns(
             pred_return=pl.Series(predict(version, rows), dtype=pl.Float64),
+            model_name=pl.lit(model_name),
             model_version=pl.lit(version, pl.Int32),
-            registered_at=pl.lit(registered[version], pl.Datetime("us", "UTC")),
+            registered_at=pl.lit(registered[version], served),
         ))
-    schema = {"ticker": pl.String, "date": pl.Date, "pred_return": pl.Float64, "model_version": pl.Int32,
-              "registered_at": pl.Datetime("us", "UTC")}
     return (
-        (pl.concat(parts) if parts else pl.DataFrame(schema=schema))
+        pl.concat(parts)
         .join(closes.select("ticker", "date", "close"), on=["ticker", "date"])
         .join(following_sessions(sessions), on="date")
         .with_columns(
             pred_close=pl.col("close") * (1 + pl.col("pred_return")),
-            model_name=pl.lit(model_name),
             created_at=pl.max_horizontal(session_close_utc(pl.col("date")), pl.col("registered_at")),
         )
         .select(list(predictions_schema()))

@@ -244,7 +244,9 @@ class LakeResource(dg.ConfigurableResource):
         A long range is replaced in consecutive sub-ranges of `dates_per_commit` dates, one commit each:
         every sub-range is replaced atomically, and a rerun after a failure is idempotent.
         Rows of `df` outside the range are refused (they would survive a later replace of their range).
-        `change_data_feed` applies when the table is created: a replace then records deletes and inserts.
+        A column the table lacks is added (schema evolution: rows written before it read null); a column of
+        another type is refused. `change_data_feed` applies when the table is created: a replace then records
+        deletes and inserts.
         """
         import polars as pl
         from deltalake import write_deltalake
@@ -260,7 +262,7 @@ class LakeResource(dg.ConfigurableResource):
             table = self.table(name)  # re-read on every attempt: a retry replaces against the new version
             years = year_columns(table)
             write_deltalake(table, with_years(part, years).sort(order).to_arrow(), mode="overwrite",
-                            predicate=range_sql(date_column, first, last, years))
+                            predicate=range_sql(date_column, first, last, years), schema_mode="merge")
             return table.version()
 
         version = -1

@@ -146,7 +146,9 @@ class WarehouseResource(dg.ConfigurableResource):
                 query = query.where(table.c[col] == value)
             with engine.connect() as conn:
                 result = conn.execute(query.order_by(*table.primary_key.columns)).all()
-        df = pl.DataFrame([tuple(r) for r in result], schema=[c.name for c in table.columns], orient="row")
+        # every row decides the types (a column null in its first rows, like the naive walk's direction, is not null)
+        df = pl.DataFrame([tuple(r) for r in result], schema=[c.name for c in table.columns], orient="row",
+                          infer_schema_length=None)
         return _conform_read(df, table)
 
     def count(self, name: str) -> int:
