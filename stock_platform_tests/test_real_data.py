@@ -21,7 +21,7 @@ import polars as pl
 import pytest
 
 from stock_platform.cli.demo import demo_range
-from stock_platform.lib.indicators import WARM_ROWS, compute_features, window_length
+from stock_platform.lib.indicators import MODEL_FEATURES, PRICE_LEVEL, WARM_ROWS, compute_features, window_length
 from stock_platform_tests.real_data import COMMON_END, REAL_TICKERS, as_prices, ohlcv, write_files
 
 WILDER = window_length(1 / 14)
@@ -115,6 +115,28 @@ def test_indicators_agree_with_talib_on_real_prices(agreement):
     assert not too_far, too_far
     # every indicator TA-Lib also computes is compared, on thousands of rows (ema_200 after its 1,152)
     assert len(agreement) == 33 and min(rows for _, _, rows, _ in agreement.values()) > 10_000
+
+
+def test_model_inputs_are_scale_free_on_real_prices():
+    """A ticker's whole history in other price units changes no model input; the price-level columns kept for the
+    dashboard scale with it. Across tickers, an input in price units would name a ticker by its price level.
+
+    The factor is a power of two, so the floats' own rounding is unchanged: with another factor (37.5) the
+    directional movement of MSFT's vendor-rounded bars differs on 230 of 7,983 rows, where its up and down moves
+    are equal in decimals and float noise decides which is larger (TA-Lib decides them the same way, and the
+    indicators are checked against it)."""
+    scale = 32.0
+    for ticker in REAL_TICKERS:
+        prices = as_prices(ticker)
+        plain = compute_features(prices)
+        scaled = compute_features(prices.with_columns(pl.col("open", "high", "low", "close", "dividends") * scale))
+        assert plain["warm"].equals(scaled["warm"]), ticker
+        for col in MODEL_FEATURES:
+            np.testing.assert_allclose(scaled[col].to_numpy().astype(float), plain[col].to_numpy().astype(float),
+                                       rtol=1e-9, atol=1e-12, err_msg=f"{ticker} {col}")
+        for col in PRICE_LEVEL:
+            np.testing.assert_allclose(scaled[col].to_numpy().astype(float), scale * plain[col].to_numpy().astype(float),
+                                       rtol=1e-9, err_msg=f"{ticker} {col}")
 
 
 def test_the_features_contract_holds_on_every_real_row():
