@@ -95,9 +95,11 @@ def test_demo_trains_a_model_and_shows_it_beside_the_naive_baseline(demo_run, tm
     assert second.returncode == 0, second.stderr
     assert "tuned_model, week 2025-03-31: Ray Tune, 2 trials ... up to date" in second.stdout
 
-    report = cli(home, "report", "--start", "2025-05-01", "--plot", str(home / "eval.png"))
+    report = cli(home, "report", "--start", "2025-05-01", "--plot", str(home / "eval.png"), "--top-k", "2",
+                 "--cost-bps", "10")
     assert report.returncode == 0, report.stderr
     assert "out-of-sample forecasts 2025-05-01 .. " in report.stdout and f"served by {served} (" in report.stdout
+    assert "| Rank IC (Spearman) |" in report.stdout and "after 10 bps per side" in report.stdout
     assert (home / "eval.png").read_bytes()[:4] == b"\x89PNG"
 
     listed = cli(home, "models")

@@ -124,7 +124,9 @@ def prediction_evaluation(context: dg.AssetExecutionContext, lake: LakeResource,
         "model_vs_naive": dg.MetadataValue.md(summary_markdown(summary)),
         "excluded_partitions": dg.MetadataValue.json(blocked.failed),
     }
-    metadata |= {k: v for k, v in summary.items() if k in ("mase", "hit_rate", "ic", "dm_stat", "dm_p_value")}
+    metadata |= {k: v for k, v in summary.items() if k in ("mase", "hit_rate", "ic", "dm_stat", "dm_p_value",
+                                                           "pearson_ic", "pearson_icir", "rank_ic", "rank_icir",
+                                                           "ls_annual_return_net", "ls_information_ratio_net")}
     if table["target_date"].n_unique() >= 2:
         png = base64.b64encode(plot_png(table)).decode()
         metadata["plot"] = dg.MetadataValue.md(f"![equity and error](data:image/png;base64,{png})")

@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--start", help="first target day, YYYY-MM-DD")
     report.add_argument("--end", help="last target day, YYYY-MM-DD")
     report.add_argument("--plot", help="write the equity / error plot to this PNG file")
+    report.add_argument("--top-k", type=int, help="tickers per leg of the long-short portfolio (default: a fifth)")
+    report.add_argument("--cost-bps", type=float, help="transaction costs per side in basis points (default 5)")
 
     models = command("models", operate.cmd_models, "list registered model versions; --demote rolls a champion back, "
                      "--promote overrules the gate")

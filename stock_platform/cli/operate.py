@@ -14,8 +14,12 @@ from stock_platform.cli.common import (QUIET_LOGS, CommandError, date_option, op
 from stock_platform.settings import SettingsError
 
 
-def forecast_report(lake, start: dt.date | None, end: dt.date | None, plot: Path | None = None) -> str:
-    """Out-of-sample forecasts over [start, end] beside the naive random walk (text; optional PNG plot)."""
+def forecast_report(lake, start: dt.date | None, end: dt.date | None, plot: Path | None = None, *,
+                    top_k: int | None = None, cost_bps: float | None = None) -> str:
+    """Out-of-sample forecasts over [start, end] beside the naive random walk, with Qlib's measures (the long-short
+    portfolio's k and costs: see `lib.evaluation.signal_and_portfolio`), as text; optional PNG plot."""
+    import polars as pl
+
     from stock_platform.lib.evaluation import plot_png, summarize, summary_markdown
     from stock_platform.lib.tables import EVALUATION_TABLE
 
@@ -24,10 +28,13 @@ def forecast_report(lake, start: dt.date | None, end: dt.date | None, plot: Path
     table = lake.read(EVALUATION_TABLE, start, end, date_column="target_date")
     if table.is_empty():
         return f"no evaluated predictions for {start or '...'} .. {end or '...'}"
-    served = table.group_by("model_name", "model_version").len().sort("model_name", "model_version")
+    if "model_name" not in table.columns:  # evaluated before rows named their model (a lake of earlier code)
+        table = table.with_columns(model_name=pl.lit(None, pl.String))
+    served = table.group_by("model_name", "model_version").len().sort("model_name", "model_version", nulls_last=True)
     lines = [f"out-of-sample forecasts {table['target_date'].min()} .. {table['target_date'].max()}, served by "
              + ", ".join(f"{name or 'an unnamed model'} v{version} ({n:,})" for name, version, n in served.iter_rows())
-             + ":", summary_markdown(summarize(table))]
+             + ":", summary_markdown(summarize(table, top_k=top_k, **({} if cost_bps is None else
+                                                                       {"cost_bps": cost_bps})))]
     if plot is not None:
         plot.write_bytes(plot_png(table))
         lines.append(f"plot: {plot}")
@@ -38,7 +45,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Print the evaluation's aggregates over a window (and write the plot)."""
     settings = settings_from(args)
     start, end = date_option(args.start, "--start"), date_option(args.end, "--end")
-    print(forecast_report(resources(settings)["lake"], start, end, Path(args.plot) if args.plot else None))
+    if args.top_k is not None and args.top_k < 1 or args.cost_bps is not None and args.cost_bps < 0:
+        raise SettingsError(f"--top-k {args.top_k} / --cost-bps {args.cost_bps}: k must be >= 1, costs >= 0")
+    print(forecast_report(resources(settings)["lake"], start, end, Path(args.plot) if args.plot else None,
+                          top_k=args.top_k, cost_bps=args.cost_bps))
     return 0
 
 

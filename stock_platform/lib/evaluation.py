@@ -16,6 +16,7 @@ import polars as pl
 from stock_platform.lib.markdown import markdown_table
 
 TRADING_DAYS_PER_YEAR = 252
+DEFAULT_COST_BPS = 5.0  # per side: every unit of notional traded costs this many basis points
 
 
 def evaluate(predictions: pl.DataFrame, closes: pl.DataFrame) -> pl.DataFrame:
@@ -108,9 +109,11 @@ def daily_series(evaluation: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def summarize(evaluation: pl.DataFrame) -> dict[str, float]:
+def summarize(evaluation: pl.DataFrame, *, top_k: int | None = None,
+              cost_bps: float = DEFAULT_COST_BPS) -> dict[str, float]:
     """Aggregates over all rows: errors beside the naive forecast's, hit rate with its 95% interval,
-    IC, Diebold-Mariano, and the long/short backtest beside buy-and-hold."""
+    IC, Diebold-Mariano, the long/short-by-sign backtest beside buy-and-hold, and Qlib's measures
+    (`signal_and_portfolio`)."""
     if evaluation.is_empty():
         return {"rows": 0}
     err = (evaluation["pred_close"] - evaluation["true_close"]).to_numpy()
@@ -143,7 +146,85 @@ def summarize(evaluation: pl.DataFrame) -> dict[str, float]:
         "buy_and_hold_sharpe": _sharpe(hold),
         "strategy_max_drawdown": _drawdown(strat),
         "buy_and_hold_max_drawdown": _drawdown(hold),
-    }
+    } | signal_and_portfolio(evaluation, top_k=top_k, cost_bps=cost_bps)
+
+
+def _ir(series: pl.Series) -> tuple[float, float, float]:
+    """(mean, mean / std, t-statistic) of a daily series (NaN where undefined)."""
+    x = series.fill_nan(None).drop_nulls().to_numpy()
+    if len(x) < 2 or x.std(ddof=1) == 0:
+        return (float(x.mean()) if len(x) else math.nan), math.nan, math.nan
+    ir = x.mean() / x.std(ddof=1)
+    return float(x.mean()), float(ir), float(ir * math.sqrt(len(x)))
+
+
+def long_short_weights(evaluation: pl.DataFrame, top_k: int | None = None) -> pl.DataFrame:
+    """Per target day and ticker, the weight of a top-k / bottom-k long-short portfolio rebalanced daily: +1/k on
+    the k highest predicted returns, -1/k on the k lowest (each leg fully invested), 0 elsewhere; ties by ticker.
+    k is `top_k` or a fifth of the day's tickers (at least 1, at most half). A day whose forecasts are all equal
+    (the naive walk's) has no signal: no position."""
+    day = pl.col("target_date")
+    n = pl.len().over(day)
+    k = pl.min_horizontal(pl.lit(top_k) if top_k else pl.max_horizontal(n // 5, 1), n // 2)
+    rank = pl.col("pred_return").rank("ordinal", descending=True).over(day)
+    flat = pl.col("pred_return").n_unique().over(day) == 1
+    return (
+        evaluation.sort("target_date", "ticker")
+        .with_columns(k=k)
+        .with_columns(w=pl.when(flat | (pl.col("k") < 1)).then(0.0)
+                      .when(rank <= pl.col("k")).then(1 / pl.col("k"))
+                      .when(rank > n - pl.col("k")).then(-1 / pl.col("k"))
+                      .otherwise(0.0))
+        .select("target_date", "ticker", "w")
+    )
+
+
+def signal_and_portfolio(evaluation: pl.DataFrame, *, top_k: int | None = None,
+                         cost_bps: float = DEFAULT_COST_BPS) -> dict[str, float]:
+    """Qlib's measures of a forecast: per-day IC (Pearson) and Rank IC (Spearman) across tickers, with their means,
+    IRs (mean / std) and t-statistics; the top-k / bottom-k long-short portfolio (`long_short_weights`) before and
+    after costs (turnover, the sum of absolute weight changes, times `cost_bps` per side; the first day buys in),
+    its annualised return (mean x 252) and volatility, information ratio against equal-weight buy-and-hold, and
+    max drawdown (compounded). Days with fewer than 3 tickers have no IC."""
+    day = pl.col("target_date")
+    daily = (evaluation.group_by("target_date")
+             .agg(ic=pl.corr("pred_return", "true_return"),
+                  rank_ic=pl.corr("pred_return", "true_return", method="spearman"),
+                  n=pl.len(), benchmark=pl.col("true_return").mean())
+             .sort("target_date"))
+    ranked = daily.filter(pl.col("n") >= 3)
+    ic, icir, ic_t = _ir(ranked["ic"])
+    rank_ic, rank_icir, rank_ic_t = _ir(ranked["rank_ic"])
+
+    weights = long_short_weights(evaluation, top_k)
+    days = daily["target_date"].to_list()
+    held = weights.with_columns(  # each day's weights, as the next day's starting position
+        day.replace_strict(dict(zip(days[:-1], days[1:])), default=None, return_dtype=pl.Date)
+    ).drop_nulls("target_date").rename({"w": "w0"})
+    trades = (weights.join(held, on=["target_date", "ticker"], how="full", coalesce=True)
+              .with_columns(pl.col("w", "w0").fill_null(0.0))
+              .group_by("target_date").agg(turnover=(pl.col("w") - pl.col("w0")).abs().sum()))
+    book = (evaluation.join(weights, on=["target_date", "ticker"])
+            .group_by("target_date").agg(gross=(pl.col("w") * pl.col("true_return")).sum())
+            .join(trades, on="target_date", how="left").join(daily.select("target_date", "benchmark"), on="target_date")
+            .with_columns(net=pl.col("gross") - pl.col("turnover") * cost_bps / 1e4)
+            .sort("target_date"))
+    out = {"pearson_ic": ic, "pearson_icir": icir, "pearson_ic_t": ic_t,
+           "rank_ic": rank_ic, "rank_icir": rank_icir, "rank_ic_t": rank_ic_t, "ic_days": float(ranked.height),
+           "ls_turnover": float(book["turnover"].mean()) if book.height else math.nan, "cost_bps": cost_bps,
+           "benchmark_annual_return": float(book["benchmark"].mean() * TRADING_DAYS_PER_YEAR) if book.height
+           else math.nan}
+    for tag, col in (("", "gross"), ("_net", "net")):
+        r = book[col].to_numpy()
+        active = r - book["benchmark"].to_numpy()
+        sd = active.std(ddof=1) if len(r) > 1 else 0.0
+        out |= {f"ls_annual_return{tag}": float(r.mean() * TRADING_DAYS_PER_YEAR) if len(r) else math.nan,
+                f"ls_annual_volatility{tag}": float(r.std(ddof=1) * math.sqrt(TRADING_DAYS_PER_YEAR))
+                if len(r) > 1 else math.nan,
+                f"ls_information_ratio{tag}": float(active.mean() / sd * math.sqrt(TRADING_DAYS_PER_YEAR))
+                if sd > 0 else math.nan,
+                f"ls_max_drawdown{tag}": _drawdown(r)}
+    return out
 
 
 def summary_markdown(s: dict[str, float]) -> str:
@@ -163,8 +244,22 @@ def summary_markdown(s: dict[str, float]) -> str:
         ("max drawdown", f"{s['strategy_max_drawdown']:.2%}", f"{s['buy_and_hold_max_drawdown']:.2%}"),
     ]
     table = markdown_table(rows, ["measure", "model", "naive / baseline"])
+    pct = "{:+.2%}".format
+    signal = markdown_table([
+        ("IC (Pearson)", f(s["pearson_ic"]), f(s["pearson_icir"]), f(s["pearson_ic_t"]), int(s["ic_days"])),
+        ("Rank IC (Spearman)", f(s["rank_ic"]), f(s["rank_icir"]), f(s["rank_ic_t"]), int(s["ic_days"])),
+    ], ["daily cross-section", "mean", "IR (mean / std)", "t", "days"])
+    portfolio = markdown_table([
+        ("annual return", pct(s["ls_annual_return"]), pct(s["ls_annual_return_net"]), pct(s["benchmark_annual_return"])),
+        ("annual volatility", f"{s['ls_annual_volatility']:.2%}", f"{s['ls_annual_volatility_net']:.2%}", ""),
+        ("information ratio vs buy-and-hold", f(s["ls_information_ratio"]), f(s["ls_information_ratio_net"]), ""),
+        ("max drawdown", f"{s['ls_max_drawdown']:.2%}", f"{s['ls_max_drawdown_net']:.2%}", ""),
+        ("turnover per day", f"{s['ls_turnover']:.2f}", f"{s['ls_turnover']:.2f}", ""),
+    ], ["top/bottom-k long-short, daily", "before costs", f"after {s['cost_bps']:g} bps per side",
+        "equal-weight buy-and-hold"])
     return (table + f"\n\nDiebold-Mariano (squared return errors, HLN-corrected): {s['dm_stat']:.3f}, "
-            f"p = {s['dm_p_value']:.3g} over {int(s['days'])} days, {int(s['rows'])} predictions")
+            f"p = {s['dm_p_value']:.3g} over {int(s['days'])} days, {int(s['rows'])} predictions\n\n"
+            + signal + "\n\n" + portfolio + f"\n\n({int(s['rows'])} forecasts over {int(s['days'])} target days)")
 
 
 def plot_png(evaluation: pl.DataFrame) -> bytes:
