@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import socket
@@ -117,6 +118,23 @@ def any_lake(request, tmp_path) -> LakeResource:
 
 
 @pytest.fixture
+def writer_process():
+    """Start `stock_platform_tests.lake_writer` in a process of its own on a lake (its options as keywords; True/False:
+    a flag given or not): the concurrency and crash tests' other writer."""
+    def start(lake: LakeResource, start: dt.date, end: dt.date, **extra) -> subprocess.Popen:
+        args = [sys.executable, "-W", "ignore", "-m", "stock_platform_tests.lake_writer", "--uri", lake.uri,
+                "--start", start.isoformat(), "--end", end.isoformat()]
+        if lake.aws_endpoint_url:
+            args += ["--endpoint", lake.aws_endpoint_url]
+        for key, value in extra.items():
+            if value is not False:
+                args += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
+        return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+
+    return start
+
+
+@pytest.fixture
 def universe() -> UniverseResource:
     return UniverseResource(tickers=TICKERS)
 
@@ -183,7 +201,8 @@ def fresh_postgres_db(postgres_url: str):
 # What makes a test slow, by what it uses (so the `slow` mark cannot drift from the test's needs): a real
 # Dagster instance and runs, Postgres, the S3 server or the prepared near-real-time stack. The fast tier,
 # `python -m pytest -m "not slow"`, is everything else; `python -m pytest` runs both.
-SLOW_FIXTURES = {"instance", "s3_endpoint", "s3_lake", "postgres_url", "fresh_postgres_db", "prepared", "demo_run"}
+SLOW_FIXTURES = {"instance", "s3_endpoint", "s3_lake", "postgres_url", "fresh_postgres_db", "prepared", "demo_run",
+                 "writer_process"}
 POSTGRES_FIXTURES = {"postgres_url", "fresh_postgres_db"}
 
 

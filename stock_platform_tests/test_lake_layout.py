@@ -16,7 +16,7 @@ from stock_platform.lib.demo_market import generate
 from stock_platform.lib.tables import PRECOMBINE, PREDICTIONS_TABLE, PRICES_TABLE, SNAPSHOT_KEYS, SNAPSHOT_TABLE
 from stock_platform.resources.lake import LakeResource
 from stock_platform_tests.lake_writer import batch, predictions
-from stock_platform_tests.test_snapshots import _finish, _writer
+from stock_platform_tests.test_snapshots import _finish
 
 TICKERS = [f"T{i:03d}" for i in range(12)]
 
@@ -100,9 +100,8 @@ def test_maintenance_compacts_the_daily_files_and_keeps_time_travel_and_the_chan
     assert any_lake.maintain(SNAPSHOT_TABLE).files_after == 2
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("table", [SNAPSHOT_TABLE, PREDICTIONS_TABLE])
-def test_maintenance_beside_a_writer_committing_all_the_time_both_land(any_lake, table):
+def test_maintenance_beside_a_writer_committing_all_the_time_both_land(any_lake, table, writer_process):
     """The daily run's two kinds of write (snapshot MERGE, predictions replace) commit in a loop in another process
     while maintenance compacts, checkpoints and vacuums the same table: every commit of both lands."""
     start, end = dt.date(2024, 3, 4), dt.date(2024, 3, 8)
@@ -112,7 +111,7 @@ def test_maintenance_beside_a_writer_committing_all_the_time_both_land(any_lake,
         if table == PREDICTIONS_TABLE:
             any_lake.replace_dates(table, predictions(batch(8, day, day + dt.timedelta(days=4)), 0).filter(
                 pl.col("date") == day), day, day, change_data_feed=True)
-    proc = _writer(any_lake, start, end, tickers=8, for_seconds=5, predictions=table == PREDICTIONS_TABLE)
+    proc = writer_process(any_lake, start, end, tickers=8, for_seconds=5, predictions=table == PREDICTIONS_TABLE)
     rounds = []
     while proc.poll() is None:
         rounds.append(any_lake.maintain(table))

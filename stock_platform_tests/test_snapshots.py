@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -134,17 +132,6 @@ def test_incremental_read_returns_exactly_the_changed_keys(any_lake):
     assert any_lake.changed_keys(SNAPSHOT_TABLE, latest).is_empty()
 
 
-def _writer(lake: LakeResource, start: dt.date, end: dt.date, **extra) -> subprocess.Popen:
-    args = [sys.executable, "-W", "ignore", "-m", "stock_platform_tests.lake_writer", "--uri", lake.uri,
-            "--start", start.isoformat(), "--end", end.isoformat()]
-    if lake.aws_endpoint_url:
-        args += ["--endpoint", lake.aws_endpoint_url]
-    for key, value in extra.items():  # True/False: a flag given or not
-        if value is not False:
-            args += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
-
-
 def _data_files(lake: LakeResource) -> set[str]:
     """The Parquet files under the snapshot table's folder, committed or not (local folder or S3 prefix)."""
     uri = lake.table_uri(SNAPSHOT_TABLE)
@@ -164,10 +151,10 @@ def _finish(proc: subprocess.Popen) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def test_four_concurrent_writers_on_different_dates_all_land(any_lake):
+def test_four_concurrent_writers_on_different_dates_all_land(any_lake, writer_process):
     ensure_snapshot_table(any_lake)
     days = [dt.date(2024, 4, d) for d in (1, 2, 3, 4)]
-    procs = [_writer(any_lake, d, d, tickers=20) for d in days]
+    procs = [writer_process(any_lake, d, d, tickers=20) for d in days]
     results = [_finish(p) for p in procs]
     assert all(r["inserted"] == 20 for r in results)
     snap = any_lake.snapshot(SNAPSHOT_TABLE)
@@ -176,13 +163,13 @@ def test_four_concurrent_writers_on_different_dates_all_land(any_lake):
 
 
 @pytest.mark.parametrize("newest_first", [True, False])
-def test_two_writers_on_the_same_date_resolve_to_the_newest_record(any_lake, newest_first):
+def test_two_writers_on_the_same_date_resolve_to_the_newest_record(any_lake, newest_first, writer_process):
     ensure_snapshot_table(any_lake)
     upsert(any_lake, batch(10, D1, D1))
     specs = [dict(hours_later=2, close_bump=2.0), dict(hours_later=1, close_bump=1.0)]
     if not newest_first:
         specs.reverse()
-    procs = [_writer(any_lake, D1, D1, tickers=10, **spec) for spec in specs]
+    procs = [writer_process(any_lake, D1, D1, tickers=10, **spec) for spec in specs]
     for p in procs:
         _finish(p)
     base = batch(10, D1, D1)
@@ -190,14 +177,14 @@ def test_two_writers_on_the_same_date_resolve_to_the_newest_record(any_lake, new
     assert snap["close"].to_list() == pytest.approx((base.sort("ticker")["close"] + 2.0).to_list())
 
 
-def test_writer_killed_mid_merge_leaves_the_previous_version_and_a_rerun_completes(any_lake):
+def test_writer_killed_mid_merge_leaves_the_previous_version_and_a_rerun_completes(any_lake, writer_process):
     upsert(any_lake, batch(5, D1, D1))
     before_version = any_lake.table(SNAPSHOT_TABLE).version()
     before = any_lake.snapshot(SNAPSHOT_TABLE)
     # ten years: the MERGE writes a file per year partition, and the kill lands after the first, before the commit
     start, end = dt.date(2014, 1, 2), dt.date(2023, 12, 29)
     committed = _data_files(any_lake)
-    proc = _writer(any_lake, start, end, tickers=40, dates_per_commit=5000)  # one large commit
+    proc = writer_process(any_lake, start, end, tickers=40, dates_per_commit=5000)  # one large commit
     assert proc.stdout.readline().strip() == "merging"
     deadline = time.monotonic() + 60
     while not _data_files(any_lake) - committed:  # kill once the MERGE has written a data file, before its commit
@@ -211,7 +198,7 @@ def test_writer_killed_mid_merge_leaves_the_previous_version_and_a_rerun_complet
     assert any_lake.table(SNAPSHOT_TABLE).version() == before_version
     assert any_lake.snapshot(SNAPSHOT_TABLE).equals(before)
 
-    result = _finish(_writer(any_lake, start, end, tickers=40, dates_per_commit=5000))
+    result = _finish(writer_process(any_lake, start, end, tickers=40, dates_per_commit=5000))
     sessions = len(trading_days(start, end))
     assert result["version"] == before_version + 1 and result["inserted"] == 40 * sessions
     assert any_lake.snapshot(SNAPSHOT_TABLE).height == before.height + 40 * sessions
