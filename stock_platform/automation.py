@@ -13,6 +13,7 @@ import datetime as dt
 import dagster as dg
 
 from stock_platform.lib.calendar import EXCHANGE_TIMEZONE
+from stock_platform.lib.families import FAMILIES
 from stock_platform.partitions import CADENCE_TAG, DAILY_CADENCE, trading_days
 from stock_platform.resources import PriceSourceResource, UniverseResource
 from stock_platform.resources.landing import LandedFile, LandingResource, validate_key
@@ -42,8 +43,9 @@ daily_assets_job = dg.define_asset_job(
 
 weekly_retrain_job = dg.define_asset_job(
     "weekly_retrain",
-    selection=dg.AssetSelection.assets("tuned_model"),
-    description="Tune, train and register the model of a finished week (Ray Tune + LightGBM + MLflow).",
+    selection=dg.AssetSelection.assets(*(f"{family}_model" for family in FAMILIES), "tuned_model"),
+    description="Tune, train and register every model family's candidate of a finished week (Ray Tune + MLflow), "
+    "then gate them against the naive random walk and the champion (`tuned_model`).",
     executor_def=dg.in_process_executor,  # one step; Ray does the parallel work (and must not start in a fork)
 )
 

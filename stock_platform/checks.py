@@ -13,7 +13,6 @@ from stock_platform.partitions import daily_check, partition_dates
 from stock_platform.resources import UniverseResource
 from stock_platform.registry import promoted_versions, served_versions
 from stock_platform.resources.lake import LakeResource
-from stock_platform.resources.tracking import TrackingResource
 
 # Below this share of valid rows the check warns (it does not block: the stored rows are valid).
 MIN_DQ_SCORE = 0.99
@@ -120,15 +119,14 @@ def features_schema_check(context: dg.AssetCheckExecutionContext, lake: LakeReso
              description="Every universe ticker has a prediction on each day whose features passed their check: "
              "where a model serves, for every warm feature row; where the naive random walk serves, for every "
              "close. Every predicted return is finite and within ±50%.")
-def predictions_check(context: dg.AssetCheckExecutionContext, lake: LakeResource, tracking: TrackingResource,
-                      universe: UniverseResource) -> dg.AssetCheckResult:
+def predictions_check(context: dg.AssetCheckExecutionContext, lake: LakeResource, universe: UniverseResource) -> dg.AssetCheckResult:
     import polars as pl
 
     from stock_platform.lib.selection import model_for_each_day
 
     dates = partition_dates(context)
     blocked = check_status(context.instance, FEATURES_CHECK, [d.isoformat() for d in dates])
-    plan = model_for_each_day(blocked.usable(dates), promoted_versions(served_versions(lake, tracking.model_name)))
+    plan = model_for_each_day(blocked.usable(dates), promoted_versions(served_versions(lake)))
     modelled = (lake.read(FEATURES_TABLE, dates[0], dates[-1], columns=["ticker", "date", "warm"])
                 .filter(pl.col("warm") & pl.col("date").is_in([d for d, v in plan.items() if v is not None])))
     naive = lake.snapshot(SNAPSHOT_TABLE, start=dates[0], end=dates[-1]).filter(

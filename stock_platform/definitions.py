@@ -15,7 +15,7 @@ from stock_platform.assets.ingestion import prices
 from stock_platform.assets.lake import price_snapshots
 from stock_platform.assets.forecast import prediction_evaluation, predictions
 from stock_platform.assets.ml import features
-from stock_platform.assets.model import tuned_model
+from stock_platform.assets.model import family_models, tuned_model
 from stock_platform.checks import features_schema_check, predictions_check, prices_schema_check
 from stock_platform.resources import build_resources
 from stock_platform.settings import Settings, get_settings
@@ -25,7 +25,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     """The platform's definitions on `settings` (the partitions start at `get_settings().start`: the CLI makes
     its settings the process's with `use_settings` before it imports this module)."""
     return dg.Definitions(
-        assets=[prices, price_snapshots, features, tuned_model, predictions, prediction_evaluation],
+        assets=[prices, price_snapshots, features, *family_models, tuned_model, predictions, prediction_evaluation],
         asset_checks=[prices_schema_check, features_schema_check, predictions_check],
         jobs=automation.jobs,
         schedules=automation.schedules,

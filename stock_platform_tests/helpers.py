@@ -14,7 +14,6 @@ import polars as pl
 
 from stock_platform.assets.lake import ensure_snapshot_table
 from stock_platform.assets.model import load_training_set
-from stock_platform.lib import modeling
 from stock_platform.lib.calendar import trading_days
 from stock_platform.lib.demo_market import generate
 from stock_platform.lib.indicators import compute_features
@@ -84,16 +83,22 @@ def model_resources(root: Path, lake: LakeResource) -> dict:
                                          artifact_location=str(root / "mlartifacts"))}
 
 
-def register_promoted_model(lake: LakeResource, tracking: TrackingResource, train_end: dt.date, params: dict) -> str:
-    """A model the library trains on the rows known by `train_end` (as `tuned_model` reads them), registered,
-    tagged and promoted as the gate would; returns its version."""
-    import pandas as pd
+def register_promoted_model(lake: LakeResource, tracking: TrackingResource, train_end: dt.date, params: dict,
+                            family: str = "lightgbm") -> tuple[str, int]:
+    """A model of `family` the library trains on the rows known by `train_end` (as the family's asset reads them),
+    registered, tagged and promoted as the gate would; returns (model name, version)."""
+    from stock_platform.assets.model import model_example
+    from stock_platform.lib.families import FAMILIES
 
-    data = load_training_set(lake, train_end)
-    booster = modeling.fit(params, data, (0, data.sessions - 1))
+    fam = FAMILIES[family]
+    data = load_training_set(lake, train_end, fam)
+    model = fam.fit(params, data, (0, data.sessions - 1))
     with tracking.run(f"trained to {train_end}", tags={}):
-        return register_version(lake, tracking, booster, pd.DataFrame(data.x[:3], columns=data.feature_names),
-                                train_end=train_end, promoted=True, gate="promoted by the test")
+        import mlflow
+
+        mlflow.log_params(params)
+        return register_version(lake, tracking, fam, model, model_example(fam, data), train_end=train_end, promoted=True,
+                                gate="promoted by the test")
 
 
 def fail_the_features_check(lake: LakeResource, instance: dg.DagsterInstance, day: dt.date, first: dt.date,
@@ -118,4 +123,6 @@ def registry_booster(tracking: TrackingResource, version: str):
     import mlflow
 
     tracking.client()  # points mlflow at the tracking and registry URIs
-    return mlflow.lightgbm.load_model(f"models:/{tracking.model_name}/{version}")
+    from stock_platform.lib.families import FAMILIES
+
+    return mlflow.lightgbm.load_model(f"models:/{tracking.model_name(FAMILIES['lightgbm'])}/{version}")

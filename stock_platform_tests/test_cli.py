@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -79,37 +80,48 @@ def test_demo_trains_a_model_and_shows_it_beside_the_naive_baseline(demo_run, tm
     first = demo_run.stdout
     row = next(line for line in first.splitlines() if line.startswith("tuned_model"))
     # trained up to 12 weeks before the end; the weeks after it are forecast out of sample
-    assert "week 2025-03-31" in row and "1/1 passed" in row and "model v1" in row
-    assert "| naive random walk |" in first and "| candidate |" in first
-    assert "stock_platform_lgbm v1" in first and "Created version" not in first + demo_run.stderr
+    assert "week 2025-03-31" in row and "1/1 passed" in row
+    # every family's candidate beside the naive walk on the held-out window, with Diebold-Mariano, and the choice
+    for name in ("stock_platform_lgbm v1", "stock_platform_ridge v1", "stock_platform_ar v1"):
+        assert f"| {name} | candidate |" in first
+    assert "| naive_random_walk | baseline |" in first and "dm_p_value" in first and "\ngate: " in first
+    assert "Created version" not in first + demo_run.stderr
     assert (home / "mlflow.db").exists() and (home / "mlartifacts").is_dir()
     assert "[3/3] predictions, prediction_evaluation: 2025-04-07 .. 2025-06-30" in first
     # whatever the gate decided, every day is forecast and evaluated: by the model, or by the naive walk
     assert "| MASE |" in first and "Diebold-Mariano" in first
     pred_row = next(line for line in first.splitlines() if line.startswith("predictions"))
     assert "1/1 passed" in pred_row
-    served = "stock_platform_lgbm v1" if "promoted to champion" in first else "naive_random_walk v1"
+    promoted = re.search(r"promoted (stock_platform_\w+) v1", row)
+    served = f"{promoted[1]} v1" if promoted else "naive_random_walk v1"
+    assert promoted or "none promoted" in row
     assert f"served by {served} (" in first
 
     second = demo(home, *DEMO_ARGS)
     assert second.returncode == 0, second.stderr
-    assert "tuned_model, week 2025-03-31: Ray Tune, 2 trials ... up to date" in second.stdout
+    assert "tuned_model, week 2025-03-31: Ray Tune, 2 trials per family ... up to date" in second.stdout
 
     report = cli(home, "report", "--start", "2025-05-01", "--plot", str(home / "eval.png"), "--top-k", "2",
                  "--cost-bps", "10")
     assert report.returncode == 0, report.stderr
+    assert "model selection, week ending 2025-04-06: held-out 60 sessions" in report.stdout
+    assert "| stock_platform_ridge v1 | candidate |" in report.stdout and "dm_p_value" in report.stdout
     assert "out-of-sample forecasts 2025-05-01 .. " in report.stdout and f"served by {served} (" in report.stdout
     assert "| Rank IC (Spearman) |" in report.stdout and "after 10 bps per side" in report.stdout
     assert (home / "eval.png").read_bytes()[:4] == b"\x89PNG"
 
     listed = cli(home, "models")
     assert listed.returncode == 0, listed.stderr
-    assert "stock_platform_lgbm: 1 registered version(s)" in listed.stdout and "2025-04-06" in listed.stdout
-    rollback = cli(home, "models", "--demote", "1")
+    assert "3 registered version(s) of stock_platform_lgbm, stock_platform_ridge, stock_platform_ar" in listed.stdout
+    assert "2025-04-06" in listed.stdout
+    family = {"lgbm": "lightgbm", "ridge": "ridge", "ar": "ar"}[promoted[1].rsplit("_", 1)[1]] if promoted else "ar"
+    rollback = cli(home, "models", "--demote", f"{family}/1")
     assert rollback.returncode == 0, rollback.stderr
-    assert "demoted v1" in rollback.stdout and "champion is now none: the naive random walk serves" in rollback.stdout
-    assert cli(home, "models", "--demote", "9").stderr.strip() == (
+    assert "demoted stock_platform_" in rollback.stdout
+    assert "champion is now none: the naive random walk serves" in rollback.stdout
+    assert cli(home, "models", "--demote", "lightgbm/9").stderr.strip() == (
         "error: model stock_platform_lgbm has no registered version 9")
+    assert "name a version as FAMILY/VERSION" in cli(home, "models", "--demote", "1").stderr
 
 
 def test_demo_refuses_a_bad_ticker_with_a_clear_message(tmp_path):

@@ -14,6 +14,7 @@ import pytest
 from stock_platform.definitions import defs
 from stock_platform.partitions import model_weeks, trading_days
 
+FAMILY_ASSETS = ("lightgbm_model", "ridge_model", "ar_model")
 HEAVY = ("pandera", "deltalake", "ray", "lightgbm", "mlflow", "optuna", "yfinance", "pandas", "polars",
          "sqlalchemy", "numpy")
 
@@ -21,7 +22,7 @@ HEAVY = ("pandera", "deltalake", "ray", "lightgbm", "mlflow", "optuna", "yfinanc
 def test_asset_specs():
     graph = defs.resolve_asset_graph()
     assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
-        "prices", "price_snapshots", "features", "tuned_model", "predictions", "prediction_evaluation"}
+        "prices", "price_snapshots", "features", *FAMILY_ASSETS, "tuned_model", "predictions", "prediction_evaluation"}
     for key, group in [("prices", "ingestion"), ("price_snapshots", "lake"), ("features", "ml")]:
         node = graph.get(dg.AssetKey(key))
         assert node.group_name == group
@@ -30,10 +31,13 @@ def test_asset_specs():
         assert "deltalake" in node.kinds
     assert graph.get(dg.AssetKey("price_snapshots")).parent_keys == {dg.AssetKey("prices")}
     assert graph.get(dg.AssetKey("features")).parent_keys == {dg.AssetKey("price_snapshots")}
-    model = graph.get(dg.AssetKey("tuned_model"))
-    assert model.group_name == "ml" and model.partitions_def == model_weeks
-    assert model.parent_keys == {dg.AssetKey("features")} and {"lightgbm", "ray", "mlflow"} <= model.kinds
-    assert "stock_platform/cadence" not in model.tags  # the daily job must not select the weekly model
+    for key in FAMILY_ASSETS:  # each family tuned by Ray Tune, weekly, from the features
+        model = graph.get(dg.AssetKey(key))
+        assert model.group_name == "ml" and model.partitions_def == model_weeks
+        assert model.parent_keys == {dg.AssetKey("features")} and {key[:-6], "ray", "mlflow"} <= model.kinds
+        assert "stock_platform/cadence" not in model.tags  # the daily job must not select the weekly models
+    gate = graph.get(dg.AssetKey("tuned_model"))
+    assert gate.partitions_def == model_weeks and gate.parent_keys == {dg.AssetKey(k) for k in FAMILY_ASSETS}
     for key in ("predictions", "prediction_evaluation"):
         node = graph.get(dg.AssetKey(key))
         assert node.group_name == "ml" and node.partitions_def == trading_days
@@ -65,7 +69,7 @@ def test_jobs_and_resources():
         "predictions_predictions_complete_and_plausible", "prediction_evaluation"}
     retrain = defs.resolve_job_def("weekly_retrain")
     assert retrain.partitions_def == model_weeks and [n.name for n in retrain.nodes_in_topological_order] == [
-        "tuned_model"]
+        *sorted(FAMILY_ASSETS), "tuned_model"]
     assert set(defs.resources) == {"source", "lake", "landing", "universe", "warehouse", "tuning", "tracking"}
     assert {s.name for s in defs.sensors} == {"landing_zone_sensor", "live_quotes_sensor"}
 
@@ -117,8 +121,8 @@ def test_the_dg_cli_checks_and_lists_the_project(tmp_path):
                             timeout=300)
     assert listed.returncode == 0, listed.stderr[-2000:]
     defs = json.loads(listed.stdout)
-    assert {a["asset_key"] for a in defs["assets"]} == {"prices", "price_snapshots", "features", "tuned_model",
-                                                        "predictions", "prediction_evaluation"}
+    assert {a["asset_key"] for a in defs["assets"]} == {"prices", "price_snapshots", "features", *FAMILY_ASSETS,
+                                                        "tuned_model", "predictions", "prediction_evaluation"}
     assert {c["key"] for c in defs["asset_checks"]} == {
         "prices:prices_schema", "features:features_schema", "predictions:predictions_complete_and_plausible",
         "tuned_model:no_leakage"}

@@ -14,7 +14,7 @@ from stock_platform.checks import predictions_check
 from stock_platform.lib.selection import NAIVE_MODEL, model_for_each_day
 from stock_platform.lib.calendar import trading_days
 from stock_platform.lib.tables import EVALUATION_TABLE, PREDICTIONS_TABLE, SNAPSHOT_TABLE
-from stock_platform.registry import load_booster, promoted_versions, served_versions, set_promoted
+from stock_platform.registry import load_model, promoted_versions, served_versions, set_promoted
 from stock_platform.resources import UniverseResource
 from stock_platform.resources.warehouse import WarehouseResource
 from stock_platform_tests.helpers import (build_lake, fail_the_features_check, failure_message,
@@ -23,22 +23,29 @@ from stock_platform_tests.helpers import (build_lake, fail_the_features_check, f
 
 pytestmark = pytest.mark.slow
 FIRST, LAST = dt.date(2024, 5, 13), dt.date(2024, 6, 14)
-TRAIN_ENDS = {1: dt.date(2024, 5, 19), 2: dt.date(2024, 6, 9)}  # Sundays: the ends of two model weeks
+LGBM, RIDGE = ("stock_platform_lgbm", 1), ("stock_platform_ridge", 1)
+# Sundays: the ends of two model weeks; a LightGBM version of the first, a ridge version of the second
+TRAIN_ENDS = {LGBM: dt.date(2024, 5, 19), RIDGE: dt.date(2024, 6, 9)}
+PARAMS = {LGBM: {"num_leaves": 15, "learning_rate": 0.05, "min_data_in_leaf": 200, "feature_fraction": 0.7,
+                 "bagging_fraction": 0.8, "lambda_l1": 0.1, "lambda_l2": 1.0, "n_estimators": 60},
+          RIDGE: {"alpha": 0.01, "clip": 5.0}}
 
 
 def test_each_day_gets_the_newest_model_trained_before_it():
-    promoted = [(1, dt.date(2024, 5, 19)), (3, dt.date(2024, 6, 9))]
+    at = dt.datetime(2024, 6, 9, tzinfo=dt.UTC)
+    promoted = [("a", 1, dt.date(2024, 5, 19), at), ("b", 3, dt.date(2024, 6, 9), at),
+                ("a", 4, dt.date(2024, 6, 9), at + dt.timedelta(hours=1))]  # same training end, registered later
     days = [dt.date(2024, 5, 17), dt.date(2024, 5, 20), dt.date(2024, 6, 7), dt.date(2024, 6, 10)]
-    assert model_for_each_day(days, promoted) == {days[0]: None, days[1]: 1, days[2]: 1, days[3]: 3}
+    assert model_for_each_day(days, promoted) == {days[0]: None, days[1]: ("a", 1), days[2]: ("a", 1),
+                                                  days[3]: ("a", 4)}
     assert model_for_each_day(days, []) == dict.fromkeys(days)  # no champion: the naive walk every day
 
 
 def register(res: dict, lake) -> None:
-    """Two promoted versions, each trained (by the library) only on rows up to its train_end."""
-    params = {"num_leaves": 15, "learning_rate": 0.05, "min_data_in_leaf": 200, "feature_fraction": 0.7,
-              "bagging_fraction": 0.8, "lambda_l1": 0.1, "lambda_l2": 1.0, "n_estimators": 60}
-    for version, end in TRAIN_ENDS.items():
-        assert register_promoted_model(lake, res["tracking"], end, params) == str(version)
+    """Two promoted versions of two families, each trained (by the library) only on rows up to its train_end."""
+    for (name, version), end in TRAIN_ENDS.items():
+        family = "lightgbm" if name.endswith("lgbm") else "ridge"
+        assert register_promoted_model(lake, res["tracking"], end, PARAMS[(name, version)], family) == (name, version)
 
 
 def run(res, instance):
@@ -73,12 +80,12 @@ def test_predictions_use_only_earlier_models_evaluate_against_the_naive_walk_and
     assert naive["date"].unique().to_list() == trading_days(FIRST, dt.date(2024, 5, 17))
     assert naive.height == 40 * 5 and (naive["pred_return"] == 0).all()
     # no model predicts a day on or before the end of its training data
-    preds = every.filter(pl.col("model_name") == res["tracking"].model_name)
+    preds = every.filter(pl.col("model_name") != NAIVE_MODEL)
     assert preds["date"].min() == dt.date(2024, 5, 20)
-    train_end = preds["model_version"].replace_strict(TRAIN_ENDS, return_dtype=pl.Date)
+    train_end = pl.Series([TRAIN_ENDS[key] for key in preds.select("model_name", "model_version").iter_rows()])
     assert (train_end < preds["date"]).all()
-    assert set(preds.filter(pl.col("date") >= dt.date(2024, 6, 10))["model_version"]) == {2}
-    assert set(preds.filter(pl.col("date") <= dt.date(2024, 6, 7))["model_version"]) == {1}
+    assert set(preds.filter(pl.col("date") >= dt.date(2024, 6, 10))["model_name"]) == {RIDGE[0]}
+    assert set(preds.filter(pl.col("date") <= dt.date(2024, 6, 7))["model_name"]) == {LGBM[0]}
     sessions = trading_days(dt.date(2024, 5, 20), LAST)
     assert preds.height == 40 * len(sessions)
     closes = lake.snapshot(SNAPSHOT_TABLE, start=FIRST, end=LAST).select("ticker", "date", "close")
@@ -99,7 +106,7 @@ def test_predictions_use_only_earlier_models_evaluate_against_the_naive_walk_and
     assert counts == (every.height, ev.height)
     stored = warehouse.read("stock_pred_eval")
     assert set(stored.columns) >= {"date", "ticker", "pred_close", "true_close", "abs_error", "model"}
-    assert set(stored["model"]) == {"naive_random_walk/1", "stock_platform_lgbm/1", "stock_platform_lgbm/2"}
+    assert set(stored["model"]) == {"naive_random_walk/1", "stock_platform_lgbm/1", "stock_platform_ridge/1"}
 
     again = run(res, instance)
     assert again.success, failure_message(again)
@@ -136,30 +143,37 @@ def test_rolling_back_a_model_moves_champion_and_predictions_to_the_previous_ver
     register(res, lake)
     # the serving copy predicts exactly what the registry's model predicts
     x = lake.read("features", dt.date(2024, 6, 10), dt.date(2024, 6, 10)).filter("warm")
-    served = load_booster(served_versions(lake, tracking.model_name), 2)
-    registry = registry_booster(tracking, "2")
-    np.testing.assert_array_equal(served.predict(x.select(served.feature_name()).to_numpy()),
+    family, served = load_model(served_versions(lake), *LGBM)
+    registry = registry_booster(tracking, "1")
+    np.testing.assert_array_equal(family.predict_frame(served, x),
                                   registry.predict(x.select(registry.feature_name()).to_numpy()))
-    assert promoted_versions(served_versions(lake, tracking.model_name)) == [(1, TRAIN_ENDS[1]), (2, TRAIN_ENDS[2])]
 
-    assert set_promoted(lake, tracking, 2, False) == 1
-    assert str(tracking.champion().version) == "1"
-    assert tracking.client().get_model_version(tracking.model_name, "2").tags["promoted"] == "false"
-    assert promoted_versions(served_versions(lake, tracking.model_name)) == [(1, TRAIN_ENDS[1])]
+    def promoted() -> list:
+        return [row[:3] for row in promoted_versions(served_versions(lake))]
+
+    def champion():
+        version = tracking.champion()
+        return (version.name, int(version.version)) if version else None
+
+    assert promoted() == [(*LGBM, TRAIN_ENDS[LGBM]), (*RIDGE, TRAIN_ENDS[RIDGE])] and champion() == RIDGE
+    assert set_promoted(lake, tracking, *RIDGE, False) == LGBM  # the champion moves across families
+    assert champion() == LGBM
+    assert tracking.client().get_model_version(RIDGE[0], "1").tags["promoted"] == "false"
+    assert promoted() == [(*LGBM, TRAIN_ENDS[LGBM])]
     result = run(res, instance)
     assert result.success, failure_message(result)
     served = lake.read(PREDICTIONS_TABLE).select("model_name", "model_version").unique().rows()
-    assert sorted(served) == [(NAIVE_MODEL, 1), (tracking.model_name, 1)]  # the naive walk before v1's week
+    assert sorted(served) == [(NAIVE_MODEL, 1), LGBM]  # the naive walk before v1's week
 
-    assert set_promoted(lake, tracking, 1, False) is None
-    assert tracking.champion() is None
+    assert set_promoted(lake, tracking, *LGBM, False) is None
+    assert champion() is None
     result = run(res, instance)  # every version demoted: the naive random walk serves every day again
     assert result.success, failure_message(result)
     assert set(lake.read(PREDICTIONS_TABLE)["model_name"]) == {NAIVE_MODEL}
-    assert set_promoted(lake, tracking, 2, True) == 2 and str(tracking.champion().version) == "2"
-    assert promoted_versions(served_versions(lake, tracking.model_name)) == [(2, TRAIN_ENDS[2])]
+    assert set_promoted(lake, tracking, *RIDGE, True) == RIDGE and champion() == RIDGE
+    assert promoted() == [(*RIDGE, TRAIN_ENDS[RIDGE])]
     with pytest.raises(ValueError, match="no registered version 7"):
-        set_promoted(lake, tracking, 7, False)
+        set_promoted(lake, tracking, LGBM[0], 7, False)
 
 
 def test_a_day_whose_features_failed_their_check_in_an_earlier_run_is_not_forecast(tmp_path, instance):

@@ -1,4 +1,4 @@
-"""Labels, walk-forward folds, scores, the champion gate and the learning claims, on the demo market."""
+"""Labels, walk-forward folds, scores and every model family's learning claims, on the demo market."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 from stock_platform.lib import modeling as m
 from stock_platform.lib.calendar import trading_days
 from stock_platform.lib.demo_market import generate, true_signal
-from stock_platform.lib.indicators import MODEL_FEATURES, compute_features
+from stock_platform.lib.families import FAMILIES
+from stock_platform.lib.indicators import compute_features
 
 D = trading_days(dt.date(2024, 1, 2), dt.date(2024, 1, 12))  # Jan 15 is a holiday
 
@@ -52,16 +53,6 @@ def test_scores_by_hand():
     assert s["ic"] == pytest.approx(0.5)
 
 
-def test_the_gate_needs_the_baseline_beaten_then_the_champion():
-    good = {"rmse": 0.0190, "naive_rmse": 0.0191, "ic": 0.08}
-    assert m.should_promote(good, None)[0]
-    assert not m.should_promote(good | {"rmse": 0.0192}, None)[0]
-    assert not m.should_promote(good | {"ic": -0.01}, None)[0]
-    assert m.should_promote(good, {"ic": 0.05})[0]
-    promote, reason = m.should_promote(good, {"ic": 0.09})
-    assert not promote and "champion's 0.0900" in reason
-
-
 def test_models_learn_the_label_net_of_the_days_market_move():
     t = np.array([0, 0, 1, 1, 1])
     y = np.array([0.01, 0.03, -0.01, 0.0, 0.04])
@@ -71,40 +62,59 @@ def test_models_learn_the_label_net_of_the_days_market_move():
 # ------------------------------------------------------------------ learning the demo market's signal
 @pytest.fixture(scope="module")
 def market():
+    """Each family's training set of the same rows (100 tickers x 4 years), the folds, the true signal's IC."""
     start, end = dt.date(2021, 1, 4), dt.date(2024, 12, 31)
     prices = generate([f"T{i:03d}" for i in range(100)], start, end)
-    data = m.training_set(compute_features(prices), m.next_day_returns(prices, trading_days(start, end)),
-                          MODEL_FEATURES)
+    feats, labels = compute_features(prices), m.next_day_returns(prices, trading_days(start, end))
+    datasets = {key: m.training_set(feats, labels, family.inputs) for key, family in FAMILIES.items()}
+    data = datasets["lightgbm"]
     folds = m.walk_forward_folds(data.sessions, folds=4, test_sessions=60)
     test = np.concatenate([data.rows(f.test_first, f.test_last) for f in folds])
     signal = data.keys.join(true_signal(prices), on=["ticker", "date"], how="left")["true_signal"].to_numpy()
-    return data, folds, test, m.daily_ic(data.t[test], data.y[test], signal[test])
+    return datasets, folds, test, m.daily_ic(data.t[test], data.y[test], signal[test])
 
 
-PARAMS = {"num_leaves": 15, "learning_rate": 0.05, "min_data_in_leaf": 500, "feature_fraction": 0.7,
-          "bagging_fraction": 0.8, "lambda_l1": 0.1, "lambda_l2": 1.0, "n_estimators": 300}
+# A reasonable point of each family's search space (the searches find as good or better ones)
+PARAMS = {
+    "lightgbm": {"num_leaves": 15, "learning_rate": 0.05, "min_data_in_leaf": 500, "feature_fraction": 0.7,
+                 "bagging_fraction": 0.8, "lambda_l1": 0.1, "lambda_l2": 1.0, "n_estimators": 300},
+    "ridge": {"alpha": 0.01, "clip": 5.0},
+    "ar": {"lags": 3, "shrinkage": 10.0, "history_sessions": 2520},
+}
 
 
-def test_out_of_sample_ic_reaches_80_percent_of_the_true_signals(market):
-    data, folds, _, true_ic = market
-    result = m.run_trial(PARAMS, data, folds)
-    print(f"out-of-sample IC {result['ic']:.4f} vs true signal {true_ic:.4f} ({result['ic'] / true_ic:.0%})")
+@pytest.fixture(scope="module")
+def cv(market):
+    datasets, folds, _, _ = market
+    return {key: m.run_trial(FAMILIES[key], PARAMS[key], datasets[key], folds) for key in FAMILIES}
+
+
+def test_the_best_familys_out_of_sample_ic_reaches_80_percent_of_the_true_signals(market, cv):
+    *_, true_ic = market
+    for key, result in cv.items():
+        print(f"{key}: out-of-sample IC {result['ic']:.4f} vs true signal {true_ic:.4f} ({result['ic'] / true_ic:.0%})")
+    best = max(cv.values(), key=lambda r: r["ic"])
     assert true_ic > 0.05
-    assert result["ic"] >= 0.8 * true_ic
-    assert result["rmse"] < result["naive_rmse"] and result["hit_rate"] > result["up_rate"]
+    assert best["ic"] >= 0.8 * true_ic
+    assert best["rmse"] < best["naive_rmse"] and best["hit_rate"] > best["up_rate"]
+    # the demo market's signal is a 5-day reversal, linear in a return the AR family reads (ret_5d): every family
+    # finds it (measured: LightGBM 94%, ridge 92%, AR 100% of the true signal's IC)
+    assert all(r["ic"] >= 0.8 * true_ic for r in cv.values())
 
 
-def test_shuffled_labels_teach_nothing(market):
-    data, folds, _, _ = market
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_shuffled_labels_teach_no_family_anything(market, family):
+    datasets, folds, _, _ = market
     rng = np.random.default_rng(3)
+    data = datasets[family]
     shuffled = dataclasses.replace(data, y=rng.permutation(data.y), target=None)  # target: demeaned anew
-    result = m.run_trial(PARAMS, shuffled, folds)
+    result = m.run_trial(FAMILIES[family], PARAMS[family], shuffled, folds)
     assert abs(result["ic"]) < 0.02, result["ic"]
     assert result["rmse"] >= 0.999 * result["naive_rmse"]
 
 
 def test_a_feature_built_from_tomorrows_price_stands_out(market):
-    data, *_ = market
+    data = market[0]["lightgbm"]
     honest = m.feature_ics(data)
     assert max(abs(v) for v in honest.values()) < m.LEAKAGE_IC
     leaky = m.TrainingSet(x=np.column_stack([data.x, data.y + np.random.default_rng(1).normal(0, 0.01, len(data.y))]),

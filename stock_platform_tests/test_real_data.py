@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -108,7 +110,7 @@ def agreement() -> dict[str, tuple[float, float, int, str]]:
 
 def test_indicators_agree_with_talib_on_real_prices(agreement):
     print(f"\nTA-Lib agreement on {', '.join(REAL_TICKERS)} (all rows where both are defined)")
-    print(f"| indicator | rows | max deviation | median deviation | unit | tolerance |\n|---|---|---|---|---|---|")
+    print("| indicator | rows | max deviation | median deviation | unit | tolerance |\n|---|---|---|---|---|---|")
     for name, (worst, median, rows, unit) in agreement.items():
         print(f"| {name} | {rows:,} | {worst:.2e} | {median:.2e} | {unit} | {TOLERANCE[unit]:g} |")
     too_far = {name: worst for name, (worst, _, _, unit) in agreement.items() if worst > TOLERANCE[unit]}
@@ -192,3 +194,24 @@ def test_demo_on_real_files_runs_every_stage_and_a_rerun_changes_nothing(tmp_pat
     assert stored.height + quarantined.height == shipped
     assert quarantined["reason"].null_count() == 0
     assert set(stored["ticker"].unique()) == set(REAL_TICKERS)
+
+    # a forecast for every ticker and day of the out-of-sample window, by a model or by the naive walk
+    first_day = dt.date.fromisoformat(re.search(r"\[3/3\] predictions, prediction_evaluation: (\S+) \.\.", out)[1])
+    closes = lake.snapshot("price_snapshots", start=first_day, end=end).select("ticker", "date")
+    forecast = lake.read("predictions", first_day, end)
+    assert closes.height > 4 * 50 and closes.join(forecast, on=["ticker", "date"], how="anti").is_empty()
+    assert forecast["model_name"].null_count() == 0
+    # the report: every family beside the naive walk on the held-out window, with Diebold-Mariano p-values
+    report = subprocess.run([*args[:3], "report", "--home", str(tmp_path / "home")], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    rows = {line.split("|")[1].strip(): line.split("|") for line in report.stdout.splitlines()
+            if line.startswith("| stock_platform_") or line.startswith("| naive_random_walk")}
+    assert {name.split(" v")[0] for name in rows} == {"stock_platform_lgbm", "stock_platform_ridge",
+                                                       "stock_platform_ar", "naive_random_walk"}
+    header = next(line for line in report.stdout.splitlines() if line.startswith("| model | role |")).split("|")
+    p_value = header.index(" dm_p_value ")
+    for name, cells in rows.items():
+        if name != "naive_random_walk":
+            assert 0 <= float(cells[p_value]) <= 1, cells
+    print(out[out.index("model families"):])

@@ -14,6 +14,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from stock_platform.registry import newest_promoted, served_versions
 from stock_platform.resources.lake import LakeResource
 from stock_platform.resources.warehouse import WarehouseResource
 from stock_platform.serving.api import MAX_LIMIT, create_app
@@ -42,11 +43,11 @@ def cli(home: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def home(demo_run, tmp_path_factory) -> Path:
     """The demo's lake, warehouse and instance (a copy of the session's demo home), with forecasts: when the gate
-    kept the demo's model out, an operator promotes it (`models --promote 1`) and the demo's second run forecasts
-    with it."""
+    kept every family's model out, an operator promotes LightGBM's (`models --promote lightgbm/1`) and the demo's
+    second run forecasts with it."""
     home = demo_run.copy_to(tmp_path_factory.mktemp("serving") / "home")
-    if "promoted to champion" not in demo_run.stdout:
-        cli(home, "models", "--promote", "1")
+    if "none promoted" in next(line for line in demo_run.stdout.splitlines() if line.startswith("tuned_model")):
+        cli(home, "models", "--promote", "lightgbm/1")
         cli(home, "demo", *DEMO_ARGS)
     return home
 
@@ -81,6 +82,7 @@ def test_prices_and_tickers_match_the_warehouse(client, home):
 
 
 def test_predictions_carry_the_model_version_and_the_naive_forecast(client, lake):
+    champion = newest_promoted(served_versions(lake))  # the gate's choice (or the operator's)
     body = client.get("/predictions/MSFT", params={"start": "2025-06-02", "end": str(END)}).json()
     items = body["items"]
     assert items and body["total"] == len(items)
@@ -91,7 +93,7 @@ def test_predictions_carry_the_model_version_and_the_naive_forecast(client, lake
         day, target = dt.date.fromisoformat(item["date"]), dt.date.fromisoformat(item["target_date"])
         assert item["naive_close"] == pytest.approx(closes[day])
         assert item["actual_close"] == (pytest.approx(closes[target]) if target in closes else None)
-        assert item["model_name"] == "stock_platform_lgbm" and item["model_version"] >= 1
+        assert (item["model_name"], item["model_version"]) == champion
         assert item["pred_close"] == pytest.approx(closes[day] * (1 + item["pred_return"]))
     assert items[-1]["target_date"] == str(NEXT) and items[-1]["actual_close"] is None  # not known yet
 

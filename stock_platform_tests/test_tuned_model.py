@@ -1,4 +1,4 @@
-"""`tuned_model` through real Dagster runs: real Ray Tune (small budget), a real MLflow store and registry."""
+"""The model families' assets and `tuned_model` (the gate) through real Dagster runs: real Ray Tune (small budget), a real MLflow store and registry."""
 
 from __future__ import annotations
 
@@ -9,17 +9,22 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from stock_platform.assets.model import LEAKAGE_CHECK, load_training_set, tuned_model
+import numpy as np
+import polars as pl
 
+from stock_platform.assets.model import LEAKAGE_CHECK, family_models, load_training_set, tuned_model
+from stock_platform.lib.families import FAMILIES
 from stock_platform.lib.indicators import MODEL_FEATURES
-from stock_platform.registry import load_booster, served_versions
+from stock_platform.lib.selection import choose
+from stock_platform.lib.tables import FEATURES_TABLE, MODEL_SELECTION_TABLE
+from stock_platform.registry import load_model, newest_promoted, served_versions
 from stock_platform.resources.tracking import TrackingResource
 from stock_platform.resources.tuning import TuningResource
 from stock_platform_tests.helpers import (build_lake, fail_the_features_check, failure_message,
                                          materialization_metadata, model_resources, registry_booster)
 
 pytestmark = pytest.mark.slow
-SMALL = {"ops": {"tuned_model": {"config": {"trials": 4, "time_budget_seconds": 120}}}}
+SMALL = {"ops": {f"{family}_model": {"config": {"trials": 4, "time_budget_seconds": 120}} for family in FAMILIES}}
 
 
 def ray_processes() -> list[str]:
@@ -48,54 +53,75 @@ def ray_processes() -> list[str]:
 
 
 def materialize(res: dict, instance, week: str):
-    return dg.materialize([tuned_model], partition_key=week, resources=res, instance=instance,
+    return dg.materialize([*family_models, tuned_model], partition_key=week, resources=res, instance=instance,
                           raise_on_error=False, run_config=SMALL)
 
 
-def test_two_weeks_register_two_versions_and_champion_follows_the_gate(tmp_path, instance):
+def test_two_weeks_tune_every_family_and_the_gate_promotes_at_most_one(tmp_path, instance):
     res = model_resources(tmp_path, build_lake(tmp_path))
     tracking: TrackingResource = res["tracking"]
+    lake = res["lake"]
     decisions = []
     for week in ("2024-06-10", "2024-06-17"):
         if week == "2024-06-17":  # blocking across runs: a day whose features failed their check is left out
-            fail_the_features_check(res["lake"], instance, dt.date(2024, 5, 15), dt.date(2024, 5, 13),
-                                    dt.date(2024, 5, 17))
+            fail_the_features_check(lake, instance, dt.date(2024, 5, 15), dt.date(2024, 5, 13), dt.date(2024, 5, 17))
         result = materialize(res, instance, week)
         assert result.success, failure_message(result)
         md = materialization_metadata(result, "tuned_model")
         decisions.append(md)
         assert [(c.check_name, c.passed) for c in result.get_asset_check_evaluations()] == [(LEAKAGE_CHECK, True)]
-        assert md["dagster/row_count"] > 20_000 and "naive random walk" in md["holdout_scores"]
-        assert "| feature | gain |" in md["feature_importance"] and md["mlflow_run_id"]
+        for family in FAMILIES:
+            fmd = materialization_metadata(result, f"{family}_model")
+            assert fmd["family"] == family and fmd["trials_complete"].endswith("of 4")
+            assert "naive random walk" in fmd["cv_scores"] and "| input | weight |" in fmd["importance"]
+            assert fmd["dagster/row_count"] == md["dagster/row_count"]  # every family, the same rows
+            # one MLflow run per family and week, with a nested run per trial
+            run = tracking.client().get_run(fmd["mlflow_run_id"])
+            nested = tracking.client().search_runs([run.info.experiment_id],
+                                                   f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+            assert len(nested) == 4 and set(FAMILIES[family].space) <= set(nested[0].data.params)
+        assert md["dagster/row_count"] > 20_000 and md["mlflow_run_id"]
+        for family in FAMILIES:  # the decision table: every family beside the naive walk, with Diebold-Mariano
+            assert f"{tracking.model_name(FAMILIES[family])} v" in md["decision"]
+        assert "| naive_random_walk | baseline |" in md["decision"] and "dm_p_value" in md["decision"]
         assert not ray_processes(), "Ray left processes behind"
 
-    client = tracking.client()
-    versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{tracking.model_name}'"))
-    assert versions == [1, 2]
     first, second = decisions
     assert first["excluded_partitions"] == {"check": "features:features_schema", "count": 0, "first": []}
     assert second["excluded_partitions"] == {"check": "features:features_schema", "count": 1, "first": ["2024-05-15"]}
-    every_row = load_training_set(res["lake"], dt.date(2024, 6, 23))
+    every_row = load_training_set(lake, dt.date(2024, 6, 23))
     assert second["dagster/row_count"] == len(every_row.y) - 40  # the 40 tickers' rows of that day
-    # the gate's rule, applied to the numbers each run recorded
-    assert first["promoted"] == (first["holdout_rmse"] < first["holdout_naive_rmse"] and first["holdout_ic"] > 0)
-    expect_second = second["holdout_rmse"] < second["holdout_naive_rmse"] and second["holdout_ic"] > 0 and (
-        not first["promoted"] or second["holdout_ic"] > second["champion_holdout_ic"])
-    assert second["promoted"] == expect_second
+
+    # the gate's rule, applied to the numbers each run recorded in the lake table model_selection
+    table = lake.read(MODEL_SELECTION_TABLE, date_column="train_end")
+    assert table["train_end"].unique().sort().to_list() == [dt.date(2024, 6, 16), dt.date(2024, 6, 23)]
+    for end, md in zip((dt.date(2024, 6, 16), dt.date(2024, 6, 23)), decisions, strict=True):
+        week = table.filter((pl.col("train_end") == end) & (pl.col("role") != "baseline"))
+        champion = week.filter(pl.col("role") == "champion")["model"].to_list()
+        winner, _ = choose({r["model"]: r for r in week.iter_rows(named=True)}, champion[0] if champion else None, {})
+        assert md["promoted"] == winner and week["promoted"].sum() == (winner is not None)
+        assert week.filter(pl.col("role") == "candidate").height == len(FAMILIES)
+        assert (table.filter(pl.col("train_end") == end)["rows"].n_unique()) == 1  # the same holdout rows
+    served = served_versions(lake)
+    assert served.height == 2 * len(FAMILIES) and served["promoted"].sum() <= 2
+    expected = newest_promoted(served)
     champion = tracking.champion()
-    expected = "2" if second["promoted"] else ("1" if first["promoted"] else None)
-    assert (str(champion.version) if champion else None) == expected
-    # the parent run holds the trials as nested runs, and the logged model predicts from the registry
-    run = client.get_run(second["mlflow_run_id"])
-    nested = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
-    assert len(nested) == 4 and {"num_leaves", "learning_rate"} <= set(nested[0].data.params)
+    assert ((champion.name, int(champion.version)) if champion else None) == expected
+    if first["promoted"] and not second["promoted"]:
+        assert "champion" in table.filter(pl.col("train_end") == dt.date(2024, 6, 23))["role"].to_list()
+
+    # what the registry holds predicts as the lake's serving copy does: LightGBM's trees, the ridge's JSON
+    lgbm = tracking.model_name(FAMILIES["lightgbm"])
     model = registry_booster(tracking, "2")
     assert model.feature_name() == list(MODEL_FEATURES)  # the scale-free inputs only, never a price level
-    # the lake's serving copy: both versions, promoted as the gate said, the same trees as the registry's
-    served = served_versions(res["lake"], tracking.model_name)
-    assert served["version"].to_list() == [1, 2]
-    assert served["promoted"].to_list() == [first["promoted"], second["promoted"]]
-    assert load_booster(served, 2).model_to_string() == model.model_to_string()
+    assert load_model(served, lgbm, 2)[1].model_to_string() == model.model_to_string()
+    import mlflow
+
+    ridge = tracking.model_name(FAMILIES["ridge"])
+    rows = lake.read(FEATURES_TABLE, dt.date(2024, 6, 21), dt.date(2024, 6, 21)).filter("warm")
+    family, fitted = load_model(served, ridge, 2)
+    registry = mlflow.pyfunc.load_model(f"models:/{ridge}/2").predict(rows.to_pandas())
+    assert np.allclose(np.asarray(registry), family.predict_frame(fitted, rows))
 
 
 def test_a_feature_from_tomorrows_price_fails_the_leakage_check_and_is_never_promoted(tmp_path, instance):
@@ -105,7 +131,7 @@ def test_a_feature_from_tomorrows_price_fails_the_leakage_check_and_is_never_pro
     assert check.check_name == LEAKAGE_CHECK and not check.passed
     assert set(check.metadata["suspects"].value) == {"ret_1d"}
     md = materialization_metadata(result, "tuned_model")
-    assert md["promoted"] is False and "leakage suspected in ['ret_1d']" in md["gate"]
+    assert md["promoted"] is None and "leakage suspected in ['ret_1d']" in md["gate"]
     assert res["tracking"].champion() is None
 
 

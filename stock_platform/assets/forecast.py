@@ -11,9 +11,8 @@ from stock_platform.gates import FEATURES_CHECK, PREDICTIONS_CHECK, check_status
 from stock_platform.lib.tables import (EVALUATION_TABLE, FEATURES_TABLE, PREDICTIONS_TABLE,
                                        SNAPSHOT_TABLE, WAREHOUSE_EVALUATION, WAREHOUSE_PREDICTIONS)
 from stock_platform.partitions import daily_asset, partition_dates
-from stock_platform.registry import load_booster, promoted_versions, served_versions
+from stock_platform.registry import load_model, promoted_versions, served_versions
 from stock_platform.resources.lake import LakeResource
-from stock_platform.resources.tracking import TrackingResource
 from stock_platform.resources.warehouse import WarehouseResource
 
 # A target day's forecast was made on the session before it.
@@ -26,13 +25,13 @@ EARLIER_WEEK = dg.TimeWindowPartitionMapping(start_offset=-5, end_offset=-5)
 @daily_asset(
     deps=[features, dg.AssetDep(tuned_model, partition_mapping=EARLIER_WEEK)],
     group_name="ml",
-    kinds={"lightgbm", "deltalake", "sql"},
+    kinds={"deltalake", "sql"},
     description="For each ticker and session d: the next session's predicted return and implied close, from the "
-    "newest champion model trained on data before d (never a later one); on days no promoted model covers, the "
+    "newest champion model (of any family) trained on data before d (never a later one); on days no promoted model covers, the "
     "naive random walk (model `naive_random_walk`: tomorrow's close is today's). Every row names its model. "
     "Mirrored to the warehouse table `stock_pred`.",
 )
-def predictions(context: dg.AssetExecutionContext, lake: LakeResource, tracking: TrackingResource,
+def predictions(context: dg.AssetExecutionContext, lake: LakeResource,
                 warehouse: WarehouseResource) -> dg.MaterializeResult:
     import polars as pl
 
@@ -41,7 +40,7 @@ def predictions(context: dg.AssetExecutionContext, lake: LakeResource, tracking:
 
     dates = partition_dates(context)
     start, end = dates[0], dates[-1]
-    served = served_versions(lake, tracking.model_name)  # read once: the plan, the boosters, their registration
+    served = served_versions(lake)  # read once: the plan, the boosters, their registration
     # blocking across runs: no forecast from a day whose latest features check failed (said in the metadata)
     blocked = check_status(context.instance, FEATURES_CHECK, [d.isoformat() for d in dates])
     if blocked.failed:
@@ -51,12 +50,13 @@ def predictions(context: dg.AssetExecutionContext, lake: LakeResource, tracking:
     feats = lake.read(FEATURES_TABLE, start, end).filter(pl.col("warm") & pl.col("date").is_in(modelled))
     closes = lake.snapshot(SNAPSHOT_TABLE, start=start, end=end)
 
-    def predict(version: int, rows: pl.DataFrame):
-        model = load_booster(served, version)
-        return model.predict(rows.select(model.feature_name()).to_numpy())
+    def predict(model: tuple[str, int], rows: pl.DataFrame):
+        family, fitted = load_model(served, *model)
+        return family.predict_frame(fitted, rows)
 
-    out = forecast_frame(feats, closes, trading_days(start, end + dt.timedelta(days=10)), plan, predict,
-                         dict(served.select("version", "registered_at").iter_rows()), tracking.model_name)
+    registered = {(name, version): at for name, version, at in
+                  served.select("model_name", "version", "registered_at").iter_rows()}
+    out = forecast_frame(feats, closes, trading_days(start, end + dt.timedelta(days=10)), plan, predict, registered)
     # with a change data feed: the API's /ws/updates streams new forecasts from it
     version = lake.replace_dates(PREDICTIONS_TABLE, out, start, end, change_data_feed=True)
     warehouse.upsert(WAREHOUSE_PREDICTIONS, out.with_columns(
@@ -66,8 +66,9 @@ def predictions(context: dg.AssetExecutionContext, lake: LakeResource, tracking:
         "dagster/row_count": out.height,
         "dagster/uri": lake.table_uri(PREDICTIONS_TABLE),
         "table_version": version,
-        "model_versions": dg.MetadataValue.json({str(d): v or NAIVE_MODEL for d, v in sorted(plan.items())[-10:]}),
-        "versions_used": sorted({v for v in plan.values() if v is not None}),
+        "model_versions": dg.MetadataValue.json({str(d): "{}/{}".format(*v) if v else NAIVE_MODEL
+                                                 for d, v in sorted(plan.items())[-10:]}),
+        "versions_used": ["{}/{}".format(*v) for v in sorted({v for v in plan.values() if v is not None})],
         "days_served_by_naive": len(naive),
         "first_naive_day": str(naive[0]) if naive else None,
         "tickers": out["ticker"].n_unique(),

@@ -3,7 +3,7 @@
     stock-platform demo [--tickers AAPL,MSFT] [--years 3] [--trials 8] [--source demo] [--home DIR]
     stock-platform snapshot [--tickers AAPL] [--as-of VERSION|TIMESTAMP] [--history] [--changes-since V]
     stock-platform report [--start YYYY-MM-DD] [--end YYYY-MM-DD] [--plot FILE.png]
-    stock-platform models [--demote VERSION] [--promote VERSION]
+    stock-platform models [--demote FAMILY/VERSION] [--promote FAMILY/VERSION]
     stock-platform replay --start D --end D [--tickers] [--source demo|files] [--format jsonl] [--speed N]
     stock-platform serve | dashboard [--host H] [--port P]
 
@@ -74,10 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = command("models", operate.cmd_models, "list registered model versions; --demote rolls a champion back, "
                      "--promote overrules the gate")
-    models.add_argument("--demote", type=int, metavar="VERSION",
-                        help="stop using VERSION for predictions; champion moves to the newest promoted one left")
-    models.add_argument("--promote", type=int, metavar="VERSION",
-                        help="overrule the gate: VERSION may serve predictions (champion: the newest promoted)")
+    models.add_argument("--demote", metavar="FAMILY/VERSION",
+                        help="stop using a version (e.g. lightgbm/3) for predictions; champion moves to the newest "
+                        "promoted one left")
+    models.add_argument("--promote", metavar="FAMILY/VERSION",
+                        help="overrule the gate: the version (e.g. ridge/2) may serve predictions (champion: the "
+                        "newest promoted)")
 
     command("maintain", operate.cmd_maintain, "compact, checkpoint and vacuum the lake's tables (the lake_maintenance "
             "job; migrates tables of the earlier per-date layout)")

@@ -191,16 +191,20 @@ def model_week(end: dt.date) -> str:
 
 
 def run_model_stage(instance, defs, week: str, trials: int, *, force: bool = False):
-    """Materialize `tuned_model` for `week` with a small tuning budget; skip when it already is."""
+    """Materialize every model family's asset and `tuned_model` (the gate) for `week` with a small tuning budget;
+    skip when the gate already is."""
     import dagster as dg
 
     from stock_platform.gates import LEAKAGE_CHECK, check_status
+    from stock_platform.lib.families import FAMILIES
 
-    if (not force and week in instance.get_materialized_partitions(dg.AssetKey("tuned_model"))
-            and not check_status(instance, LEAKAGE_CHECK, [week]).failed):
+    done = all(week in instance.get_materialized_partitions(dg.AssetKey(key))
+               for key in ("tuned_model", *(f"{family}_model" for family in FAMILIES)))
+    if not force and done and not check_status(instance, LEAKAGE_CHECK, [week]).failed:
         return None, 0.0
     started = time.perf_counter()
-    config = {"ops": {"tuned_model": {"config": {"trials": trials, "time_budget_seconds": 60.0}}}}
+    config = {"ops": {f"{family}_model": {"config": {"trials": trials, "time_budget_seconds": 60.0}}
+                      for family in FAMILIES}}
     return (_run_demo_job(instance, defs, "weekly_retrain", partition_key=week, run_config=config),
             time.perf_counter() - started)
 
@@ -219,14 +223,15 @@ def run_forecast_stage(instance, defs, first: dt.date, end: dt.date):
 
 
 def model_report(instance) -> tuple[dict, str]:
-    """The latest `tuned_model` materialization's metadata and a short text of it."""
+    """The latest `tuned_model` (gate) materialization's metadata and a text of it: every family's holdout scores
+    beside the naive random walk and the champion, and the gate's choice."""
     import dagster as dg
 
     event = instance.get_latest_materialization_event(dg.AssetKey("tuned_model"))
     md = {k: v.value for k, v in event.asset_materialization.metadata.items()}
-    text = (f"model {md['model_name']} v{md['model_version']} (week {event.asset_materialization.partition}): "
-            f"{'promoted to champion' if md['promoted'] else 'not promoted'} - {md['gate']}\n"
-            f"held-out final window, model beside the naive random walk:\n{md['holdout_scores']}")
+    text = (f"model families, week {event.asset_materialization.partition}, on the held-out window "
+            f"({md['holdout']}), beside the naive random walk:\n{md['decision']}\n"
+            f"gate: {md['gate']}")
     return md, text
 
 
@@ -275,13 +280,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 return 0
             # The model is trained up to `--out-of-sample-weeks` before the end; the days after it are forecast.
             week = model_week(end - dt.timedelta(weeks=args.out_of_sample_weeks))
-            print(f"[2/3] tuned_model, week {week}: Ray Tune, {args.trials} trials ...", end=" ", flush=True)
+            print(f"[2/3] model families and tuned_model, week {week}: Ray Tune, {args.trials} trials per family ...",
+                  end=" ", flush=True)
             result, seconds = run_model_stage(instance, defs, week, args.trials, force=args.force)
             print(f"{seconds:.1f} s" if result else "up to date")
             md, text = model_report(instance)
             reports.append(StageReport(
                 "tuned_model", md["dagster/row_count"], f"week {week}", _check_summary(instance, "tuned_model", result),
-                seconds, f"model v{md['model_version']}" + ("" if result else ", skipped: up to date")))
+                seconds, (f"promoted {md['promoted']}" if md["promoted"] else "none promoted")
+                + ("" if result else ", skipped: up to date")))
 
             first = dt.date.fromisoformat(week) + dt.timedelta(days=7)
             print(f"[3/3] predictions, prediction_evaluation: {first} .. {end} ...", end=" ", flush=True)

@@ -14,6 +14,26 @@ from stock_platform.cli.common import (QUIET_LOGS, CommandError, date_option, op
 from stock_platform.settings import SettingsError
 
 
+def selection_report(lake, end: dt.date | None = None) -> str | None:
+    """The gate's decision table of the latest week up to `end`: every family's candidate and the champion beside
+    the naive random walk on the held-out window, with Diebold-Mariano against it; None before the first gate."""
+    import polars as pl
+
+    from stock_platform.lib.markdown import markdown_table
+    from stock_platform.lib.tables import MODEL_SELECTION_TABLE
+
+    if not lake.exists(MODEL_SELECTION_TABLE):
+        return None
+    table = lake.read(MODEL_SELECTION_TABLE, end=end, date_column="train_end")
+    if table.is_empty():
+        return None
+    week = table.filter(pl.col("train_end") == table["train_end"].max())
+    columns = ["model", "role", "rmse", "mase", "hit_rate", "ic", "dm_stat", "dm_p_value", "promoted"]
+    return (f"model selection, week ending {week['train_end'][0]}: held-out {week['days'][0]} sessions, "
+            f"{week['rows'][0]:,} forecasts per model (DM: Diebold-Mariano against the naive random walk on daily "
+            f"squared errors; negative = lower loss)\n" + markdown_table(week.select(columns).rows(), columns))
+
+
 def forecast_report(lake, start: dt.date | None, end: dt.date | None, plot: Path | None = None, *,
                     top_k: int | None = None, cost_bps: float | None = None) -> str:
     """Out-of-sample forecasts over [start, end] beside the naive random walk, with Qlib's measures (the long-short
@@ -47,8 +67,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     start, end = date_option(args.start, "--start"), date_option(args.end, "--end")
     if args.top_k is not None and args.top_k < 1 or args.cost_bps is not None and args.cost_bps < 0:
         raise SettingsError(f"--top-k {args.top_k} / --cost-bps {args.cost_bps}: k must be >= 1, costs >= 0")
-    print(forecast_report(resources(settings)["lake"], start, end, Path(args.plot) if args.plot else None,
-                          top_k=args.top_k, cost_bps=args.cost_bps))
+    lake = resources(settings)["lake"]
+    selection = selection_report(lake, end)
+    if selection:
+        print(selection + "\n")
+    print(forecast_report(lake, start, end, Path(args.plot) if args.plot else None, top_k=args.top_k,
+                          cost_bps=args.cost_bps))
     return 0
 
 
@@ -127,29 +151,44 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def model_reference(text: str, tracking) -> tuple[str, int]:
+    """`FAMILY/VERSION` or `MODEL_NAME/VERSION` (e.g. `ridge/3`, `stock_platform_lgbm/2`) as (model name, version)."""
+    from stock_platform.lib.families import FAMILIES
+
+    name, _, version = text.rpartition("/")
+    name = tracking.model_name(FAMILIES[name]) if name in FAMILIES else name
+    if not version.isdigit() or name not in tracking.model_names():
+        raise CommandError(f"model {text!r}: name a version as FAMILY/VERSION, FAMILY one of {', '.join(FAMILIES)} "
+                           f"(or a registered model: {', '.join(tracking.model_names())}), e.g. lightgbm/1")
+    return name, int(version)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
-    """List the registered model versions (the lake's serving copies); `--demote`/`--promote` overrule the gate."""
+    """List the registered model versions of every family (the lake's serving copies); `--demote`/`--promote`
+    overrule the gate."""
     import polars as pl
 
     from stock_platform.registry import served_versions, set_promoted
 
     built = resources(settings_from(args))
     lake, tracking = built["lake"], built["tracking"]
-    for version, promoted in ((args.demote, False), (args.promote, True)):
-        if version is None:
+    for ref, promoted in ((args.demote, False), (args.promote, True)):
+        if ref is None:
             continue
+        name, version = model_reference(ref, tracking)
         try:
-            champion = set_promoted(lake, tracking, version, promoted)
+            champion = set_promoted(lake, tracking, name, version, promoted)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        print(f"{'promoted' if promoted else 'demoted'} v{version}: predictions {'may' if promoted else 'no longer'} "
-              f"use it; champion is now {f'v{champion}' if champion else 'none: the naive random walk serves'} "
+        print(f"{'promoted' if promoted else 'demoted'} {name} v{version}: predictions "
+              f"{'may' if promoted else 'no longer'} use it; champion is now "
+              f"{'{} v{}'.format(*champion) if champion else 'none: the naive random walk serves'} "
               "(re-materialize `predictions` for the days concerned)")
-    served = served_versions(lake, tracking.model_name).drop("booster", "model_name")
+    served = served_versions(lake).drop("booster")
     pl.Config.set_tbl_rows(50)
     pl.Config.set_tbl_width_chars(200)
     pl.Config.set_fmt_str_lengths(90)
-    print(f"{tracking.model_name}: {served.height} registered version(s)")
+    print(f"{served.height} registered version(s) of {', '.join(tracking.model_names())}")
     print(served)
     return 0
 

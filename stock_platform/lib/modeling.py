@@ -1,4 +1,5 @@
-"""Forecasting without Dagster: labels, walk-forward folds, scores against the naive baseline, LightGBM trials.
+"""Forecasting without Dagster: labels, walk-forward folds, scores against the naive baseline, CV trials (the
+model families themselves are in `lib/families.py`).
 
 The target is the next trading day's total return (the platform's own split/dividend adjustment). It is computed from prices *after* d and
 joined to the features *at* d; nothing in a feature row may look past d's close (`features` guarantees it,
@@ -23,18 +24,6 @@ import polars as pl
 
 KEYS = ("ticker", "date")
 LABEL_HORIZON = 1  # sessions
-# The search space, library-neutral: (kind, low, high, log scale). Ray Tune / the benchmark sample from it.
-SEARCH_SPACE: dict[str, tuple[str, float, float, bool]] = {
-    "num_leaves": ("int", 7, 63, True),
-    "learning_rate": ("float", 0.02, 0.2, True),
-    "min_data_in_leaf": ("int", 50, 2000, True),
-    "feature_fraction": ("float", 0.3, 1.0, False),
-    "bagging_fraction": ("float", 0.5, 1.0, False),
-    "lambda_l1": ("float", 1e-3, 10.0, True),
-    "lambda_l2": ("float", 1e-3, 10.0, True),
-    "n_estimators": ("int", 50, 300, False),  # the most boosting rounds; early stopping picks fewer
-}
-EARLY_STOPPING_ROUNDS = 20
 # An honest daily feature has |IC| of a few hundredths; one built from tomorrow's price has ~1.
 LEAKAGE_IC = 0.3
 
@@ -82,10 +71,17 @@ class TrainingSet:
     feature_names: list[str]
     keys: pl.DataFrame  # ticker, date of each row
     target: np.ndarray | None = None
+    codes: np.ndarray | None = None  # each row's ticker as a number: tickers[code] (per-ticker models use it)
+    tickers: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.target is None:
             object.__setattr__(self, "target", demeaned(self.t, self.y))
+        if self.codes is None:
+            tickers = self.keys["ticker"].unique().sort()
+            object.__setattr__(self, "tickers", tuple(tickers.to_list()))
+            object.__setattr__(self, "codes", self.keys["ticker"].replace_strict(
+                {k: i for i, k in enumerate(self.tickers)}, return_dtype=pl.Int32).to_numpy())
 
     @property
     def fingerprint(self) -> tuple:
@@ -185,102 +181,32 @@ def feature_ics(data: TrainingSet) -> dict[str, float]:
     return {name: daily_ic(data.t, data.y, data.x[:, j]) for j, name in enumerate(data.feature_names)}
 
 
-def params_from_strings(stored: dict[str, str]) -> dict[str, float | int]:
-    """Parameters as MLflow stores them (strings) back to SEARCH_SPACE's types."""
-    return {k: (int(float(stored[k])) if kind == "int" else float(stored[k]))
-            for k, (kind, *_rest) in SEARCH_SPACE.items()}
-
-
-def should_promote(candidate: dict[str, float], champion: dict[str, float] | None) -> tuple[bool, str]:
-    """The champion gate, on one held-out window: beat the naive random walk on the squared error the model
-    is trained for (RMSE) and in ranking (IC > 0), then beat the champion's IC."""
-    skill = f"RMSE {candidate['rmse']:.6f} vs naive {candidate['naive_rmse']:.6f}"
-    if not candidate["rmse"] < candidate["naive_rmse"]:
-        return False, f"{skill}: no better than the naive random walk"
-    if not candidate["ic"] > 0:
-        return False, f"IC {candidate['ic']:.4f} <= 0: no better than the naive random walk's ranking"
-    if champion is None:
-        return True, f"first model that beats the naive baseline ({skill}, IC {candidate['ic']:.4f})"
-    if candidate["ic"] > champion["ic"]:
-        return True, f"IC {candidate['ic']:.4f} > champion's {champion['ic']:.4f}; {skill}"
-    return False, f"IC {candidate['ic']:.4f} <= champion's {champion['ic']:.4f}"
-
-
-# ------------------------------------------------------------------------------------------- LightGBM
-def sample_params(rng: np.random.Generator) -> dict[str, float | int]:
-    """One random point of SEARCH_SPACE (the benchmark's serial runs and tests use it)."""
-    out: dict[str, float | int] = {}
-    for name, (kind, low, high, log) in SEARCH_SPACE.items():
-        u = rng.uniform(math.log(low), math.log(high)) if log else rng.uniform(low, high)
-        value = math.exp(u) if log else u
-        out[name] = int(round(value)) if kind == "int" else float(value)
-    return out
-
-
-# Binning is fixed for all trials (feature_pre_filter off, so min_data_in_leaf may vary per trial).
-DATASET_PARAMS = {"max_bin": 63, "feature_pre_filter": False, "verbosity": -1}
-
-
-def lgb_params(params: dict, threads: int = 1, seed: int = 7) -> dict:
-    keep = {k: v for k, v in params.items() if k != "n_estimators"}
-    return {"objective": "regression", "num_threads": threads, "seed": seed, "bagging_freq": 1,
-            "deterministic": True, "force_row_wise": True, **DATASET_PARAMS, **keep}
-
-
-# Binned LightGBM datasets of the latest training set, by row range: building one (binning 500k rows) costs
-# more than a trial's boosting, and every trial of a search bins the same fold rows. Per process.
-_BINNED: dict[tuple, object] = {}
-
-
-def _binned(data: TrainingSet, first: int, last: int, reference=None):
-    import lightgbm as lgb
-
-    key = (data.fingerprint, first, last, reference is not None)
-    if key not in _BINNED:
-        if _BINNED and next(iter(_BINNED))[0] != data.fingerprint:
-            _BINNED.clear()  # another training set: drop the old one's
-        rows = data.rows(first, last)
-        _BINNED[key] = lgb.Dataset(data.x[rows], data.target[rows], feature_name=data.feature_names,
-                                   params=DATASET_PARAMS, reference=reference, free_raw_data=False).construct()
-    return _BINNED[key]
-
-
-def fit(params: dict, data: TrainingSet, sessions: tuple[int, int], *, valid: tuple[int, int] | None = None,
-        rounds: int | None = None, threads: int = 1):
-    """A LightGBM booster on sessions (first, last); with `valid` sessions, early stopping picks the rounds."""
-    import lightgbm as lgb
-
-    train = _binned(data, *sessions)
-    kwargs: dict = {"num_boost_round": int(rounds or params["n_estimators"])}
-    if valid is not None:
-        kwargs["valid_sets"] = [_binned(data, *valid, reference=train)]
-        kwargs["callbacks"] = [lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)]
-    return lgb.train(lgb_params(params, threads), train, **kwargs)
-
-
-def run_trial(params: dict, data: TrainingSet, folds: Sequence[Fold], *,
+# ------------------------------------------------------------------------------------------- trials
+def run_trial(family, params: dict, data: TrainingSet, folds: Sequence[Fold], *,
               report: Callable[[dict], None] | None = None, threads: int = 1) -> dict:
-    """Walk-forward CV of one parameter set. After each fold, `report` gets the scores so far (ASHA stops
-    poor trials early on them). Early stopping uses the last fifth of each fold's training sessions (after
-    the same purge/embargo gap), never the test block."""
+    """Walk-forward CV of one parameter set of a `lib.families` family. After each fold, `report` gets the scores
+    so far (ASHA stops poor trials early on them). A family that stops early (LightGBM) holds out the end of each
+    fold's training sessions for it, after the same purge/embargo gap, never the test block."""
     started = time.perf_counter()
-    t, y, p, rounds = [], [], [], []
+    t, y, p, extras = [], [], [], []
     for k, fold in enumerate(folds, start=1):
         gap = fold.test_first - fold.train_last - 1
-        es_first = fold.train_last - max(5, (fold.train_last + 1) // 5) + 1
-        booster = fit(params, data, (0, es_first - gap - 1), valid=(es_first, fold.train_last), threads=threads)
-        rounds.append(booster.best_iteration or booster.current_iteration())
+        model = family.fit(params, data, (0, fold.train_last), early_stopping_gap=gap, threads=threads)
+        extras.append(family.trial_extras(model))
         test = data.rows(fold.test_first, fold.test_last)
-        t.append(data.t[test]), y.append(data.y[test]), p.append(booster.predict(data.x[test]))
+        t.append(data.t[test]), y.append(data.y[test]), p.append(family.predict(model, data, test))
         result = scores(np.concatenate(t), np.concatenate(y), np.concatenate(p))
-        result |= {"folds_done": k, "rounds": float(np.median(rounds)), "seconds": time.perf_counter() - started}
+        result |= {key: float(np.median([e[key] for e in extras])) for key in extras[0]}
+        result |= {"folds_done": k, "seconds": time.perf_counter() - started}
         if report is not None:
             report(result)
     return result
 
 
-def ray_trainable(config: dict, data: TrainingSet, folds: Sequence[Fold]) -> None:
+def ray_trainable(config: dict, data: TrainingSet, folds: Sequence[Fold], family: str) -> None:
     """Ray Tune's function trainable (lives in the package: Ray workers import it by name)."""
     from ray import tune
 
-    run_trial(config.get("point", config), data, folds, report=tune.report)
+    from stock_platform.lib.families import FAMILIES
+
+    run_trial(FAMILIES[family], config.get("point", config), data, folds, report=tune.report)

@@ -12,11 +12,14 @@ import dagster as dg
 if TYPE_CHECKING:
     import pandas as pd
 
+    from stock_platform.lib.families import Family
+
 CHAMPION = "champion"
 
 
 class TrackingResource(dg.ConfigurableResource):
-    """A thin resource around `mlflow`: one experiment, one registered model, the `champion` alias.
+    """A thin resource around `mlflow`: one experiment, one registered model per model family
+    (`<model_prefix>_<family short name>`), and the `champion` alias on at most one version of them.
 
     dagster-mlflow offers only the legacy `mlflow_tracking` resource (global run state tied to the Dagster
     run); this one opens the runs it needs and nothing else.
@@ -26,7 +29,16 @@ class TrackingResource(dg.ConfigurableResource):
     # where a new experiment keeps its artifacts (a directory or s3:// prefix); None: the server decides
     artifact_location: str | None = None
     experiment: str = "stock_platform"
-    model_name: str = "stock_platform_lgbm"
+    model_prefix: str = "stock_platform"
+
+    def model_name(self, family: Family) -> str:
+        """The registered model of a family (LightGBM's: `stock_platform_lgbm`)."""
+        return f"{self.model_prefix}_{family.short}"
+
+    def model_names(self) -> list[str]:
+        from stock_platform.lib.families import FAMILIES
+
+        return [self.model_name(f) for f in FAMILIES.values()]
 
     def _mlflow(self):
         import logging
@@ -43,13 +55,15 @@ class TrackingResource(dg.ConfigurableResource):
 
     @contextmanager
     def run(self, run_name: str, tags: dict[str, str]) -> Iterator[Any]:
-        """A parent run in the experiment (created with `artifact_location` the first time)."""
+        """A run in the experiment (created with `artifact_location` the first time); inside another run, a run
+        nested in it."""
         mlflow = self._mlflow()
         client = self.client()
         experiment = client.get_experiment_by_name(self.experiment)
         experiment_id = (experiment.experiment_id if experiment else
                          client.create_experiment(self.experiment, artifact_location=self.artifact_location))
-        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+        nested = mlflow.active_run() is not None
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags, nested=nested) as run:
             yield run
 
     def log_trials(self, trials: list[dict], params: list[str]) -> None:
@@ -62,36 +76,65 @@ class TrackingResource(dg.ConfigurableResource):
                 mlflow.log_metrics({k: float(v) for k, v in trial.items()
                                     if k not in params and isinstance(v, int | float) and v == v})
 
-    def log_model(self, booster, example: pd.DataFrame) -> str:
-        """Log the booster with its signature and an input example; register it; return the new version."""
+    def log_model(self, family: Family, model, example: pd.DataFrame) -> str:
+        """Log a family's fitted model with its signature and an input example (LightGBM in MLflow's lightgbm
+        flavour, the linear families as a python model); register it under the family's registered model;
+        return the new version."""
         from mlflow.models import infer_signature
 
+        from stock_platform.lib.families import LightGBM
+
         mlflow = self._mlflow()
-        signature = infer_signature(example, booster.predict(example))
+        common = {"name": "model", "input_example": example, "registered_model_name": self.model_name(family)}
         with redirect_stderr(io.StringIO()):  # MLflow prints "Created version ..." there; the asset logs it
-            info = mlflow.lightgbm.log_model(booster, name="model", signature=signature, input_example=example,
-                                             registered_model_name=self.model_name)
+            if isinstance(family, LightGBM):
+                info = mlflow.lightgbm.log_model(model, signature=infer_signature(example, model.predict(example)),
+                                                 **common)
+            else:
+                import polars as pl
+
+                from stock_platform.resources.pyfunc import FamilyModel
+
+                predicted = family.predict_frame(model, pl.from_pandas(example))
+                info = mlflow.pyfunc.log_model(python_model=FamilyModel(family.key, family.dumps(model)),
+                                               signature=infer_signature(example, predicted),
+                                               pip_requirements=["numpy", "polars", "pandas"], **common)
         return str(info.registered_model_version)
 
     def champion(self):
-        """The registry's `champion` model version, or None."""
+        """The model version carrying the `champion` alias (of any family's registered model), or None."""
         from mlflow.exceptions import MlflowException
 
-        try:
-            return self.client().get_model_version_by_alias(self.model_name, CHAMPION)
-        except MlflowException:
-            return None
+        client = self.client()
+        for name in self.model_names():
+            try:
+                return client.get_model_version_by_alias(name, CHAMPION)
+            except MlflowException:
+                continue
+        return None
 
-    def run_params(self, run_id: str) -> dict[str, str]:
-        return self.client().get_run(run_id).data.params
+    def version_params(self, model_name: str, version: int) -> dict[str, str]:
+        """The parameters logged by the run that registered a model version (strings, as MLflow keeps them)."""
+        client = self.client()
+        return client.get_run(client.get_model_version(model_name, str(version)).run_id).data.params
 
-    def tag_version(self, version: str, tags: dict[str, str]) -> None:
+    def tag_version(self, model_name: str, version: str, tags: dict[str, str]) -> None:
         client = self.client()
         for key, value in tags.items():
-            client.set_model_version_tag(self.model_name, version, key, value)
+            client.set_model_version_tag(model_name, version, key, value)
 
-    def promote(self, version: str) -> None:
-        self.client().set_registered_model_alias(self.model_name, CHAMPION, version)
+    def promote(self, model_name: str, version: str) -> None:
+        """`champion` moves to this version (and off any other family's model)."""
+        self.remove_champion(keep=model_name)
+        self.client().set_registered_model_alias(model_name, CHAMPION, version)
 
-    def remove_champion(self) -> None:
-        self.client().delete_registered_model_alias(self.model_name, CHAMPION)
+    def remove_champion(self, keep: str | None = None) -> None:
+        from mlflow.exceptions import MlflowException
+
+        client = self.client()
+        for name in self.model_names():
+            if name != keep:
+                try:
+                    client.delete_registered_model_alias(name, CHAMPION)
+                except MlflowException:  # no such model or alias
+                    pass

@@ -12,17 +12,16 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 if TYPE_CHECKING:
+    from stock_platform.lib.families import Family
     from stock_platform.lib.modeling import Fold, TrainingSet
 
 
-def ray_space() -> dict:
-    """SEARCH_SPACE as Ray Tune distributions."""
+def ray_space(family: Family) -> dict:
+    """A family's search space as Ray Tune distributions."""
     from ray import tune
 
-    from stock_platform.lib.modeling import SEARCH_SPACE
-
     space = {}
-    for name, (kind, low, high, log) in SEARCH_SPACE.items():
+    for name, (kind, low, high, log) in family.space.items():
         if kind == "int":
             space[name] = tune.lograndint(int(low), int(high) + 1) if log else tune.randint(int(low), int(high) + 1)
         else:
@@ -57,9 +56,9 @@ class TuningResource(dg.ConfigurableResource):
         finally:
             ray.shutdown()
 
-    def search(self, data: TrainingSet, folds: Sequence[Fold], *, trials: int, time_budget_seconds: float,
-               seed: int, name: str, searcher: str = "optuna") -> list[dict]:
-        """Run the walk-forward CV of `trials` parameter sets under Ray Tune; returns one dict per trial
+    def search(self, family: Family, data: TrainingSet, folds: Sequence[Fold], *, trials: int,
+               time_budget_seconds: float, seed: int, name: str, searcher: str = "optuna") -> list[dict]:
+        """Run the walk-forward CV of `trials` parameter sets of `family` under Ray Tune; returns one dict per trial
         (its params, scores so far, folds done). Call inside `ray_session()`.
 
         searcher "optuna": Optuna's TPE proposes parameters and ASHA stops trials that score poorly after a
@@ -69,11 +68,11 @@ class TuningResource(dg.ConfigurableResource):
         from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
         from ray.tune.search.optuna import OptunaSearch
 
-        from stock_platform.lib.modeling import SEARCH_SPACE, ray_trainable
+        from stock_platform.lib.modeling import ray_trainable
 
-        light = replace(data, keys=data.keys.head(0), target=data.target)  # trials need the arrays only
-        trainable = tune.with_resources(tune.with_parameters(ray_trainable, data=light, folds=list(folds)),
-                                        {"cpu": 1})
+        light = replace(data, keys=data.keys.head(0))  # trials need the arrays only
+        trainable = tune.with_resources(
+            tune.with_parameters(ray_trainable, data=light, folds=list(folds), family=family.key), {"cpu": 1})
         if searcher == "optuna":
             import optuna
 
@@ -84,7 +83,7 @@ class TuningResource(dg.ConfigurableResource):
             search_alg, scheduler = None, FIFOScheduler()
         tuner = tune.Tuner(
             trainable,
-            param_space=ray_space() if searcher == "optuna" else _fixed_space(trials, seed),
+            param_space=ray_space(family) if searcher == "optuna" else _fixed_space(family, trials, seed),
             tune_config=tune.TuneConfig(metric="ic", mode="max", num_samples=trials if searcher == "optuna" else 1,
                                         time_budget_s=time_budget_seconds, search_alg=search_alg,
                                         scheduler=scheduler, reuse_actors=True),
@@ -94,19 +93,19 @@ class TuningResource(dg.ConfigurableResource):
         out = []
         for i, result in enumerate(results):
             config = result.config.get("point", result.config)
-            params = {k: config[k] for k in SEARCH_SPACE}
+            params = {k: config[k] for k in family.space}
             out.append({"trial": i, **params, **(result.metrics or {}),
                         "error": str(result.error) if result.error else None})
         return out
 
 
-def _fixed_space(trials: int, seed: int) -> dict:
-    """`trials` random points of the search space as a grid of points (same points as `sample_params`)."""
+def _fixed_space(family: Family, trials: int, seed: int) -> dict:
+    """`trials` random points of the family's search space as a grid of points (same points as `sample_params`)."""
     import numpy as np
     from ray import tune
 
-    from stock_platform.lib.modeling import sample_params
+    from stock_platform.lib.families import sample_params
 
     rng = np.random.default_rng(seed)
-    points = [sample_params(rng) for _ in range(trials)]
+    points = [sample_params(family.space, rng) for _ in range(trials)]
     return {"point": tune.grid_search(points)}

@@ -129,7 +129,8 @@ def main() -> None:
     st.subheader("Forecasts")
     preds = q.predictions(store, ticker, start, last)
     if preds.is_empty():
-        st.info("No forecasts for this ticker in the range (is there a promoted model? see `tuned_model`).")
+        st.info("No forecasts for this ticker in the range: materialize `predictions` for these days (the naive "
+                "random walk serves wherever no promoted model does).")
     else:
         latest = preds.row(-1, named=True)
         st.caption(f"Latest: for {latest['target_date']} close {latest['pred_close']:.2f} "
