@@ -1,4 +1,5 @@
-"""The model families' assets and `tuned_model` (the gate) through real Dagster runs: real Ray Tune (small budget), a real MLflow store and registry."""
+"""The model families' assets and `tuned_model` (the gate) through real Dagster runs: real Ray Tune (small
+budget), a real MLflow store and registry."""
 
 from __future__ import annotations
 

@@ -206,7 +206,8 @@ def tuned_model(context: dg.AssetExecutionContext, lake: LakeResource, tuning: T
     with tracking.run(f"gate week {context.partition_key}", tags=run_tags(context)) as run:
         mlflow.log_metrics({f"{k}_{r['family']}": r[k] for r in verdict.rows for k in ("ic", "rmse", "dm_stat")
                             if r["role"] != "champion" and r[k] == r[k]})
-        mlflow.set_tags({"promoted": verdict.promoted.label if verdict.promoted else "none", "gate": verdict.reason[:5000]})
+        mlflow.set_tags({"promoted": verdict.promoted.label if verdict.promoted else "none",
+                         "gate": verdict.reason[:5000]})
         mlflow.log_text(table, "decision.md")
     context.log.info(f"gate, week {context.partition_key}: {verdict.reason}")
     return dg.MaterializeResult(

@@ -81,7 +81,8 @@ class Family:
 
     def params_from_strings(self, stored: dict[str, str]) -> dict:
         """Parameters as MLflow stores them (strings) back to their types."""
-        return {k: (int(float(stored[k])) if kind == "int" else float(stored[k])) for k, (kind, *_r) in self.space.items()}
+        return {k: (int(float(stored[k])) if kind == "int" else float(stored[k]))
+                for k, (kind, *_rest) in self.space.items()}
 
     def importance(self, model, names: Sequence[str]) -> list[tuple[str, float]]:
         """Each input's weight in the model, largest first (the tuning run's metadata)."""
