@@ -4,6 +4,7 @@
     stock-platform snapshot [--tickers AAPL] [--as-of VERSION|TIMESTAMP] [--history] [--changes-since V]
     stock-platform report [--start YYYY-MM-DD] [--end YYYY-MM-DD] [--plot FILE.png]
     stock-platform models [--demote FAMILY/VERSION] [--promote FAMILY/VERSION]
+    stock-platform sql "SELECT ..." [--csv]
     stock-platform replay --start D --end D [--tickers] [--source demo|files] [--format jsonl] [--speed N]
     stock-platform serve | dashboard [--host H] [--port P]
 
@@ -80,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--promote", metavar="FAMILY/VERSION",
                         help="overrule the gate: the version (e.g. ridge/2) may serve predictions (champion: the "
                         "newest promoted)")
+
+    sql = command("sql", operate.cmd_sql, "run a read-only SQL query (DuckDB) over the lake's Delta tables, each a "
+                  "view of its name (prices, price_snapshots, features, predictions, ...)")
+    sql.add_argument("query", help='one SELECT, e.g. "SELECT ticker, count(*) FROM prices GROUP BY 1"')
+    sql.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    sql.add_argument("--rows", type=int, default=50, help="rows of a table to show (default 50)")
 
     command("maintain", operate.cmd_maintain, "compact, checkpoint and vacuum the lake's tables (the lake_maintenance "
             "job; migrates tables of the earlier per-date layout)")

@@ -1,4 +1,4 @@
-"""The operator's commands: `snapshot`, `report`, `models`, `replay`, `maintain`, `serve`, `dashboard`."""
+"""The operator's commands: `snapshot`, `report`, `models`, `sql`, `replay`, `maintain`, `serve`, `dashboard`."""
 
 from __future__ import annotations
 
@@ -190,6 +190,26 @@ def cmd_models(args: argparse.Namespace) -> int:
     pl.Config.set_fmt_str_lengths(90)
     print(f"{served.height} registered version(s) of {', '.join(tracking.model_names())}")
     print(served)
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    """Run one read-only query over the lake (DuckDB's delta extension) and print the result."""
+    import polars as pl
+
+    from stock_platform.resources.sql import SQLError, query
+
+    try:
+        result = query(resources(settings_from(args))["lake"], args.query)
+    except SQLError as exc:
+        raise CommandError(f"sql: {exc}") from None
+    if args.csv:
+        sys.stdout.write(result.write_csv())
+        return 0
+    pl.Config.set_tbl_rows(args.rows)
+    pl.Config.set_tbl_width_chars(200)
+    print(result)
+    print(f"{result.height:,} row(s)")
     return 0
 
 
