@@ -21,11 +21,18 @@ from stock_platform.resources import build_resources
 from stock_platform.settings import Settings, get_settings
 
 
+# Who answers for each group's assets (shown on every asset's page in the UI)
+OWNERS = {"ingestion": "team:market-data", "lake": "team:market-data", "ml": "team:quant-research"}
+
+
 def build_definitions(settings: Settings) -> dg.Definitions:
     """The platform's definitions on `settings` (the partitions start at `get_settings().start`: the CLI makes
     its settings the process's with `use_settings` before it imports this module)."""
+    assets = dg.map_asset_specs(lambda spec: spec.replace_attributes(owners=[OWNERS[spec.group_name]]),
+                                [prices, price_snapshots, features, *family_models, tuned_model, predictions,
+                                 prediction_evaluation])
     return dg.Definitions(
-        assets=[prices, price_snapshots, features, *family_models, tuned_model, predictions, prediction_evaluation],
+        assets=dg.with_source_code_references(assets),  # "View source" on each asset's page
         asset_checks=[prices_schema_check, features_schema_check, predictions_check],
         jobs=automation.jobs,
         schedules=automation.schedules,

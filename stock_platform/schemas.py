@@ -163,3 +163,55 @@ def features_schema(dates: Sequence[dt.date]) -> pa.DataFrameSchema:
         strict=True,
         name="features",
     )
+
+
+# --------------------------------------------------------------------------------- the schemas in Dagster's UI
+def _statistic(value) -> str:
+    if isinstance(value, list) and len(value) > 8:
+        return f"{len(value)} allowed values"
+    return str(value)
+
+
+def _constraint(check) -> str:
+    stats = ", ".join(f"{k}={_statistic(v)}" for k, v in (check.statistics or {}).items())
+    return f"{check.error or check.name}" + (f" ({stats})" if stats else "")
+
+
+def contract_column_schema(contract: pa.DataFrameSchema, descriptions: dict[str, str] | None = None):
+    """A pandera contract as Dagster's `dagster/column_schema` (a TableSchema): each column's type, nullability and
+    checks (as constraints), the contract's row checks and unique key as table constraints."""
+    import dagster as dg
+
+    descriptions = descriptions or {}
+    columns = [
+        dg.TableColumn(name, str(column.dtype), description=descriptions.get(name),
+                       constraints=dg.TableColumnConstraints(nullable=column.nullable, unique=column.unique,
+                                                             other=[_constraint(c) for c in column.checks]))
+        for name, column in contract.columns.items()
+    ]
+    unique = [f"unique ({', '.join(contract.unique)})"] if contract.unique else []
+    return dg.TableSchema(columns, constraints=dg.TableConstraints(
+        other=unique + [f"{c.name}: fails when {c.error}" for c in contract.checks]))
+
+
+def frame_column_schema(schema: dict, descriptions: dict[str, str] | None = None, *, nullable=(),
+                        key: Sequence[str] = ()):
+    """A polars schema (name -> dtype) as `dagster/column_schema`, for tables without a pandera contract."""
+    import dagster as dg
+
+    descriptions = descriptions or {}
+    columns = [dg.TableColumn(name, str(dtype), description=descriptions.get(name),
+                              constraints=dg.TableColumnConstraints(nullable=name in nullable))
+               for name, dtype in schema.items()]
+    return dg.TableSchema(columns, constraints=dg.TableConstraints(
+        other=[f"unique ({', '.join(key)})"] if key else []))
+
+
+def column_lineage(deps: dict[str, dict[str, Sequence[str]]]):
+    """`dagster/column_lineage` from {column: {upstream asset: [its columns]}}."""
+    import dagster as dg
+
+    return dg.TableColumnLineage({
+        column: [dg.TableColumnDep(asset_key=dg.AssetKey(asset), column_name=c)
+                 for asset, cols in upstream.items() for c in cols]
+        for column, upstream in deps.items()})

@@ -22,6 +22,48 @@ PREVIOUS_SESSION = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
 EARLIER_WEEK = dg.TimeWindowPartitionMapping(start_offset=-5, end_offset=-5)
 
 
+def forecast_columns() -> dict:
+    """The predictions table's column schema and lineage (the Dagster UI's Columns tab)."""
+    from stock_platform.lib.indicators import MODEL_FEATURES
+    from stock_platform.lib.tables import predictions_schema
+    from stock_platform.schemas import column_lineage, frame_column_schema
+
+    described = {
+        "date": "the session whose close the forecast is made at", "target_date": "the next session",
+        "pred_return": "predicted total return from date's close to target_date's (0: the naive random walk)",
+        "pred_close": "close(date) x (1 + pred_return), in date's share basis",
+        "model_name": "the registered model that served it (naive_random_walk: the baseline champion)",
+        "model_version": "its version", "created_at": "when the forecast could first exist (UTC)"}
+    return {
+        "dagster/column_schema": frame_column_schema(predictions_schema(), described, key=("ticker", "date")),
+        "dagster/column_lineage": column_lineage({
+            "ticker": {FEATURES_TABLE: ["ticker"]}, "date": {FEATURES_TABLE: ["date"]},
+            "pred_return": {FEATURES_TABLE: list(MODEL_FEATURES)},
+            "pred_close": {FEATURES_TABLE: list(MODEL_FEATURES), SNAPSHOT_TABLE: ["close"]}}),
+    }
+
+
+def evaluation_columns(schema) -> dict:
+    """The evaluation table's column schema and lineage."""
+    from stock_platform.schemas import column_lineage, frame_column_schema
+
+    truth = {SNAPSHOT_TABLE: ["close", "dividends", "splits"]}
+    forecast = {PREDICTIONS_TABLE: ["pred_close"]}
+    described = {"true_close": "target_date's close in date's share basis (a split or dividend is not an error)",
+                 "naive_close": "the naive random walk's forecast: date's close",
+                 "direction_hit": "the forecast's sign matched the outcome's (null: a flat forecast or day)"}
+    return {
+        "dagster/column_schema": frame_column_schema(dict(schema), described, nullable=("direction_hit",),
+                                                     key=("ticker", "target_date")),
+        "dagster/column_lineage": column_lineage(
+            {c: {PREDICTIONS_TABLE: [c]} for c in ("ticker", "target_date", "date", "pred_close", "pred_return",
+                                                   "model_name", "model_version")}
+            | {"true_close": truth, "true_return": truth, "naive_close": {SNAPSHOT_TABLE: ["close"]},
+               "abs_error": forecast | truth, "naive_abs_error": truth,
+               "direction_hit": {PREDICTIONS_TABLE: ["pred_return"]} | truth}),
+    }
+
+
 @daily_asset(
     deps=[features, dg.AssetDep(tuned_model, partition_mapping=EARLIER_WEEK)],
     group_name="ml",
@@ -65,6 +107,7 @@ def predictions(context: dg.AssetExecutionContext, lake: LakeResource,
     return dg.MaterializeResult(metadata={
         "dagster/row_count": out.height,
         "dagster/uri": lake.table_uri(PREDICTIONS_TABLE),
+        **forecast_columns(),
         "table_version": version,
         "model_versions": dg.MetadataValue.json({str(d): "{}/{}".format(*v) if v else NAIVE_MODEL
                                                  for d, v in sorted(plan.items())[-10:]}),
@@ -118,6 +161,7 @@ def prediction_evaluation(context: dg.AssetExecutionContext, lake: LakeResource,
     metadata = {
         "dagster/row_count": table.height,
         "dagster/uri": lake.table_uri(EVALUATION_TABLE),
+        **evaluation_columns(table.schema),
         "table_version": version,
         "evaluated": table.height,
         "pending": preds.height - table.height,  # target close not stored yet: a later run fills them

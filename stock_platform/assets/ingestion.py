@@ -99,10 +99,10 @@ def prices(context: dg.AssetExecutionContext, config: LandingConfig, source: Pri
            lake: LakeResource, universe: UniverseResource, landing: LandingResource) -> dg.MaterializeResult:
     import polars as pl
 
-    from stock_platform.lib.prices import empty_prices, empty_rejects, keep_accepted
+    from stock_platform.lib.prices import PRICE_DESCRIPTIONS, empty_prices, empty_rejects, keep_accepted
     from stock_platform.lib.quality import dq_score
     from stock_platform.resources.sources import FetchResult
-    from stock_platform.schemas import prices_schema, split_valid
+    from stock_platform.schemas import contract_column_schema, prices_schema, split_valid
 
     dates = partition_dates(context)
     if not dates:
@@ -115,7 +115,8 @@ def prices(context: dg.AssetExecutionContext, config: LandingConfig, source: Pri
         origin = f"landing ({len(config.landing_files)} file(s), {n_events} event(s))"
     else:
         fetched = fetch_or_retry(context, source, universe.tickers, start, end)
-    valid, schema_rejects, _ = split_valid(prices_schema(universe.tickers, dates), fetched.prices)
+    contract = prices_schema(universe.tickers, dates)
+    valid, schema_rejects, _ = split_valid(contract, fetched.prices)
     quarantine = quarantine_frame(fetched.rejects, schema_rejects, start=start, end=end,
                                   source=origin, run_id=context.run.run_id)
     if config.landing_files and lake.exists(QUARANTINE_TABLE):  # keep what the day's earlier runs quarantined
@@ -152,6 +153,7 @@ def prices(context: dg.AssetExecutionContext, config: LandingConfig, source: Pri
         metadata={
             "dagster/row_count": valid.height,
             "dagster/uri": lake.table_uri(PRICES_TABLE),
+            "dagster/column_schema": contract_column_schema(contract, PRICE_DESCRIPTIONS),
             "table_version": version,
             "date_range": f"{start}..{end}",
             "trading_days": len(dates),

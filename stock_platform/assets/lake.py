@@ -32,6 +32,9 @@ def price_snapshots(context: dg.AssetExecutionContext, config: LandingConfig, la
     import polars as pl
     from sqlalchemy.exc import SQLAlchemyError
 
+    from stock_platform.lib.prices import PRICE_DESCRIPTIONS
+    from stock_platform.schemas import column_lineage, frame_column_schema
+
     dates = partition_dates(context)
     start, end = dates[0], dates[-1]
     # blocking across runs: a day whose latest prices check failed is not upserted (an earlier run's verdict)
@@ -66,6 +69,12 @@ def price_snapshots(context: dg.AssetExecutionContext, config: LandingConfig, la
         metadata={
             "dagster/row_count": current.height,
             "dagster/uri": lake.table_uri(SNAPSHOT_TABLE),
+            "dagster/column_schema": frame_column_schema(
+                dict(current.schema), PRICE_DESCRIPTIONS | {
+                    "_is_deleted": "soft delete: the record is hidden from readers, kept for time travel",
+                    PRECOMBINE: "precombine field: of two records of a key, the newer wins"}, key=SNAPSHOT_KEYS),
+            "dagster/column_lineage": column_lineage({c: {"prices": [c]} for c in current.columns
+                                                      if c != "_is_deleted"}),
             "table_version": result.version,
             "committed": result.committed,
             **{f"rows_{k}": v for k, v in result.counts.as_dict().items()},

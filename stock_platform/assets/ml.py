@@ -35,7 +35,8 @@ def lookback_start(start):
 def features(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     import polars as pl
 
-    from stock_platform.lib.indicators import LOOKBACK, compute_features, feature_columns
+    from stock_platform.lib.indicators import LOOKBACK, compute_features, feature_columns, feature_inputs
+    from stock_platform.schemas import column_lineage, contract_column_schema, features_schema
 
     dates = partition_dates(context)
     start, end = dates[0], dates[-1]
@@ -50,6 +51,10 @@ def features(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Materi
         metadata={
             "dagster/row_count": table.height,
             "dagster/uri": lake.table_uri(FEATURES_TABLE),
+            "dagster/column_schema": contract_column_schema(features_schema(dates)),
+            "dagster/column_lineage": column_lineage(
+                {"ticker": {SNAPSHOT_TABLE: ["ticker"]}, "date": {SNAPSHOT_TABLE: ["date"]}}
+                | {c: {SNAPSHOT_TABLE: inputs} for c, inputs in feature_inputs().items()}),
             "table_version": version,
             "warm_rows": warm,
             "warm_up_rows": table.height - warm,

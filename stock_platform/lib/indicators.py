@@ -95,6 +95,20 @@ def feature_columns() -> list[str]:
     return cols
 
 
+def feature_inputs() -> dict[str, tuple[str, ...]]:
+    """Each feature's price columns (of `price_snapshots`): the column lineage the Dagster UI shows. Every price
+    series is adjusted by the point-in-time factor, itself made of the close, dividends and splits; a bar's range
+    includes its open and close."""
+    adjusted = ("close", "dividends", "splits")
+    bar = ("open", "high", "low", *adjusted)
+    inputs = dict.fromkeys(feature_columns(), adjusted)
+    inputs |= dict.fromkeys(("atr_14", "atr_pct", "plus_di_14", "minus_di_14", "adx_14", "stoch_k_14", "stoch_d_3",
+                             "dist_52w_high", "dist_52w_low"), bar)
+    inputs |= {"obv_ratio_20": (*adjusted, "volume"), "volume_z_20": ("volume", "splits"), "day_of_week": ("date",)}
+    inputs["warm"] = tuple(dict.fromkeys(c for name in MODEL_FEATURES for c in inputs[name]))
+    return inputs
+
+
 # Model inputs: distances, ratios, returns, oscillators and z-scores, so a model never learns a price level.
 # dist_ema_200 is left out: its window (~4.6 years) would delay every model row by as much; dist_sma_200
 # carries the same information.

@@ -1,0 +1,94 @@
+"""What the Dagster UI shows about the tables: column schemas from the pandera contracts and the catalog, column
+lineage (which price columns each indicator uses), owners and code references, read back from a real instance."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from stock_platform.assets.forecast import evaluation_columns, forecast_columns
+from stock_platform.assets.ingestion import prices
+from stock_platform.assets.lake import price_snapshots
+from stock_platform.assets.ml import features
+from stock_platform.automation import daily_assets_job
+from stock_platform.checks import features_schema_check, prices_schema_check
+from stock_platform.definitions import OWNERS, defs
+from stock_platform.lib.evaluation import evaluate
+from stock_platform.lib.tables import FEATURES_TABLE, PRICES_TABLE, SNAPSHOT_TABLE, predictions_schema
+from stock_platform.resources.landing import LandingResource
+from stock_platform.resources.warehouse import WarehouseResource
+from stock_platform_tests.helpers import failure_message, run_range
+
+
+def stored(instance: dg.DagsterInstance, asset: str) -> dict:
+    """The metadata of the asset's latest materialization, as the UI reads it from the instance."""
+    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+def deps(lineage: dg.TableColumnLineage, column: str) -> set[tuple[str, str]]:
+    return {(d.asset_key.to_user_string(), d.column_name) for d in lineage.deps_by_column[column]}
+
+
+def test_the_daily_tables_carry_their_column_schema_and_lineage(demo_source, lake, universe, instance, tmp_path):
+    daily = dg.Definitions(
+        assets=[prices, price_snapshots, features], asset_checks=[prices_schema_check, features_schema_check],
+        jobs=[daily_assets_job],
+        resources={"source": demo_source, "lake": lake, "universe": universe,
+                   "landing": LandingResource(uri=str(tmp_path / "landing")),
+                   "warehouse": WarehouseResource(url=f"sqlite:///{tmp_path / 'warehouse.db'}")})
+    result = run_range(daily, instance, "2024-01-02", "2024-01-31")
+    assert result.success, failure_message(result)
+
+    for asset, table in (("prices", PRICES_TABLE), ("price_snapshots", SNAPSHOT_TABLE), ("features", FEATURES_TABLE)):
+        schema: dg.TableSchema = stored(instance, asset)["dagster/column_schema"]
+        frame = lake.read(table) if asset != "price_snapshots" else lake.snapshot(table, include_deleted=True)
+        # every stored column, in order, with its type
+        assert [c.name for c in schema.columns] == frame.columns, asset
+        assert {c.name: c.type for c in schema.columns} == {k: str(v) for k, v in frame.schema.items()}, asset
+
+    columns = {c.name: c for c in stored(instance, "prices")["dagster/column_schema"].columns}
+    assert "malformed ticker" in columns["ticker"].constraints.other[0]
+    assert columns["close"].constraints.other == ["price must be > 0 (min_value=0)", "must be finite"]
+    assert not columns["close"].constraints.nullable and "shares traded" in columns["volume"].description
+    table = stored(instance, "prices")["dagster/column_schema"].constraints.other
+    assert table[0] == "unique (ticker, date)" and "low_le_open_close: fails when low > min(open, close)" in table
+    feature_cols = {c.name: c for c in stored(instance, "features")["dagster/column_schema"].columns}
+    assert feature_cols["rsi_14"].constraints.nullable  # null during its warm-up
+    assert any("min_value=0, max_value=100" in o for o in feature_cols["rsi_14"].constraints.other)
+
+    lineage: dg.TableColumnLineage = stored(instance, "features")["dagster/column_lineage"]
+    closes = {("price_snapshots", c) for c in ("close", "dividends", "splits")}
+    assert deps(lineage, "rsi_14") == closes  # the adjusted close only
+    assert deps(lineage, "atr_14") == closes | {("price_snapshots", c) for c in ("open", "high", "low")}
+    assert deps(lineage, "volume_z_20") == {("price_snapshots", "volume"), ("price_snapshots", "splits")}
+    assert set(lineage.deps_by_column) == set(lake.read(FEATURES_TABLE).columns)
+    snapshots: dg.TableColumnLineage = stored(instance, "price_snapshots")["dagster/column_lineage"]
+    assert deps(snapshots, "close") == {("prices", "close")}
+
+
+def test_the_forecast_tables_describe_every_column_they_store():
+    meta = forecast_columns()
+    assert [c.name for c in meta["dagster/column_schema"].columns] == list(predictions_schema())
+    assert set(meta["dagster/column_lineage"].deps_by_column) <= set(predictions_schema())
+    assert deps(meta["dagster/column_lineage"], "pred_close") >= {("price_snapshots", "close"), ("features", "rsi_14")}
+    day, nxt = dt.date(2024, 1, 2), dt.date(2024, 1, 3)
+    preds = pl.DataFrame({"ticker": ["A"], "date": [day], "target_date": [nxt], "pred_return": [0.01],
+                          "pred_close": [10.1], "model_name": ["m"], "model_version": [1]})
+    closes = pl.DataFrame({"ticker": ["A", "A"], "date": [day, nxt], "close": [10.0, 10.2], "dividends": [0.0, 0.0],
+                           "splits": [0.0, 0.0]})
+    table = evaluate(preds, closes)
+    meta = evaluation_columns(table.schema)
+    assert [c.name for c in meta["dagster/column_schema"].columns] == table.columns
+    assert set(meta["dagster/column_lineage"].deps_by_column) == set(table.columns)
+
+
+@pytest.mark.parametrize("key", [k for k in defs.resolve_asset_graph().get_all_asset_keys()])
+def test_every_asset_has_an_owner_and_a_code_reference(key):
+    node = defs.resolve_asset_graph().get(key)
+    assert node.owners == [OWNERS[node.group_name]]
+    [reference] = node.metadata["dagster/code_references"].code_references
+    assert reference.file_path.endswith(".py") and reference.line_number > 0
