@@ -24,14 +24,18 @@ if TYPE_CHECKING:
 
 
 def register_version(lake: LakeResource, tracking: TrackingResource, family: Family, model, example, *,
-                     train_end: dt.date, promoted: bool, gate: str) -> tuple[str, int]:
-    """Log and register a family's fitted `model` in MLflow (inside an open `tracking.run`), tag it, move
-    `champion` if promoted, and publish its serving copy to `model_versions`; return (model name, version)."""
+                     params: dict, train_end: dt.date, promoted: bool, gate: str) -> tuple[str, int]:
+    """Log and register a family's fitted `model` (fitted with `params`) in MLflow (inside an open MLflow run), tag
+    it, move `champion` if promoted, and publish its serving copy to `model_versions`; return (model name,
+    version)."""
+    import json
+
     name = tracking.model_name(family)
     version = tracking.log_model(family, model, example)
-    # predictions pick, for each day d, the newest promoted version trained on data before d
+    # predictions pick, for each day d, the newest promoted version trained on data before d; the gate refits
+    # a version with its `params`
     tracking.tag_version(name, version, {"train_end": str(train_end), "promoted": str(promoted).lower(),
-                                         "gate": gate, "family": family.key})
+                                         "gate": gate, "family": family.key, "params": json.dumps(params)})
     if promoted:
         tracking.promote(name, version)
     registered = tracking.client().get_model_version(name, version).creation_timestamp

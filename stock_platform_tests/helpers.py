@@ -97,8 +97,8 @@ def register_promoted_model(lake: LakeResource, tracking: TrackingResource, trai
         import mlflow
 
         mlflow.log_params(params)
-        return register_version(lake, tracking, fam, model, model_example(fam, data), train_end=train_end, promoted=True,
-                                gate="promoted by the test")
+        return register_version(lake, tracking, fam, model, model_example(fam, data), params=params,
+                                train_end=train_end, promoted=True, gate="promoted by the test")
 
 
 def fail_the_features_check(lake: LakeResource, instance: dg.DagsterInstance, day: dt.date, first: dt.date,

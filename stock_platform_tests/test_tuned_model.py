@@ -4,6 +4,7 @@ budget), a real MLflow store and registry."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from stock_platform.lib.tables import FEATURES_TABLE, MODEL_SELECTION_TABLE
 from stock_platform.registry import load_model, newest_promoted, served_versions
 from stock_platform.resources.tracking import TrackingResource
 from stock_platform.resources.tuning import TuningResource
+from stock_platform_tests.retrain_jobs import ridge_job
 from stock_platform_tests.helpers import (build_lake, fail_the_features_check, failure_message,
                                          materialization_metadata, model_resources, registry_booster)
 
@@ -134,6 +136,39 @@ def test_a_feature_from_tomorrows_price_fails_the_leakage_check_and_is_never_pro
     md = materialization_metadata(result, "tuned_model")
     assert md["promoted"] is None and "leakage suspected in ['ret_1d']" in md["gate"]
     assert res["tracking"].champion() is None
+
+
+def test_a_re_executed_run_continues_the_mlflow_run_its_failed_attempt_opened(tmp_path, instance, monkeypatch):
+    res = model_resources(tmp_path, build_lake(tmp_path))
+    monkeypatch.setenv("STOCK_PLATFORM_TEST_ROOT", str(tmp_path))
+    # the artifact store is a file, not a directory: the run fails after MLflow started (trials logged, model not)
+    (tmp_path / "mlartifacts").write_text("not a directory")
+    job = dg.reconstructable(ridge_job)
+    config = {"ops": {"ridge_model": {"config": {"trials": 2, "time_budget_seconds": 120}}}}
+    with dg.execute_job(job, instance=instance, run_config=config, tags={"dagster/partition": "2024-06-17"},
+                        raise_on_error=False) as first:
+        assert not first.success and "NotADirectoryError" in failure_message(first)
+    (tmp_path / "mlartifacts").unlink()  # repaired: re-execute the failed step
+    options = dg.ReexecutionOptions.from_failure(first.run_id, instance)
+    with dg.execute_job(job, instance=instance, run_config=config, reexecution_options=options,
+                        tags={"dagster/partition": "2024-06-17"}, raise_on_error=False) as second:
+        assert second.success, failure_message(second)
+
+    tracking: TrackingResource = res["tracking"]
+    client = tracking.client()
+    experiment = client.get_experiment_by_name(tracking.experiment).experiment_id
+    runs = client.search_runs([experiment], "tags.dagster_asset = 'ridge_model'")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1, "a re-execution must not leave an orphan MLflow run"
+    [parent] = parents
+    assert parent.info.status == "FINISHED" and parent.data.tags["dagster_partition"] == "2024-06-17"
+    assert parent.data.tags["dagster_root_run_id"] == first.run_id
+    assert parent.data.tags["dagster_run_id"] == second.run_id and second.run_id in parent.data.tags["mlflow.note.content"]
+    trials = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(t.data.tags["dagster_run_id"] for t in trials) == sorted([first.run_id] * 2 + [second.run_id] * 2)
+    [version] = client.search_model_versions(f"name='{tracking.model_name(FAMILIES['ridge'])}'")
+    assert version.run_id == parent.info.run_id  # the model the re-execution registered belongs to that run
+    assert set(json.loads(version.tags["params"])) == set(FAMILIES["ridge"].space)
 
 
 def test_too_little_history_fails_clearly_before_starting_ray(tmp_path, instance):

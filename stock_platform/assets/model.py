@@ -79,10 +79,6 @@ def excluded_metadata(excluded: list[str]) -> dg.MetadataValue:
                                   "first": excluded[:20]})
 
 
-def run_tags(context: dg.AssetExecutionContext) -> dict[str, str]:
-    return {"dagster_run_id": context.run.run_id, "partition": context.partition_key}
-
-
 def model_example(family: Family, data):
     """A few input rows, as MLflow logs them beside a model (its signature): the inputs, and the ticker where the
     model is per ticker (the linear families' python model reads it). Float64, as the features table holds them."""
@@ -127,13 +123,14 @@ def family_asset(family: Family) -> dg.AssetsDefinition:
         except ValueError as exc:
             raise dg.Failure(f"{family.key}_model up to {end}: {exc}") from exc
         final = family.fit(params, data, (0, data.sessions - 1), threads=tuning.num_cpus)
-        with tracking.run(f"{family.key} week {context.partition_key}", tags=run_tags(context)) as run:
-            mlflow.log_params(params | {"family": family.key, "inputs": len(data.feature_names), "train_end": str(end)})
+        with tracking.asset_run(context, f"{family.key} week {context.partition_key}") as run:
+            tracking.log_params(params | {"family": family.key, "inputs": len(data.feature_names),
+                                          "train_end": str(end)})
             mlflow.log_metrics({f"cv_{k}": v for k, v in sel.cv_scores(best).items()})
             tracking.log_trials(trials, list(family.space))
             model_name, version = register_version(
-                lake, tracking, family, final, model_example(family, data), train_end=end, promoted=False,
-                gate="candidate: `tuned_model` decides on the held-out window")
+                lake, tracking, family, final, model_example(family, data), params=params, train_end=end,
+                promoted=False, gate="candidate: `tuned_model` decides on the held-out window")
         context.log.info(f"{model_name} v{version}: best CV IC {best['ic']:.4f} of {len(complete)} complete trials")
         tables = sel.tuning_tables(family, best, trials, family.importance(final, data.feature_names))
         return dg.MaterializeResult(metadata={
@@ -203,7 +200,7 @@ def tuned_model(context: dg.AssetExecutionContext, lake: LakeResource, tuning: T
     table = sel.decision_table(verdict)
     lake.replace_dates(MODEL_SELECTION_TABLE, sel.decision_frame(verdict, end, context.run.run_id), end, end,
                        date_column="train_end")
-    with tracking.run(f"gate week {context.partition_key}", tags=run_tags(context)) as run:
+    with tracking.asset_run(context, f"gate week {context.partition_key}") as run:
         mlflow.log_metrics({f"{k}_{r['family']}": r[k] for r in verdict.rows for k in ("ic", "rmse", "dm_stat")
                             if r["role"] != "champion" and r[k] == r[k]})
         mlflow.set_tags({"promoted": verdict.promoted.label if verdict.promoted else "none",

@@ -66,12 +66,54 @@ class TrackingResource(dg.ConfigurableResource):
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags, nested=nested) as run:
             yield run
 
-    def log_trials(self, trials: list[dict], params: list[str]) -> None:
-        """One nested run per trial: its parameters and scores."""
+    @contextmanager
+    def asset_run(self, context, run_name: str) -> Iterator[Any]:
+        """The MLflow run of one asset partition's materialization, bound to the Dagster run.
+
+        Bound as dagster-mlflow binds its runs (the `dagster_run_id` tag), and across attempts by the Dagster run's
+        root: a step retry or a re-execution of a failed run (a new Dagster run, the same root) resumes the MLflow
+        run the first attempt opened, instead of leaving it behind as an orphan, and the run ends FINISHED when the
+        attempt that completes the materialization ends (FAILED while it has not). `dagster_run_id` names the
+        latest attempt; the note links back to the Dagster run.
+        """
         mlflow = self._mlflow()
-        experiment_id = mlflow.active_run().info.experiment_id  # not the default experiment
+        client = self.client()
+        experiment = client.get_experiment_by_name(self.experiment)
+        experiment_id = (experiment.experiment_id if experiment else
+                         client.create_experiment(self.experiment, artifact_location=self.artifact_location))
+        run = context.run
+        binding = {"dagster_root_run_id": run.root_run_id or run.run_id,
+                   "dagster_asset": context.asset_key.to_user_string(), "dagster_partition": context.partition_key}
+        earlier = client.search_runs([experiment_id], " and ".join(f"tags.{k} = '{v}'" for k, v in binding.items()),
+                                     max_results=1)
+        resume = earlier[0].info.run_id if earlier else None
+        with mlflow.start_run(run_id=resume, experiment_id=experiment_id, run_name=None if resume else run_name,
+                              tags=None if resume else binding) as active:
+            mlflow.set_tags({"dagster_run_id": run.run_id, "dagster_job": run.job_name,
+                             "mlflow.note.content": f"Dagster run {run.run_id} of job `{run.job_name}`, "
+                             f"{binding['dagster_asset']} partition {binding['dagster_partition']} (Dagster UI: "
+                             f"/runs/{run.run_id}); first attempt: run {binding['dagster_root_run_id']}"})
+            yield active
+
+    def log_params(self, params: dict) -> None:
+        """Log parameters on the active run; on a resumed run, those an earlier attempt logged keep their first
+        value (MLflow never changes one) and this attempt's full set is in the `params` tag."""
+        import json
+
+        mlflow = self._mlflow()
+        logged = self.client().get_run(mlflow.active_run().info.run_id).data.params
+        mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+        mlflow.set_tag("params", json.dumps(params, default=str))
+
+    def log_trials(self, trials: list[dict], params: list[str]) -> None:
+        """One nested run per trial: its parameters and scores, tagged with the Dagster run that ran it."""
+        mlflow = self._mlflow()
+        parent = mlflow.active_run()
+        experiment_id = parent.info.experiment_id  # not the default experiment
+        attempt = self.client().get_run(parent.info.run_id).data.tags.get("dagster_run_id")
         for trial in trials:
-            with mlflow.start_run(run_name=f"trial {trial['trial']}", nested=True, experiment_id=experiment_id):
+            with mlflow.start_run(run_name=f"trial {trial['trial']}", nested=True, experiment_id=experiment_id,
+                                  tags={"dagster_run_id": attempt} if attempt else None):
                 mlflow.log_params({k: trial[k] for k in params})
                 mlflow.log_metrics({k: float(v) for k, v in trial.items()
                                     if k not in params and isinstance(v, int | float) and v == v})
@@ -114,9 +156,15 @@ class TrackingResource(dg.ConfigurableResource):
         return None
 
     def version_params(self, model_name: str, version: int) -> dict[str, str]:
-        """The parameters logged by the run that registered a model version (strings, as MLflow keeps them)."""
+        """The parameters a model version was fitted with (strings, as MLflow keeps them): its `params` tag, or,
+        for versions registered before it existed, the parameters its run logged."""
+        import json
+
         client = self.client()
-        return client.get_run(client.get_model_version(model_name, str(version)).run_id).data.params
+        registered = client.get_model_version(model_name, str(version))
+        if "params" in registered.tags:
+            return {k: str(v) for k, v in json.loads(registered.tags["params"]).items()}
+        return client.get_run(registered.run_id).data.params
 
     def tag_version(self, model_name: str, version: str, tags: dict[str, str]) -> None:
         client = self.client()
