@@ -12,6 +12,7 @@ import datetime as dt
 
 import dagster as dg
 
+from stock_platform.alerts import without_freshness
 from stock_platform.lib.calendar import EXCHANGE_TIMEZONE
 from stock_platform.lib.families import FAMILIES
 from stock_platform.partitions import CADENCE_TAG, DAILY_CADENCE, trading_days
@@ -34,7 +35,7 @@ FULL_LISTING_EVERY = 12
 # what a daily run or a backfill of trading days executes.
 daily_assets_job = dg.define_asset_job(
     "daily_assets",
-    selection=dg.AssetSelection.tag(CADENCE_TAG, DAILY_CADENCE),
+    selection=without_freshness(dg.AssetSelection.tag(CADENCE_TAG, DAILY_CADENCE)),
     description="Daily trading-day partitions of the daily assets (with their blocking checks).",
     # The assets form a chain: nothing runs in parallel, and a process per step cost ~2 s each (measured in
     # benchmarks/latency.py: 19.7 s per landing run with processes, most of it process start-up and imports).
@@ -43,7 +44,7 @@ daily_assets_job = dg.define_asset_job(
 
 weekly_retrain_job = dg.define_asset_job(
     "weekly_retrain",
-    selection=dg.AssetSelection.assets(*(f"{family}_model" for family in FAMILIES), "tuned_model"),
+    selection=without_freshness(dg.AssetSelection.assets(*(f"{family}_model" for family in FAMILIES), "tuned_model")),
     description="Tune, train and register every model family's candidate of a finished week (Ray Tune + MLflow), "
     "then gate them against the naive random walk and the champion (`tuned_model`).",
     executor_def=dg.in_process_executor,  # one step; Ray does the parallel work (and must not start in a fork)

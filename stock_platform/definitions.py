@@ -11,6 +11,7 @@ import gc
 import dagster as dg
 
 from stock_platform import automation
+from stock_platform.alerts import alerts_sensor, freshness_checks, freshness_policy
 from stock_platform.assets.ingestion import prices
 from stock_platform.assets.lake import price_snapshots
 from stock_platform.assets.forecast import prediction_evaluation, predictions
@@ -28,15 +29,18 @@ OWNERS = {"ingestion": "team:market-data", "lake": "team:market-data", "ml": "te
 def build_definitions(settings: Settings) -> dg.Definitions:
     """The platform's definitions on `settings` (the partitions start at `get_settings().start`: the CLI makes
     its settings the process's with `use_settings` before it imports this module)."""
-    assets = dg.map_asset_specs(lambda spec: spec.replace_attributes(owners=[OWNERS[spec.group_name]]),
-                                [prices, price_snapshots, features, *family_models, tuned_model, predictions,
-                                 prediction_evaluation])
+    assets = dg.map_asset_specs(
+        lambda spec: spec.replace_attributes(owners=[OWNERS[spec.group_name]], freshness_policy=freshness_policy(spec)),
+        [prices, price_snapshots, features, *family_models, tuned_model, predictions, prediction_evaluation])
+    fresh = freshness_checks([prices, price_snapshots, features, predictions], tuned_model)
     return dg.Definitions(
         assets=dg.with_source_code_references(assets),  # "View source" on each asset's page
-        asset_checks=[prices_schema_check, features_schema_check, predictions_check],
+        asset_checks=[prices_schema_check, features_schema_check, predictions_check, *fresh],
         jobs=automation.jobs,
         schedules=automation.schedules,
-        sensors=automation.sensors,
+        sensors=[*automation.sensors, alerts_sensor,
+                 dg.build_sensor_for_freshness_checks(freshness_checks=fresh,
+                                                      default_status=dg.DefaultSensorStatus.RUNNING)],
         resources=build_resources(settings),
     )
 

@@ -24,7 +24,7 @@ _S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[A-Za-z0-9_.\
 SOURCES = ("demo", "yfinance", "files")
 DEFAULT_TICKERS = ("AAPL", "MSFT", "AMZN", "GOOGL", "META", "NVDA", "JPM", "XOM", "JNJ", "PG")
 DEFAULT_START = dt.date(2015, 1, 2)
-SECRET_VARIABLES = ("STOCK_PLATFORM_WAREHOUSE_URL", "MLFLOW_TRACKING_URI")
+SECRET_VARIABLES = ("STOCK_PLATFORM_WAREHOUSE_URL", "MLFLOW_TRACKING_URI", "STOCK_PLATFORM_ALERT_WEBHOOK")
 
 
 class SettingsError(ValueError):
@@ -103,6 +103,8 @@ class Settings:
     ray_address: str | None
     dagster_home: Path
     aws_endpoint_url: str | None
+    alert_webhook: str | None = None  # where alerts are posted (Slack-compatible incoming webhook); None: logged only
+    dagster_url: str = "http://localhost:3000"  # the Dagster UI, for links in alerts and MLflow notes
     # The secret-bearing variables (URLs may hold a password) that the environment set: resources then take them
     # as `dg.EnvVar`, so Dagster shows the variable's name, never its value.
     secrets_from_env: frozenset[str] = frozenset()
@@ -184,6 +186,13 @@ def load_settings(env: Mapping[str, str] | None = None, *, now: dt.datetime | No
     if endpoint and not re.fullmatch(r"https?://[A-Za-z0-9.\-]+(:\d{1,5})?/?", endpoint):
         raise SettingsError(f"AWS_ENDPOINT_URL={endpoint!r}: expected http(s)://host[:port]")
 
+    webhook = env.get("STOCK_PLATFORM_ALERT_WEBHOOK") or None
+    if webhook and not re.fullmatch(r"https?://[^\s]+", webhook):
+        raise SettingsError("STOCK_PLATFORM_ALERT_WEBHOOK: expected an http(s):// URL")  # not echoed: it is a secret
+    dagster_url = env.get("STOCK_PLATFORM_DAGSTER_URL") or "http://localhost:3000"
+    if not re.fullmatch(r"https?://[^\s]+", dagster_url):
+        raise SettingsError(f"STOCK_PLATFORM_DAGSTER_URL={dagster_url!r}: expected an http(s):// URL")
+
     return Settings(
         home=home,
         source=source,
@@ -198,6 +207,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, now: dt.datetime | No
         ray_address=ray_address,
         dagster_home=dagster_home,
         aws_endpoint_url=endpoint,
+        alert_webhook=webhook,
+        dagster_url=dagster_url.rstrip("/"),
         secrets_from_env=frozenset(v for v in SECRET_VARIABLES if env.get(v)),
     )
 

@@ -48,7 +48,8 @@ def test_asset_specs():
 
 
 def test_checks_are_blocking_and_partitioned():
-    specs = {spec.key: (spec, checks_def) for checks_def in defs.asset_checks for spec in checks_def.check_specs}
+    specs = {spec.key: (spec, checks_def) for checks_def in defs.asset_checks for spec in checks_def.check_specs
+             if spec.name != "freshness_check"}
     assert set(specs) == {dg.AssetCheckKey(dg.AssetKey("prices"), "prices_schema"),
                           dg.AssetCheckKey(dg.AssetKey("features"), "features_schema"),
                           dg.AssetCheckKey(dg.AssetKey("predictions"), "predictions_complete_and_plausible")}
@@ -70,8 +71,24 @@ def test_jobs_and_resources():
     retrain = defs.resolve_job_def("weekly_retrain")
     assert retrain.partitions_def == model_weeks and [n.name for n in retrain.nodes_in_topological_order] == [
         *sorted(FAMILY_ASSETS), "tuned_model"]
-    assert set(defs.resources) == {"source", "lake", "landing", "universe", "warehouse", "tuning", "tracking"}
-    assert {s.name for s in defs.sensors} == {"landing_zone_sensor", "live_quotes_sensor"}
+    assert set(defs.resources) == {"source", "lake", "landing", "universe", "warehouse", "tuning", "tracking",
+                                   "alerts"}
+    assert {s.name for s in defs.sensors} == {"landing_zone_sensor", "live_quotes_sensor", "alerts",
+                                              "freshness_checks_sensor"}
+
+
+def test_freshness_is_watched_outside_the_jobs():
+    """Each daily asset and the model have a freshness policy (the UI's status) and a partition-aware freshness
+    check (WARN, non-blocking) that its sensor evaluates; no job runs a freshness check itself."""
+    graph = defs.resolve_asset_graph()
+    fresh = {spec.key.asset_key.to_user_string(): spec for checks_def in defs.asset_checks
+             for spec in checks_def.check_specs if spec.name == "freshness_check"}
+    assert set(fresh) == {"prices", "price_snapshots", "features", "predictions", "tuned_model"}
+    assert not any(spec.blocking for spec in fresh.values())
+    assert graph.get(dg.AssetKey("prices")).freshness_policy.deadline_cron == "30 18 * * 1-5"
+    assert graph.get(dg.AssetKey("tuned_model")).freshness_policy.fail_window.to_timedelta().days == 14
+    for job in ("daily_assets", "weekly_retrain"):
+        assert not any("freshness" in n.name for n in defs.resolve_job_def(job).nodes_in_topological_order)
 
 
 def test_warehouse_url_from_the_environment_is_not_shown_in_config():
@@ -125,7 +142,8 @@ def test_the_dg_cli_checks_and_lists_the_project(tmp_path):
                                                         "tuned_model", "predictions", "prediction_evaluation"}
     assert {c["key"] for c in defs["asset_checks"]} == {
         "prices:prices_schema", "features:features_schema", "predictions:predictions_complete_and_plausible",
-        "tuned_model:no_leakage"}
+        "tuned_model:no_leakage", *(f"{a}:freshness_check" for a in ("prices", "price_snapshots", "features",
+                                                                     "predictions", "tuned_model"))}
     assert {j["name"] for j in defs["jobs"]} == {"daily_assets", "weekly_retrain", "lake_maintenance"}
 
 
