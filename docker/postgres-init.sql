@@ -2,3 +2,4 @@
 CREATE DATABASE dagster;
 CREATE DATABASE warehouse;
 CREATE DATABASE mlflow;
+CREATE DATABASE marquez;

@@ -17,6 +17,7 @@ from stock_platform.assets.lake import price_snapshots
 from stock_platform.assets.forecast import prediction_evaluation, predictions
 from stock_platform.assets.ml import features
 from stock_platform.assets.model import family_models, tuned_model
+from stock_platform.lineage import openlineage_sensor
 from stock_platform.checks import features_schema_check, predictions_check, prices_schema_check
 from stock_platform.resources import build_resources
 from stock_platform.settings import Settings, get_settings
@@ -38,7 +39,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         asset_checks=[prices_schema_check, features_schema_check, predictions_check, *fresh],
         jobs=automation.jobs,
         schedules=automation.schedules,
-        sensors=[*automation.sensors, alerts_sensor,
+        sensors=[*automation.sensors, alerts_sensor, openlineage_sensor,
                  dg.build_sensor_for_freshness_checks(freshness_checks=fresh,
                                                       default_status=dg.DefaultSensorStatus.RUNNING)],
         resources=build_resources(settings),

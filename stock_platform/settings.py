@@ -105,6 +105,8 @@ class Settings:
     aws_endpoint_url: str | None
     alert_webhook: str | None = None  # where alerts are posted (Slack-compatible incoming webhook); None: logged only
     dagster_url: str = "http://localhost:3000"  # the Dagster UI, for links in alerts and MLflow notes
+    openlineage_url: str | None = None  # an OpenLineage backend (Marquez): HTTP transport
+    openlineage_file: str | None = None  # or a file of events, one JSON per line
     # The secret-bearing variables (URLs may hold a password) that the environment set: resources then take them
     # as `dg.EnvVar`, so Dagster shows the variable's name, never its value.
     secrets_from_env: frozenset[str] = frozenset()
@@ -193,6 +195,13 @@ def load_settings(env: Mapping[str, str] | None = None, *, now: dt.datetime | No
     if not re.fullmatch(r"https?://[^\s]+", dagster_url):
         raise SettingsError(f"STOCK_PLATFORM_DAGSTER_URL={dagster_url!r}: expected an http(s):// URL")
 
+    openlineage_url = env.get("OPENLINEAGE_URL") or None
+    if openlineage_url and not re.fullmatch(r"https?://[^\s]+", openlineage_url):
+        raise SettingsError(f"OPENLINEAGE_URL={openlineage_url!r}: expected an http(s):// URL")
+    openlineage_file = env.get("OPENLINEAGE_FILE") or None
+    if openlineage_file:
+        openlineage_file = validate_storage_uri(openlineage_file, where="OPENLINEAGE_FILE")
+
     return Settings(
         home=home,
         source=source,
@@ -209,6 +218,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, now: dt.datetime | No
         aws_endpoint_url=endpoint,
         alert_webhook=webhook,
         dagster_url=dagster_url.rstrip("/"),
+        openlineage_url=openlineage_url,
+        openlineage_file=openlineage_file,
         secrets_from_env=frozenset(v for v in SECRET_VARIABLES if env.get(v)),
     )
 

@@ -72,9 +72,9 @@ def test_jobs_and_resources():
     assert retrain.partitions_def == model_weeks and [n.name for n in retrain.nodes_in_topological_order] == [
         *sorted(FAMILY_ASSETS), "tuned_model"]
     assert set(defs.resources) == {"source", "lake", "landing", "universe", "warehouse", "tuning", "tracking",
-                                   "alerts"}
+                                   "alerts", "lineage"}
     assert {s.name for s in defs.sensors} == {"landing_zone_sensor", "live_quotes_sensor", "alerts",
-                                              "freshness_checks_sensor"}
+                                              "freshness_checks_sensor", "openlineage"}
 
 
 def test_freshness_is_watched_outside_the_jobs():

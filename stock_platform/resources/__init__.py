@@ -57,6 +57,7 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     """The resources of `settings` (the definitions' and the CLI's); a secret-bearing URL the environment set is
     passed as its `dg.EnvVar`."""
     from stock_platform.alerts import AlertResource
+    from stock_platform.lineage import LineageResource
     from stock_platform.resources.lake import LakeResource
     from stock_platform.resources.landing import LandingResource
     from stock_platform.resources.tracking import TrackingResource
@@ -77,6 +78,8 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         "tuning": TuningResource(address=settings.ray_address, storage_dir=str(settings.home / "ray_results")),
         "tracking": TrackingResource(tracking_uri=secret("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri),
                                      artifact_location=settings.mlflow_artifact_location),
+        "lineage": LineageResource(url=settings.openlineage_url, file=settings.openlineage_file,
+                                   lake_uri=settings.lake_uri),
         "alerts": AlertResource(webhook_url=secret("STOCK_PLATFORM_ALERT_WEBHOOK", settings.alert_webhook)
                                 if settings.alert_webhook else None, dagster_url=settings.dagster_url),
     }
