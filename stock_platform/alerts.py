@@ -140,42 +140,68 @@ def run_alerts(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[Alert]:
 FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 
 
+class RunFeed:
+    """The runs that finished since a sensor's cursor, oldest first, from run storage (any instance storage, SQLite's
+    per-run event shards included): what the alerts and OpenLineage sensors walk. The cursor, {after: update time,
+    seen: the runs handled at that time}, starts at the newest finished run (not the instance's history) and moves
+    past a run only when the sensor says it is done with it."""
+
+    def __init__(self, context: dg.SensorEvaluationContext):
+        self.context = context
+        self.cursor = json.loads(context.cursor) if context.cursor else None
+
+    def start(self) -> bool:
+        """On a sensor's first tick, set the cursor at the newest finished run and say so (True)."""
+        if self.cursor is not None:
+            return False
+        latest = list(self.context.instance.get_run_records(dg.RunsFilter(statuses=FINISHED), limit=1,
+                                                            order_by="update_timestamp"))
+        self.cursor = {"after": latest[0].update_timestamp.timestamp() if latest else 0.0,
+                       "seen": [r.dagster_run.run_id for r in latest]}
+        self.context.update_cursor(json.dumps(self.cursor))
+        return True
+
+    def runs(self, limit: int = 200) -> list:
+        since = dt.datetime.fromtimestamp(self.cursor["after"] - 0.001, dt.UTC)
+        return [r for r in self.context.instance.get_run_records(
+                    dg.RunsFilter(statuses=FINISHED, updated_after=since), limit=limit, order_by="update_timestamp",
+                    ascending=True)
+                if r.dagster_run.run_id not in self.cursor["seen"]]
+
+    def done(self, record) -> None:
+        at = record.update_timestamp.timestamp()
+        seen = (self.cursor["seen"] if at == self.cursor["after"] else []) + [record.dagster_run.run_id]
+        self.cursor = {"after": at, "seen": seen}
+        self.context.update_cursor(json.dumps(self.cursor))
+
+    def partly(self, record, done: int) -> None:
+        """A run some of whose alerts were posted: the next tick resumes after the first `done`."""
+        self.context.update_cursor(json.dumps(self.cursor | {"run": record.dagster_run.run_id, "done": done}))
+
+
 @dg.sensor(name="alerts", minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Posts one alert per failed run, failed blocking check and missed freshness deadline to "
            "STOCK_PLATFORM_ALERT_WEBHOOK (Slack-compatible), with a link to the run.")
 def alerts_sensor(context: dg.SensorEvaluationContext, alerts: AlertResource):
-    """Walks the runs that finished since its cursor, oldest first (run storage: any instance storage, SQLite's
-    per-run event shards included). The cursor, {after: update time, seen: runs at that time, run: a run
-    partly posted, done: its alerts posted}, moves only past posted alerts."""
-    instance = context.instance
-    if context.cursor is None:  # the first tick: from the newest finished run on, not the instance's history
-        [*latest] = instance.get_run_records(dg.RunsFilter(statuses=FINISHED), limit=1, order_by="update_timestamp")
-        after = latest[0].update_timestamp.timestamp() if latest else 0.0
-        context.update_cursor(json.dumps({"after": after, "seen": [r.dagster_run.run_id for r in latest]}))
+    """Posts the alerts of each run finished since the cursor (`RunFeed`), which moves only past posted alerts."""
+    feed = RunFeed(context)
+    if feed.start():
         return dg.SkipReason("alerts start from now")
-    cursor = json.loads(context.cursor)
-    since = dt.datetime.fromtimestamp(cursor["after"] - 0.001, dt.UTC)
-    records = [r for r in instance.get_run_records(dg.RunsFilter(statuses=FINISHED, updated_after=since), limit=200,
-                                                   order_by="update_timestamp", ascending=True)
-               if r.dagster_run.run_id not in cursor["seen"]]
+    records = feed.runs()
     posted = 0
     for record in records:
         run = record.dagster_run
-        pending = run_alerts(instance, run)
-        done = cursor.get("done", 0) if cursor.get("run") == run.run_id else 0
-        for alert in pending[done:]:
+        done = feed.cursor.get("done", 0) if feed.cursor.get("run") == run.run_id else 0
+        for alert in run_alerts(context.instance, run)[done:]:
             try:
                 alerts.post(alert)
             except OSError as exc:  # the webhook is unreachable: keep the cursor here, try again next tick
                 context.log.warning(f"alert not posted ({exc}); retrying next tick")
-                context.update_cursor(json.dumps(cursor | {"run": run.run_id, "done": done}))
+                feed.partly(record, done)
                 return dg.SkipReason(f"webhook unreachable: {exc}")
             context.log.info(alert.text(alerts))
             done, posted = done + 1, posted + 1
-        at = record.update_timestamp.timestamp()
-        seen = (cursor["seen"] if at == cursor["after"] else []) + [run.run_id]
-        cursor = {"after": at, "seen": seen}
-        context.update_cursor(json.dumps(cursor))
+        feed.done(record)
     return None if posted else dg.SkipReason(f"{len(records)} finished run(s), nothing to alert")
 
 

@@ -20,13 +20,12 @@ The cursor moves past a run only once all its events were emitted: an unreachabl
 from __future__ import annotations
 
 import datetime as dt
-import json
 import uuid
 from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from stock_platform.alerts import FINISHED
+from stock_platform.alerts import RunFeed
 
 if TYPE_CHECKING:
     from openlineage.client.event_v2 import RunEvent
@@ -145,22 +144,15 @@ def run_events(instance: dg.DagsterInstance, run: dg.DagsterRun, graph, lineage:
 def openlineage_sensor(context: dg.SensorEvaluationContext, lineage: LineageResource):
     if not lineage.enabled:
         return dg.SkipReason("OPENLINEAGE_URL / OPENLINEAGE_FILE unset: no lineage to emit")
-    instance = context.instance
-    if context.cursor is None:  # from the newest finished run on
-        latest = list(instance.get_run_records(dg.RunsFilter(statuses=FINISHED), limit=1, order_by="update_timestamp"))
-        context.update_cursor(json.dumps({"after": latest[0].update_timestamp.timestamp() if latest else 0.0,
-                                          "seen": [r.dagster_run.run_id for r in latest]}))
+    feed = RunFeed(context)
+    if feed.start():
         return dg.SkipReason("lineage starts from now")
-    cursor = json.loads(context.cursor)
-    since = dt.datetime.fromtimestamp(cursor["after"] - 0.001, dt.UTC)
-    records = [r for r in instance.get_run_records(dg.RunsFilter(statuses=FINISHED, updated_after=since), limit=100,
-                                                   order_by="update_timestamp", ascending=True)
-               if r.dagster_run.run_id not in cursor["seen"]]
+    records = feed.runs(limit=100)
     client = lineage.client()
     graph = context.repository_def.asset_graph
     emitted = 0
     for record in records:
-        events = run_events(instance, record.dagster_run, graph, lineage)
+        events = run_events(context.instance, record.dagster_run, graph, lineage)
         try:
             for event in events:
                 client.emit(event)
@@ -168,7 +160,5 @@ def openlineage_sensor(context: dg.SensorEvaluationContext, lineage: LineageReso
             context.log.warning(f"OpenLineage events of run {record.dagster_run.run_id} not emitted: {exc}")
             return dg.SkipReason(f"backend unreachable: {exc}")
         emitted += len(events)
-        at = record.update_timestamp.timestamp()
-        cursor = {"after": at, "seen": (cursor["seen"] if at == cursor["after"] else []) + [record.dagster_run.run_id]}
-        context.update_cursor(json.dumps(cursor))
+        feed.done(record)
     return None if emitted else dg.SkipReason(f"{len(records)} finished run(s), no asset steps")

@@ -118,6 +118,33 @@ def any_lake(request, tmp_path) -> LakeResource:
 
 
 @pytest.fixture
+def http_receiver():
+    """A local HTTP server keeping every JSON body POSTed to it and its path: the stand-in for an outside service
+    (Slack's incoming webhook, Marquez). Yields (base URL, bodies, paths)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    bodies: list[dict] = []
+    paths: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            paths.append(self.path)
+            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", bodies, paths
+    server.shutdown()
+
+
+@pytest.fixture
 def writer_process():
     """Start `stock_platform_tests.lake_writer` in a process of its own on a lake (its options as keywords; True/False:
     a flag given or not): the concurrency and crash tests' other writer."""

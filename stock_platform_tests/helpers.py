@@ -77,6 +77,25 @@ def _lake_template(leak: bool) -> Path:
     return root / "lake"
 
 
+def daily_definitions(source, lake: LakeResource, universe, root: Path) -> dg.Definitions:
+    """prices -> price_snapshots -> features with their blocking checks and the daily job, on `lake`, with a
+    landing zone and an SQLite warehouse under `root`."""
+    from stock_platform.assets.ingestion import prices
+    from stock_platform.assets.lake import price_snapshots
+    from stock_platform.assets.ml import features
+    from stock_platform.automation import daily_assets_job
+    from stock_platform.checks import features_schema_check, prices_schema_check
+    from stock_platform.resources.landing import LandingResource
+    from stock_platform.resources.warehouse import WarehouseResource
+
+    return dg.Definitions(
+        assets=[prices, price_snapshots, features], asset_checks=[prices_schema_check, features_schema_check],
+        jobs=[daily_assets_job],
+        resources={"source": source, "lake": lake, "universe": universe,
+                   "landing": LandingResource(uri=str(root / "landing")),
+                   "warehouse": WarehouseResource(url=f"sqlite:///{root / 'warehouse.db'}")})
+
+
 def model_resources(root: Path, lake: LakeResource) -> dict:
     return {"lake": lake, "tuning": TuningResource(storage_dir=str(root / "ray")),
             "tracking": TrackingResource(tracking_uri=f"sqlite:///{root}/mlflow.db",

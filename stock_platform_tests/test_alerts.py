@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
 import pytest
@@ -24,24 +22,11 @@ LINKS = "http://dagster.example:3000"
 
 
 @pytest.fixture
-def receiver():
-    """A local HTTP server that keeps every JSON body posted to it (Slack's incoming webhook stand-in)."""
-    bodies: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's name
-            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", bodies
-    server.shutdown()
+def receiver(http_receiver):
+    """Slack's stand-in: alerts arrive by POST /hook (and nowhere else: checked after the test)."""
+    base, bodies, paths = http_receiver
+    yield f"{base}/hook", bodies
+    assert set(paths) <= {"/hook"}
 
 
 class Ticker:

@@ -10,17 +10,10 @@ import polars as pl
 import pytest
 
 from stock_platform.assets.forecast import evaluation_columns, forecast_columns
-from stock_platform.assets.ingestion import prices
-from stock_platform.assets.lake import price_snapshots
-from stock_platform.assets.ml import features
-from stock_platform.automation import daily_assets_job
-from stock_platform.checks import features_schema_check, prices_schema_check
 from stock_platform.definitions import OWNERS, defs
 from stock_platform.lib.evaluation import evaluate
 from stock_platform.lib.tables import FEATURES_TABLE, PRICES_TABLE, SNAPSHOT_TABLE, predictions_schema
-from stock_platform.resources.landing import LandingResource
-from stock_platform.resources.warehouse import WarehouseResource
-from stock_platform_tests.helpers import failure_message, run_range
+from stock_platform_tests.helpers import daily_definitions, failure_message, run_range
 
 
 def stored(instance: dg.DagsterInstance, asset: str) -> dict:
@@ -34,12 +27,7 @@ def deps(lineage: dg.TableColumnLineage, column: str) -> set[tuple[str, str]]:
 
 
 def test_the_daily_tables_carry_their_column_schema_and_lineage(demo_source, lake, universe, instance, tmp_path):
-    daily = dg.Definitions(
-        assets=[prices, price_snapshots, features], asset_checks=[prices_schema_check, features_schema_check],
-        jobs=[daily_assets_job],
-        resources={"source": demo_source, "lake": lake, "universe": universe,
-                   "landing": LandingResource(uri=str(tmp_path / "landing")),
-                   "warehouse": WarehouseResource(url=f"sqlite:///{tmp_path / 'warehouse.db'}")})
+    daily = daily_definitions(demo_source, lake, universe, tmp_path)
     result = run_range(daily, instance, "2024-01-02", "2024-01-31")
     assert result.success, failure_message(result)
 

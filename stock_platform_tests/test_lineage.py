@@ -5,45 +5,24 @@ column-lineage and data-quality facets; a failed step is a FAIL event; the file 
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
 import pytest
 
-from stock_platform.assets.ingestion import prices
-from stock_platform.assets.lake import price_snapshots
 from stock_platform.assets.ml import features
-from stock_platform.automation import daily_assets_job
-from stock_platform.checks import features_schema_check, prices_schema_check
 from stock_platform.lineage import NAMESPACE, LineageResource, openlineage_sensor
 from stock_platform.resources.lake import LakeResource
-from stock_platform.resources.landing import LandingResource
-from stock_platform.resources.warehouse import WarehouseResource
-from stock_platform_tests.helpers import failure_message, run_range
+from stock_platform_tests.helpers import daily_definitions, failure_message, run_range
 
 
 @pytest.fixture
-def marquez():
-    """A local HTTP server taking OpenLineage events as Marquez does (POST /api/v1/lineage)."""
-    events: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's name
-            assert self.path == "/api/v1/lineage"
-            events.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(201)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", events
-    server.shutdown()
+def marquez(http_receiver):
+    """Marquez's stand-in: OpenLineage events arrive by POST /api/v1/lineage (and nowhere else)."""
+    base, events, paths = http_receiver
+    yield base, events
+    assert set(paths) <= {"/api/v1/lineage"}
 
 
 def tick(defs, instance, cursor, lineage):
@@ -71,12 +50,7 @@ def spec_valid(event: dict) -> None:
 def test_a_daily_run_arrives_as_openlineage_events_with_the_graphs_inputs_and_outputs(
         demo_source, lake, universe, instance, tmp_path, marquez):
     url, events = marquez
-    defs = dg.Definitions(
-        assets=[prices, price_snapshots, features], asset_checks=[prices_schema_check, features_schema_check],
-        jobs=[daily_assets_job],
-        resources={"source": demo_source, "lake": lake, "universe": universe,
-                   "landing": LandingResource(uri=str(tmp_path / "landing")),
-                   "warehouse": WarehouseResource(url=f"sqlite:///{tmp_path / 'warehouse.db'}")})
+    defs = daily_definitions(demo_source, lake, universe, tmp_path)
     lineage = LineageResource(url=url, lake_uri=lake.uri)
     cursor = tick(defs, instance, None, lineage)  # starts from now
     result = run_range(defs, instance, "2024-01-02", "2024-01-31")
