@@ -92,9 +92,18 @@ def _daily_assets() -> list[tuple[str, str]]:
 
 
 def _run_demo_job(instance, defs, job: str, *, tags: dict[str, str] | None = None, run_config: dict | None = None,
-                  **kwargs):
-    """Execute one of the demo's runs in-process; a failed run raises RuntimeError with its step errors."""
-    result = defs.resolve_job_def(job).execute_in_process(
+                  asset_selection=None, **kwargs):
+    """Execute one of the demo's runs in-process (`asset_selection`: those assets with their blocking checks, not
+    their freshness checks, which are the freshness sensor's); a failed run raises RuntimeError with its step
+    errors."""
+    from stock_platform.alerts import FRESHNESS_CHECK
+
+    definition = defs.resolve_job_def(job)
+    if asset_selection is not None:
+        checks = {k for k in defs.resolve_asset_graph().asset_check_keys
+                  if k.asset_key in asset_selection and k.name != FRESHNESS_CHECK}
+        definition = definition.get_subset(asset_selection=set(asset_selection), asset_check_selection=checks)
+    result = definition.execute_in_process(
         instance=instance, run_config=QUIET_LOGS | (run_config or {}), raise_on_error=False,
         tags={"stock_platform/launched_by": "demo", **(tags or {})}, **kwargs)
     if not result.success:
@@ -161,9 +170,12 @@ def _check_summary(instance, asset: str, result) -> str:
 
 
 def instance_check_keys(asset: str):
+    """The asset's checks that its runs evaluate (not the freshness check: the freshness sensor's)."""
+    from stock_platform.alerts import FRESHNESS_CHECK
     from stock_platform.definitions import defs
 
-    return [k for k in defs.resolve_asset_graph().asset_check_keys if k.asset_key.to_user_string() == asset]
+    return [k for k in defs.resolve_asset_graph().asset_check_keys
+            if k.asset_key.to_user_string() == asset and k.name != FRESHNESS_CHECK]
 
 
 def print_summary(reports: list[StageReport], total: float) -> None:
