@@ -132,6 +132,10 @@ def main() -> int:
                 screenshot(page, f"{ui}/assets/features?view=partitions", DOCS / "features-partitions.png",
                            wait_for_text="Partitions Selected")
                 screenshot(page, f"{ui}/assets/prices?view=checks", DOCS / "prices-checks.png", wait_for_text="prices_schema")
+                # the column schema (from the pandera contract) and column lineage of the latest materialization,
+                # and the freshness policy's status, on the asset's overview
+                screenshot(page, f"{ui}/assets/features?view=overview", DOCS / "features-columns.png",
+                           wait_for_text="rsi_14")
                 browser.close()
     finally:
         with admin.connect() as conn:
