@@ -14,6 +14,22 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+
+def _session_root() -> str:
+    """One directory for everything the session writes (tmp_path, Dagster instances, Ray's session files, the
+    subprocesses' TMPDIR), removed when the session ends. In memory (/dev/shm) where the machine has one with room:
+    Dagster's SQLite storage commits every event with an fsync, and a backfill's runs write thousands of events
+    (one test of six runs spent 60% of its time in those fsyncs on disk). Nothing a test checks depends on
+    durability against a machine crash, only against a killed process, which memory gives as disk does."""
+    shm = Path("/dev/shm")
+    fast = shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > 4 * 2**30
+    # (a short prefix: Ray puts its sockets below it, and a Unix socket's path may hold 107 bytes)
+    return tempfile.mkdtemp(prefix="spt_", dir=str(shm) if fast else None)
+
+
+SESSION_ROOT = _session_root()
+tempfile.tempdir = SESSION_ROOT  # tmp_path, tempfile.mkdtemp() and instance_for_test() in this process
+os.environ["TMPDIR"] = SESSION_ROOT  # and in every subprocess (Ray, the CLI, Dagster's run workers)
 # Before anything loads settings: keep the test session's embedded state out of the work tree.
 os.environ.setdefault("STOCK_PLATFORM_HOME", tempfile.mkdtemp(prefix="stock_platform_test_"))
 for _var in ("STOCK_PLATFORM_SOURCE", "STOCK_PLATFORM_TICKERS", "STOCK_PLATFORM_FILES_DIR", "STOCK_PLATFORM_START",
@@ -276,3 +292,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
         if used & POSTGRES_FIXTURES:
             item.add_marker(pytest.mark.postgres)
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(SESSION_ROOT, ignore_errors=True)
