@@ -30,8 +30,10 @@ def _session_root() -> str:
 SESSION_ROOT = _session_root()
 tempfile.tempdir = SESSION_ROOT  # tmp_path, tempfile.mkdtemp() and instance_for_test() in this process
 os.environ["TMPDIR"] = SESSION_ROOT  # and in every subprocess (Ray, the CLI, Dagster's run workers)
-# Before anything loads settings: keep the test session's embedded state out of the work tree.
-os.environ.setdefault("STOCK_PLATFORM_HOME", tempfile.mkdtemp(prefix="stock_platform_test_"))
+# Before anything loads settings: keep the test session's embedded state out of the work tree (each pytest-xdist
+# worker its own: a worker inherits the controller's environment).
+if "PYTEST_XDIST_WORKER" in os.environ or "STOCK_PLATFORM_HOME" not in os.environ:
+    os.environ["STOCK_PLATFORM_HOME"] = tempfile.mkdtemp(prefix="stock_platform_test_")
 for _var in ("STOCK_PLATFORM_SOURCE", "STOCK_PLATFORM_TICKERS", "STOCK_PLATFORM_FILES_DIR", "STOCK_PLATFORM_START",
              "STOCK_PLATFORM_LAKE_URI", "STOCK_PLATFORM_WAREHOUSE_URL"):
     os.environ.pop(_var, None)
@@ -292,6 +294,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
         if used & POSTGRES_FIXTURES:
             item.add_marker(pytest.mark.postgres)
+        # `-n 2 --dist loadgroup` (pytest-xdist): a module's tests stay on one worker, so its module-scoped fixtures
+        # are built once; the two modules on the session's demo share one worker, so the demo runs once.
+        group = "demo_run" if "demo_run" in used else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_unconfigure(config):

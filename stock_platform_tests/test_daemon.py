@@ -82,7 +82,9 @@ def test_a_landing_run_whose_daemon_dies_fails_is_retried_once_and_applies_its_f
     bars = generate(list(TICKERS), DAY, DAY)
     daemon = Daemon(tmp_path, env)
     instance = dg.DagsterInstance.from_config(str(tmp_path / "dagster"))
-    started = dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])
+    # the landing run only: the freshness-check sensor (RUNNING by default) starts runs of its own
+    started = dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED],
+                            tags={"stock_platform/trigger": "landing_zone_sensor"})
     try:
         landing.write(f"quotes/{DAY}/bars.jsonl", encode(bars_to_events(bars, "demo"), "jsonl"))
         first, _ = wait_for(lambda: next(iter(instance.get_runs(started)), None), timeout=180, every=0.1)
