@@ -212,7 +212,8 @@ def lookback_cost(lake, days: list[str]) -> dict:
 
     from stock_platform.lib.tables import SNAPSHOT_TABLE
     from stock_platform.lib.calendar import trading_days
-    from stock_platform.lib.indicators import LOOKBACK, compute_features
+    from stock_platform.lib.feature_set import LOOKBACK
+    from stock_platform.lib.indicators import compute_features
     from stock_platform.assets.ml import LOOKBACK_MARGIN
 
     def step(day: dt.date, sessions: int) -> tuple[float, int]:

@@ -65,7 +65,7 @@ def main() -> int:
     from stock_platform.assets.ml import LOOKBACK_MARGIN
     from stock_platform.lib.calendar import trading_days
     from stock_platform.lib.demo_market import generate
-    from stock_platform.lib.indicators import LOOKBACK
+    from stock_platform.lib.feature_set import LOOKBACK
     from stock_platform.lib.prices import SNAPSHOT_SCHEMA
     from stock_platform.lib.tables import PRECOMBINE, PRICES_TABLE, SNAPSHOT_KEYS, SNAPSHOT_TABLE
     from stock_platform.resources.lake import LakeResource

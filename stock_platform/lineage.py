@@ -7,8 +7,8 @@ namespace `stock_platform`, through the `openlineage-python` client: HTTP to `OP
 
 - inputs and outputs are the asset's lake tables as in the Dagster graph: the output is the asset's own table,
   the inputs its upstream assets' (namespace: the lake's URI; name: the table);
-- the output carries the schema facet and the column-lineage facet from the materialization's
-  `dagster/column_schema` and `dagster/column_lineage`, and the data-quality-assertions facet from the run's check
+- the output carries the schema facet from the materialization's `dagster/column_schema`, the column-lineage facet
+  from the asset definition's `dagster/column_lineage`, and the data-quality-assertions facet from the run's check
   evaluations (one assertion per check, passed or not);
 - the run facets name the parent Dagster run (`parent`: job = the Dagster job, run id = the Dagster run id) and,
   on FAIL, the error.
@@ -116,11 +116,14 @@ def run_events(instance: dg.DagsterInstance, run: dg.DagsterRun, graph, lineage:
                                        job=parent_run.Job(namespace=NAMESPACE, name=run.job_name))
     out = []
     for asset, (at, metadata, step) in sorted(materialized.items()):
+        node = graph.get(dg.AssetKey(asset))
+        # what the definition declares (the column lineage), then what the run recorded (the column schema)
+        metadata = {k: getattr(v, "value", v) for k, v in node.metadata.items()} | metadata
         run_id = str(uuid.uuid5(uuid.UUID(run.run_id), asset))
         job = Job(namespace=NAMESPACE, name=asset, facets={"jobType": job_type_job.JobTypeJobFacet(
             processingType="BATCH", integration="DAGSTER", jobType="ASSET")})
         inputs = [InputDataset(**dataset(p.to_user_string()))
-                  for p in sorted(graph.get(dg.AssetKey(asset)).parent_keys, key=lambda k: k.to_user_string())]
+                  for p in sorted(node.parent_keys, key=lambda k: k.to_user_string())]
         start = started.get(step, at)
         out.append(RunEvent(eventType=RunState.START, eventTime=_time(start), producer=PRODUCER, job=job,
                             run=Run(runId=run_id, facets={"parent": parent}), inputs=inputs))

@@ -205,13 +205,3 @@ def frame_column_schema(schema: dict, descriptions: dict[str, str] | None = None
                for name, dtype in schema.items()]
     return dg.TableSchema(columns, constraints=dg.TableConstraints(
         other=[f"unique ({', '.join(key)})"] if key else []))
-
-
-def column_lineage(deps: dict[str, dict[str, Sequence[str]]]):
-    """`dagster/column_lineage` from {column: {upstream asset: [its columns]}}."""
-    import dagster as dg
-
-    return dg.TableColumnLineage({
-        column: [dg.TableColumnDep(asset_key=dg.AssetKey(asset), column_name=c)
-                 for asset, cols in upstream.items() for c in cols]
-        for column, upstream in deps.items()})

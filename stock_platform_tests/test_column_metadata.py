@@ -1,5 +1,6 @@
-"""What the Dagster UI shows about the tables: column schemas from the pandera contracts and the catalog, column
-lineage (which price columns each indicator uses), owners and code references, read back from a real instance."""
+"""What the Dagster UI shows about the tables: column schemas from the pandera contracts and the catalog (read back
+from a real instance), column lineage (which price columns each indicator uses, on the asset definitions), owners
+and code references."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import pytest
 from stock_platform.assets.forecast import evaluation_columns, forecast_columns
 from stock_platform.definitions import OWNERS, defs
 from stock_platform.lib.evaluation import evaluate
-from stock_platform.lib.tables import FEATURES_TABLE, PRICES_TABLE, SNAPSHOT_TABLE, predictions_schema
+from stock_platform.lib.prices import PRICES_SCHEMA
+from stock_platform.lib.tables import (FEATURES_TABLE, PRICE_DESCRIPTIONS, PRICES_TABLE, SNAPSHOT_TABLE,
+                                       predictions_schema)
 from stock_platform_tests.helpers import daily_definitions, failure_message, run_range
 
 
@@ -20,6 +23,11 @@ def stored(instance: dg.DagsterInstance, asset: str) -> dict:
     """The metadata of the asset's latest materialization, as the UI reads it from the instance."""
     event = instance.get_latest_materialization_event(dg.AssetKey(asset))
     return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+def declared(asset: str) -> dg.TableColumnLineage:
+    """The column lineage the asset's definition declares, as the UI reads it from the code location."""
+    return defs.resolve_asset_graph().get(dg.AssetKey(asset)).metadata["dagster/column_lineage"]
 
 
 def deps(lineage: dg.TableColumnLineage, column: str) -> set[tuple[str, str]]:
@@ -48,21 +56,26 @@ def test_the_daily_tables_carry_their_column_schema_and_lineage(demo_source, lak
     assert feature_cols["rsi_14"].constraints.nullable  # null during its warm-up
     assert any("min_value=0, max_value=100" in o for o in feature_cols["rsi_14"].constraints.other)
 
-    lineage: dg.TableColumnLineage = stored(instance, "features")["dagster/column_lineage"]
+    # the lineage is the definition's: a materialization (one per partition of a backfill) does not repeat it
+    assert all("dagster/column_lineage" not in stored(instance, a) for a in ("prices", "price_snapshots", "features"))
+    lineage = declared("features")
     closes = {("price_snapshots", c) for c in ("close", "dividends", "splits")}
     assert deps(lineage, "rsi_14") == closes  # the adjusted close only
     assert deps(lineage, "atr_14") == closes | {("price_snapshots", c) for c in ("open", "high", "low")}
     assert deps(lineage, "volume_z_20") == {("price_snapshots", "volume"), ("price_snapshots", "splits")}
     assert set(lineage.deps_by_column) == set(lake.read(FEATURES_TABLE).columns)
-    snapshots: dg.TableColumnLineage = stored(instance, "price_snapshots")["dagster/column_lineage"]
+    snapshots = declared("price_snapshots")
     assert deps(snapshots, "close") == {("prices", "close")}
+    # every stored column but the soft-delete flag comes from the same column of prices (all of them described)
+    assert set(snapshots.deps_by_column) == set(PRICE_DESCRIPTIONS) == set(PRICES_SCHEMA)
+    assert set(snapshots.deps_by_column) == set(lake.snapshot(SNAPSHOT_TABLE).columns) - {"_is_deleted"}
 
 
 def test_the_forecast_tables_describe_every_column_they_store():
     meta = forecast_columns()
     assert [c.name for c in meta["dagster/column_schema"].columns] == list(predictions_schema())
-    assert set(meta["dagster/column_lineage"].deps_by_column) <= set(predictions_schema())
-    assert deps(meta["dagster/column_lineage"], "pred_close") >= {("price_snapshots", "close"), ("features", "rsi_14")}
+    assert set(declared("predictions").deps_by_column) <= set(predictions_schema())
+    assert deps(declared("predictions"), "pred_close") >= {("price_snapshots", "close"), ("features", "rsi_14")}
     day, nxt = dt.date(2024, 1, 2), dt.date(2024, 1, 3)
     preds = pl.DataFrame({"ticker": ["A"], "date": [day], "target_date": [nxt], "pred_return": [0.01],
                           "pred_close": [10.1], "model_name": ["m"], "model_version": [1]})
@@ -71,7 +84,7 @@ def test_the_forecast_tables_describe_every_column_they_store():
     table = evaluate(preds, closes)
     meta = evaluation_columns(table.schema)
     assert [c.name for c in meta["dagster/column_schema"].columns] == table.columns
-    assert set(meta["dagster/column_lineage"].deps_by_column) == set(table.columns)
+    assert set(declared("prediction_evaluation").deps_by_column) == set(table.columns)
 
 
 @pytest.mark.parametrize("key", [k for k in defs.resolve_asset_graph().get_all_asset_keys()])

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from stock_platform.assets.ml import lookback_start
 from stock_platform.lib.calendar import trading_days
 from stock_platform.lib.demo_market import generate
-from stock_platform.lib.indicators import (LOOKBACK, MODEL_FEATURES, WARM_ROWS, WARM_UP, compute_features,
-                                           feature_columns, window_length)
+from stock_platform.lib.feature_set import LOOKBACK
+from stock_platform.lib.indicators import (MODEL_FEATURES, WARM_ROWS, WARM_UP, compute_features, feature_columns,
+                                           window_length)
 from stock_platform_tests.reference_indicators import reference_features
 
 DAYS = trading_days(dt.date(2015, 1, 2), dt.date(2024, 6, 28))

@@ -4,10 +4,12 @@ import datetime as dt
 
 import dagster as dg
 
+from stock_platform.assets.columns import column_lineage
 from stock_platform.assets.lake import price_snapshots
 from stock_platform.assets.ml import features
 from stock_platform.assets.model import tuned_model
 from stock_platform.gates import FEATURES_CHECK, PREDICTIONS_CHECK, check_status
+from stock_platform.lib.feature_set import MODEL_FEATURES
 from stock_platform.lib.tables import (EVALUATION_TABLE, FEATURES_TABLE, PREDICTIONS_TABLE,
                                        SNAPSHOT_TABLE, WAREHOUSE_EVALUATION, WAREHOUSE_PREDICTIONS)
 from stock_platform.partitions import daily_asset, partition_dates
@@ -23,10 +25,9 @@ EARLIER_WEEK = dg.TimeWindowPartitionMapping(start_offset=-5, end_offset=-5)
 
 
 def forecast_columns() -> dict:
-    """The predictions table's column schema and lineage (the Dagster UI's Columns tab)."""
-    from stock_platform.lib.indicators import MODEL_FEATURES
+    """The predictions table's column schema (the Dagster UI's Columns tab)."""
     from stock_platform.lib.tables import predictions_schema
-    from stock_platform.schemas import column_lineage, frame_column_schema
+    from stock_platform.schemas import frame_column_schema
 
     described = {
         "date": "the session whose close the forecast is made at", "target_date": "the next session",
@@ -34,34 +35,31 @@ def forecast_columns() -> dict:
         "pred_close": "close(date) x (1 + pred_return), in date's share basis",
         "model_name": "the registered model that served it (naive_random_walk: the baseline champion)",
         "model_version": "its version", "created_at": "when the forecast could first exist (UTC)"}
-    return {
-        "dagster/column_schema": frame_column_schema(predictions_schema(), described, key=("ticker", "date")),
-        "dagster/column_lineage": column_lineage({
-            "ticker": {FEATURES_TABLE: ["ticker"]}, "date": {FEATURES_TABLE: ["date"]},
-            "pred_return": {FEATURES_TABLE: list(MODEL_FEATURES)},
-            "pred_close": {FEATURES_TABLE: list(MODEL_FEATURES), SNAPSHOT_TABLE: ["close"]}}),
-    }
+    return {"dagster/column_schema": frame_column_schema(predictions_schema(), described, key=("ticker", "date"))}
 
 
 def evaluation_columns(schema) -> dict:
-    """The evaluation table's column schema and lineage."""
-    from stock_platform.schemas import column_lineage, frame_column_schema
+    """The evaluation table's column schema."""
+    from stock_platform.schemas import frame_column_schema
 
-    truth = {SNAPSHOT_TABLE: ["close", "dividends", "splits"]}
-    forecast = {PREDICTIONS_TABLE: ["pred_close"]}
     described = {"true_close": "target_date's close in date's share basis (a split or dividend is not an error)",
                  "naive_close": "the naive random walk's forecast: date's close",
                  "direction_hit": "the forecast's sign matched the outcome's (null: a flat forecast or day)"}
-    return {
-        "dagster/column_schema": frame_column_schema(dict(schema), described, nullable=("direction_hit",),
-                                                     key=("ticker", "target_date")),
-        "dagster/column_lineage": column_lineage(
-            {c: {PREDICTIONS_TABLE: [c]} for c in ("ticker", "target_date", "date", "pred_close", "pred_return",
-                                                   "model_name", "model_version")}
-            | {"true_close": truth, "true_return": truth, "naive_close": {SNAPSHOT_TABLE: ["close"]},
-               "abs_error": forecast | truth, "naive_abs_error": truth,
-               "direction_hit": {PREDICTIONS_TABLE: ["pred_return"]} | truth}),
-    }
+    return {"dagster/column_schema": frame_column_schema(dict(schema), described, nullable=("direction_hit",),
+                                                         key=("ticker", "target_date"))}
+
+
+FORECAST_LINEAGE = column_lineage({
+    "ticker": {FEATURES_TABLE: ["ticker"]}, "date": {FEATURES_TABLE: ["date"]},
+    "pred_return": {FEATURES_TABLE: list(MODEL_FEATURES)},
+    "pred_close": {FEATURES_TABLE: list(MODEL_FEATURES), SNAPSHOT_TABLE: ["close"]}})
+_TRUTH = {SNAPSHOT_TABLE: ["close", "dividends", "splits"]}
+EVALUATION_LINEAGE = column_lineage(
+    {c: {PREDICTIONS_TABLE: [c]} for c in ("ticker", "target_date", "date", "pred_close", "pred_return",
+                                           "model_name", "model_version")}
+    | {"true_close": _TRUTH, "true_return": _TRUTH, "naive_close": {SNAPSHOT_TABLE: ["close"]},
+       "abs_error": {PREDICTIONS_TABLE: ["pred_close"]} | _TRUTH, "naive_abs_error": _TRUTH,
+       "direction_hit": {PREDICTIONS_TABLE: ["pred_return"]} | _TRUTH})
 
 
 @daily_asset(
@@ -72,6 +70,7 @@ def evaluation_columns(schema) -> dict:
     "newest champion model (of any family) trained on data before d (never a later one); on days no promoted model covers, the "
     "naive random walk (model `naive_random_walk`: tomorrow's close is today's). Every row names its model. "
     "Mirrored to the warehouse table `stock_pred`.",
+    metadata=FORECAST_LINEAGE,
 )
 def predictions(context: dg.AssetExecutionContext, lake: LakeResource,
                 warehouse: WarehouseResource) -> dg.MaterializeResult:
@@ -128,6 +127,7 @@ def predictions(context: dg.AssetExecutionContext, lake: LakeResource,
     "forecast and error, direction hit. Predictions whose target close is not known yet stay pending and are "
     "filled by a later run. Aggregates (MAE/RMSE/MASE, hit rate with its CI, IC, Diebold-Mariano, a long/short "
     "backtest vs buy-and-hold) and a plot in the metadata; mirrored to the warehouse table `stock_pred_eval`.",
+    metadata=EVALUATION_LINEAGE,
 )
 def prediction_evaluation(context: dg.AssetExecutionContext, lake: LakeResource,
                           warehouse: WarehouseResource) -> dg.MaterializeResult:

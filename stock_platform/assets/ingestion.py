@@ -5,7 +5,7 @@ import datetime as dt
 
 import dagster as dg
 
-from stock_platform.lib.tables import PRICES_TABLE, QUARANTINE_TABLE
+from stock_platform.lib.tables import PRICE_DESCRIPTIONS, PRICES_TABLE, QUARANTINE_TABLE
 from stock_platform.partitions import daily_asset, partition_dates
 from stock_platform.resources import PriceSourceResource, UniverseResource
 from stock_platform.resources.lake import LakeResource
@@ -99,7 +99,7 @@ def prices(context: dg.AssetExecutionContext, config: LandingConfig, source: Pri
            lake: LakeResource, universe: UniverseResource, landing: LandingResource) -> dg.MaterializeResult:
     import polars as pl
 
-    from stock_platform.lib.prices import PRICE_DESCRIPTIONS, empty_prices, empty_rejects, keep_accepted
+    from stock_platform.lib.prices import empty_prices, empty_rejects, keep_accepted
     from stock_platform.lib.quality import dq_score
     from stock_platform.resources.sources import FetchResult
     from stock_platform.schemas import contract_column_schema, prices_schema, split_valid

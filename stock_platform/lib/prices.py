@@ -28,19 +28,6 @@ PRICES_SCHEMA: dict[str, pl.DataType] = {
     "source": pl.Utf8(),
     "ingested_at": pl.Datetime("us", "UTC"),
 }
-# What each column means (the Dagster UI's column schema shows it)
-PRICE_DESCRIPTIONS = {
-    "ticker": "the listing's symbol (upper case)",
-    "date": "the NYSE session (America/New_York)",
-    "open": "as traded, in the share basis of its own day", "high": "as traded", "low": "as traded",
-    "close": "as traded (the platform adjusts for splits and dividends itself)",
-    "adj_close": "the vendor's adjusted close, kept for reference only",
-    "volume": "shares traded, as reported that day",
-    "dividends": "cash dividend per share going ex that day (0: none)",
-    "splits": "split ratio effective that day (2.0: 2-for-1; 0: none)",
-    "source": "where the row came from (demo, yfinance, files, landing)",
-    "ingested_at": "when the platform received the record (UTC)",
-}
 # price_snapshots: the prices columns plus the soft-delete flag (see lib/snapshots.py).
 SNAPSHOT_SCHEMA: dict[str, pl.DataType] = {**PRICES_SCHEMA, "_is_deleted": pl.Boolean()}
 REQUIRED_COLUMNS = ("ticker", "date", "open", "high", "low", "close", "volume")

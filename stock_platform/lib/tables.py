@@ -28,6 +28,21 @@ LAKE_TABLES = (PRICES_TABLE, QUARANTINE_TABLE, SNAPSHOT_TABLE, FEATURES_TABLE, M
                PREDICTIONS_TABLE, EVALUATION_TABLE, LEDGER_TABLE)
 ASSET_TABLES = (PRICES_TABLE, SNAPSHOT_TABLE, FEATURES_TABLE, PREDICTIONS_TABLE, EVALUATION_TABLE)
 
+# The prices table's columns (`lib/prices.py` types them) and what each means: the Dagster UI's column schema
+# shows the descriptions, and price_snapshots' column lineage maps each to its own column of prices.
+PRICE_DESCRIPTIONS = {
+    "ticker": "the listing's symbol (upper case)",
+    "date": "the NYSE session (America/New_York)",
+    "open": "as traded, in the share basis of its own day", "high": "as traded", "low": "as traded",
+    "close": "as traded (the platform adjusts for splits and dividends itself)",
+    "adj_close": "the vendor's adjusted close, kept for reference only",
+    "volume": "shares traded, as reported that day",
+    "dividends": "cash dividend per share going ex that day (0: none)",
+    "splits": "split ratio effective that day (2.0: 2-for-1; 0: none)",
+    "source": "where the row came from (demo, yfinance, files, landing)",
+    "ingested_at": "when the platform received the record (UTC)",
+}
+
 # ------------------------------------------------------------------------------------------- warehouse
 WAREHOUSE_PRICES = "stock_price"  # mirrors price_snapshots' live rows
 WAREHOUSE_PREDICTIONS = "stock_pred"
