@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import dagster as dg
@@ -55,6 +56,12 @@ def ray_processes() -> list[str]:
     return commands
 
 
+def ray_sessions() -> int:
+    """How many local Rays this process has started: each start makes a session directory (in the test session's
+    temporary directory, see conftest)."""
+    return len(list((Path(tempfile.gettempdir()) / "ray").glob("session_2*")))
+
+
 def materialize(res: dict, instance, week: str):
     return dg.materialize([*family_models, tuned_model], partition_key=week, resources=res, instance=instance,
                           raise_on_error=False, run_config=SMALL)
@@ -68,8 +75,10 @@ def test_two_weeks_tune_every_family_and_the_gate_promotes_at_most_one(tmp_path,
     for week in ("2024-06-10", "2024-06-17"):
         if week == "2024-06-17":  # blocking across runs: a day whose features failed their check is left out
             fail_the_features_check(lake, instance, dt.date(2024, 5, 15), dt.date(2024, 5, 13), dt.date(2024, 5, 17))
+        started = ray_sessions()
         result = materialize(res, instance, week)
         assert result.success, failure_message(result)
+        assert ray_sessions() == started + 1  # the run's three searches shared one Ray, stopped with the run
         md = materialization_metadata(result, "tuned_model")
         decisions.append(md)
         assert [(c.check_name, c.passed) for c in result.get_asset_check_evaluations()] == [(LEAKAGE_CHECK, True)]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dagster as dg
+from pydantic import PrivateAttr
 
 if TYPE_CHECKING:
     from stock_platform.lib.families import Family
@@ -30,18 +31,38 @@ def ray_space(family: Family) -> dict:
 
 
 class TuningResource(dg.ConfigurableResource):
-    """Starts a local Ray with `num_cpus` for the duration of a search, or joins the cluster at `address`
-    (RAY_ADDRESS). One trial per CPU; `storage_dir` (absolute) keeps Ray Tune's trial records."""
+    """Starts a local Ray with `num_cpus`, or joins the cluster at `address` (RAY_ADDRESS). One trial per CPU;
+    `storage_dir` (absolute) keeps Ray Tune's trial records.
+
+    In a Dagster run, Ray starts at the first search and stops when the run's resources are torn down (also after
+    a failed step): the weekly run's three family searches share one Ray instead of starting three (each start
+    and stop costs seconds). Outside a run, `ray_session()` brackets Ray around its block."""
 
     num_cpus: int = 2
     address: str | None = None
     storage_dir: str
+    _run_scoped: bool = PrivateAttr(default=False)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._run_scoped = True
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        import sys
+
+        if "ray" in sys.modules:  # only if a step started it (an import of ray alone costs a second)
+            import ray
+
+            ray.shutdown()
 
     @contextmanager
     def ray_session(self) -> Iterator[None]:
-        """Ray up for the block and shut down after it, also when the block raises (no stray workers)."""
+        """Ray up for the block: shut down after it (also when the block raises: no stray workers), or, in a
+        Dagster run, when the run ends."""
         import ray
 
+        if self._run_scoped and ray.is_initialized():
+            yield
+            return
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no ~/.ray/auth_token for a local, private Ray
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no progress tables on stdout; Dagster logs the result
         # no per-result CSV/JSON/TensorBoard files: the trials' scores go to MLflow (and stay in the ResultGrid)
@@ -51,6 +72,9 @@ class TuningResource(dg.ConfigurableResource):
             ray.init(address=self.address, **common)
         else:  # "local" also overrides a RAY_ADDRESS left in the environment (with num_cpus that would raise)
             ray.init(address="local", num_cpus=self.num_cpus, **common)
+        if self._run_scoped:
+            yield
+            return
         try:
             yield
         finally:
