@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import socket
@@ -286,6 +287,25 @@ def demo_run(tmp_path_factory) -> DemoRun:
     return DemoRun(home, done.stdout, done.stderr)
 
 
+# ------------------------------------------------------------------ two workers (pytest-xdist, `-n 2` in addopts)
+# A test whose expensive fixture outlives it (the session's demo, a module's fixtures) runs on the worker that built
+# that fixture; every other test goes to whichever worker is free. pytest-xdist's own `--dist loadgroup` cannot
+# do it here: it tags node ids with `@group` through `item._nodeid`, which pytest 9.2 no longer reads, so each
+# worker writes its groups into the controller's session directory and the scheduler below reads them.
+GROUPS_DIR = os.environ.setdefault("STOCK_PLATFORM_TEST_GROUPS", SESSION_ROOT)  # the controller's, inherited
+
+
+def shared_fixture_group(item) -> str | None:
+    """"demo_run" for the users of the session's demo (test_cli, test_serving), the module's name for a test that
+    uses a module-scoped fixture, else None. (pytest keeps a test's fixture definitions, with their scopes, in
+    `_fixtureinfo` only.)"""
+    if "demo_run" in item.fixturenames:
+        return "demo_run"
+    definitions = getattr(item, "_fixtureinfo", None)
+    scopes = {defs[-1].scope for defs in definitions.name2fixturedefs.values()} if definitions else set()
+    return item.module.__name__ if "module" in scopes else None
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         used = set(getattr(item, "fixturenames", ()))
@@ -294,10 +314,30 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
         if used & POSTGRES_FIXTURES:
             item.add_marker(pytest.mark.postgres)
-        # `-n 2 --dist loadgroup` (pytest-xdist): a module's tests stay on one worker, so its module-scoped fixtures
-        # are built once; the two modules on the session's demo share one worker, so the demo runs once.
-        group = "demo_run" if "demo_run" in used else item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(group))
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        # The slow tests first, the quick ones last: they fill the end of the session while the other worker finishes
+        # (a two-minute test handed out last would run alone). A stable sort: a module keeps its order.
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+        groups = {item.nodeid: group for item in items if (group := shared_fixture_group(item))}
+        (Path(GROUPS_DIR) / f"groups-{worker}.json").write_text(json.dumps(groups))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's scope scheduling with the workers' groups as scopes (each other test a scope of its own)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:  # first called once every worker has collected (and written its file)
+                self.groups = {}
+                for written in Path(GROUPS_DIR).glob("groups-*.json"):
+                    self.groups |= json.loads(written.read_text())
+            return self.groups.get(nodeid, nodeid)
+
+    return SharedFixtureScheduling(config, log)
 
 
 def pytest_unconfigure(config):
