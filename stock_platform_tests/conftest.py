@@ -292,7 +292,7 @@ def demo_run(tmp_path_factory) -> DemoRun:
 # that fixture; every other test goes to whichever worker is free. pytest-xdist's own `--dist loadgroup` cannot
 # do it here: it tags node ids with `@group` through `item._nodeid`, which pytest 9.2 no longer reads, so each
 # worker writes its groups into the controller's session directory and the scheduler below reads them.
-GROUPS_DIR = os.environ.setdefault("STOCK_PLATFORM_TEST_GROUPS", SESSION_ROOT)  # the controller's, inherited
+GROUPS_DIR = os.environ.setdefault("SPT_XDIST_GROUPS_DIR", SESSION_ROOT)  # the controller's, inherited
 
 
 def shared_fixture_group(item) -> str | None:
