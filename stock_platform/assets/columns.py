@@ -3,8 +3,8 @@
 The code fixes it, not a run, so it lives on the definition: the Dagster UI reads it there (when a materialization
 carries none), shows it before the first run, and stores it once. As materialization metadata a single-run
 backfill would copy it onto each of its partitions: features' 22 KB x 2,500 partitions for ten years, written twice
-(the run's event log and the index), about a third of such a run's time here. Column names only: loading the
-definitions imports no polars.
+(the run's event log and the index). Measured side by side on the real-data demo (2,141 partitions), the daily
+stage took 88.6 s with the copies and 66.1 s without. Column names only: loading the definitions imports no polars.
 """
 
 from __future__ import annotations

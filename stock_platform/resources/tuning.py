@@ -60,7 +60,7 @@ class TuningResource(dg.ConfigurableResource):
         Dagster run, when the run ends."""
         import ray
 
-        if self._run_scoped and ray.is_initialized():
+        if self._run_scoped and ray.is_initialized():  # an earlier search of this run started it
             yield
             return
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no ~/.ray/auth_token for a local, private Ray
@@ -72,13 +72,11 @@ class TuningResource(dg.ConfigurableResource):
             ray.init(address=self.address, **common)
         else:  # "local" also overrides a RAY_ADDRESS left in the environment (with num_cpus that would raise)
             ray.init(address="local", num_cpus=self.num_cpus, **common)
-        if self._run_scoped:
-            yield
-            return
         try:
             yield
         finally:
-            ray.shutdown()
+            if not self._run_scoped:  # in a run, `teardown_after_execution` stops it
+                ray.shutdown()
 
     def search(self, family: Family, data: TrainingSet, folds: Sequence[Fold], *, trials: int,
                time_budget_seconds: float, seed: int, name: str, searcher: str = "optuna") -> list[dict]:
