@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stock_platform.lib.calendar import exchange_date
+from stock_platform.lib.contracts import TICKER_PATTERN
 
-TICKER_PATTERN = r"^[A-Z0-9][A-Z0-9.\-^=]{0,14}$"
 _TICKER_RE = re.compile(TICKER_PATTERN)
 # Table and object names that reach a file path or a URI: lowercase identifiers only.
 _IDENTIFIER_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")

@@ -100,7 +100,10 @@ def test_predictions_use_only_earlier_models_evaluate_against_the_naive_walk_and
     md = materialization_metadata(result, "prediction_evaluation")
     assert md["pending"] == 0 and md["coverage"] == 1.0
     assert "| MASE |" in md["model_vs_naive"] and "Diebold-Mariano" in md["model_vs_naive"]
-    assert md["plot"].startswith("![equity and error](data:image/png;base64,")
+    # the range's plot is on its last partition's event only (not copied onto each)
+    events = {e.partition: e.metadata for e in result.asset_materializations_for_node("prediction_evaluation")}
+    assert events[LAST.isoformat()]["plot"].value.startswith("![equity and error](data:image/png;base64,")
+    assert len(events) > 1 and not any("plot" in m for p, m in events.items() if p != LAST.isoformat())
 
     counts = (warehouse.count("stock_pred"), warehouse.count("stock_pred_eval"))
     assert counts == (every.height, ev.height)

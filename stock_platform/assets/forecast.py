@@ -4,11 +4,12 @@ import datetime as dt
 
 import dagster as dg
 
-from stock_platform.assets.columns import column_lineage
+from stock_platform.assets.columns import column_lineage, column_schema
 from stock_platform.assets.lake import price_snapshots
 from stock_platform.assets.ml import features
 from stock_platform.assets.model import tuned_model
 from stock_platform.gates import FEATURES_CHECK, PREDICTIONS_CHECK, check_status
+from stock_platform.lib.contracts import EVALUATION, PREDICTIONS
 from stock_platform.lib.feature_set import MODEL_FEATURES
 from stock_platform.lib.tables import (EVALUATION_TABLE, FEATURES_TABLE, PREDICTIONS_TABLE,
                                        SNAPSHOT_TABLE, WAREHOUSE_EVALUATION, WAREHOUSE_PREDICTIONS)
@@ -22,31 +23,6 @@ PREVIOUS_SESSION = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
 # A day's model is from a finished week: offsets count the daily side, and five sessions back is always in an
 # earlier week (after a holiday week, two weeks back). Lineage only: the version is picked by its training end.
 EARLIER_WEEK = dg.TimeWindowPartitionMapping(start_offset=-5, end_offset=-5)
-
-
-def forecast_columns() -> dict:
-    """The predictions table's column schema (the Dagster UI's Columns tab)."""
-    from stock_platform.lib.tables import predictions_schema
-    from stock_platform.schemas import frame_column_schema
-
-    described = {
-        "date": "the session whose close the forecast is made at", "target_date": "the next session",
-        "pred_return": "predicted total return from date's close to target_date's (0: the naive random walk)",
-        "pred_close": "close(date) x (1 + pred_return), in date's share basis",
-        "model_name": "the registered model that served it (naive_random_walk: the baseline champion)",
-        "model_version": "its version", "created_at": "when the forecast could first exist (UTC)"}
-    return {"dagster/column_schema": frame_column_schema(predictions_schema(), described, key=("ticker", "date"))}
-
-
-def evaluation_columns(schema) -> dict:
-    """The evaluation table's column schema."""
-    from stock_platform.schemas import frame_column_schema
-
-    described = {"true_close": "target_date's close in date's share basis (a split or dividend is not an error)",
-                 "naive_close": "the naive random walk's forecast: date's close",
-                 "direction_hit": "the forecast's sign matched the outcome's (null: a flat forecast or day)"}
-    return {"dagster/column_schema": frame_column_schema(dict(schema), described, nullable=("direction_hit",),
-                                                         key=("ticker", "target_date"))}
 
 
 FORECAST_LINEAGE = column_lineage({
@@ -70,7 +46,7 @@ EVALUATION_LINEAGE = column_lineage(
     "newest champion model (of any family) trained on data before d (never a later one); on days no promoted model covers, the "
     "naive random walk (model `naive_random_walk`: tomorrow's close is today's). Every row names its model. "
     "Mirrored to the warehouse table `stock_pred`.",
-    metadata=FORECAST_LINEAGE,
+    metadata=column_schema(PREDICTIONS) | FORECAST_LINEAGE,
 )
 def predictions(context: dg.AssetExecutionContext, lake: LakeResource,
                 warehouse: WarehouseResource) -> dg.MaterializeResult:
@@ -106,7 +82,6 @@ def predictions(context: dg.AssetExecutionContext, lake: LakeResource,
     return dg.MaterializeResult(metadata={
         "dagster/row_count": out.height,
         "dagster/uri": lake.table_uri(PREDICTIONS_TABLE),
-        **forecast_columns(),
         "table_version": version,
         "model_versions": dg.MetadataValue.json({str(d): "{}/{}".format(*v) if v else NAIVE_MODEL
                                                  for d, v in sorted(plan.items())[-10:]}),
@@ -127,7 +102,7 @@ def predictions(context: dg.AssetExecutionContext, lake: LakeResource,
     "forecast and error, direction hit. Predictions whose target close is not known yet stay pending and are "
     "filled by a later run. Aggregates (MAE/RMSE/MASE, hit rate with its CI, IC, Diebold-Mariano, a long/short "
     "backtest vs buy-and-hold) and a plot in the metadata; mirrored to the warehouse table `stock_pred_eval`.",
-    metadata=EVALUATION_LINEAGE,
+    metadata=column_schema(EVALUATION) | EVALUATION_LINEAGE,
 )
 def prediction_evaluation(context: dg.AssetExecutionContext, lake: LakeResource,
                           warehouse: WarehouseResource) -> dg.MaterializeResult:
@@ -161,7 +136,6 @@ def prediction_evaluation(context: dg.AssetExecutionContext, lake: LakeResource,
     metadata = {
         "dagster/row_count": table.height,
         "dagster/uri": lake.table_uri(EVALUATION_TABLE),
-        **evaluation_columns(table.schema),
         "table_version": version,
         "evaluated": table.height,
         "pending": preds.height - table.height,  # target close not stored yet: a later run fills them
@@ -173,6 +147,9 @@ def prediction_evaluation(context: dg.AssetExecutionContext, lake: LakeResource,
                                                            "pearson_ic", "pearson_icir", "rank_ic", "rank_icir",
                                                            "ls_annual_return_net", "ls_information_ratio_net")}
     if table["target_date"].n_unique() >= 2:
+        # the range's plot (~80 KB) on its last partition only, the one the UI shows as the latest: as the result's
+        # metadata a backfill would copy it onto every partition's event
         png = base64.b64encode(plot_png(table)).decode()
-        metadata["plot"] = dg.MetadataValue.md(f"![equity and error](data:image/png;base64,{png})")
+        context.add_asset_metadata({"plot": dg.MetadataValue.md(f"![equity and error](data:image/png;base64,{png})")},
+                                   partition_key=context.partition_key_range.end)
     return dg.MaterializeResult(metadata=metadata)

@@ -5,7 +5,9 @@ import datetime as dt
 
 import dagster as dg
 
-from stock_platform.lib.tables import PRICE_DESCRIPTIONS, PRICES_TABLE, QUARANTINE_TABLE
+from stock_platform.assets.columns import column_schema
+from stock_platform.lib.contracts import PRICES
+from stock_platform.lib.tables import PRICES_TABLE, QUARANTINE_TABLE
 from stock_platform.partitions import daily_asset, partition_dates
 from stock_platform.resources import PriceSourceResource, UniverseResource
 from stock_platform.resources.lake import LakeResource
@@ -94,6 +96,7 @@ def _top_reasons(quarantine, n: int = 5) -> str:
     kinds={"polars", "deltalake"},
     description="Validated daily OHLCV bars for the universe. Rows that break the prices contract go to the "
     "`prices_quarantine` table with their reason; a multi-day backfill is one vectorised run.",
+    metadata=column_schema(PRICES),
 )
 def prices(context: dg.AssetExecutionContext, config: LandingConfig, source: PriceSourceResource,
            lake: LakeResource, universe: UniverseResource, landing: LandingResource) -> dg.MaterializeResult:
@@ -102,7 +105,7 @@ def prices(context: dg.AssetExecutionContext, config: LandingConfig, source: Pri
     from stock_platform.lib.prices import empty_prices, empty_rejects, keep_accepted
     from stock_platform.lib.quality import dq_score
     from stock_platform.resources.sources import FetchResult
-    from stock_platform.schemas import contract_column_schema, prices_schema, split_valid
+    from stock_platform.schemas import prices_schema, split_valid
 
     dates = partition_dates(context)
     if not dates:
@@ -115,8 +118,7 @@ def prices(context: dg.AssetExecutionContext, config: LandingConfig, source: Pri
         origin = f"landing ({len(config.landing_files)} file(s), {n_events} event(s))"
     else:
         fetched = fetch_or_retry(context, source, universe.tickers, start, end)
-    contract = prices_schema(universe.tickers, dates)
-    valid, schema_rejects, _ = split_valid(contract, fetched.prices)
+    valid, schema_rejects, _ = split_valid(prices_schema(universe.tickers, dates), fetched.prices)
     quarantine = quarantine_frame(fetched.rejects, schema_rejects, start=start, end=end,
                                   source=origin, run_id=context.run.run_id)
     if config.landing_files and lake.exists(QUARANTINE_TABLE):  # keep what the day's earlier runs quarantined
@@ -153,7 +155,6 @@ def prices(context: dg.AssetExecutionContext, config: LandingConfig, source: Pri
         metadata={
             "dagster/row_count": valid.height,
             "dagster/uri": lake.table_uri(PRICES_TABLE),
-            "dagster/column_schema": contract_column_schema(contract, PRICE_DESCRIPTIONS),
             "table_version": version,
             "date_range": f"{start}..{end}",
             "trading_days": len(dates),

@@ -2,10 +2,11 @@
 
 import dagster as dg
 
-from stock_platform.assets.columns import column_lineage
+from stock_platform.assets.columns import column_lineage, column_schema
 from stock_platform.assets.ingestion import LandingConfig, landed_events, prices
 from stock_platform.gates import PRICES_CHECK, refuse_failed
-from stock_platform.lib.tables import PRECOMBINE, PRICE_DESCRIPTIONS, PRICES_TABLE, SNAPSHOT_KEYS, SNAPSHOT_TABLE
+from stock_platform.lib.contracts import PRICES, SNAPSHOTS
+from stock_platform.lib.tables import PRECOMBINE, PRICES_TABLE, SNAPSHOT_KEYS, SNAPSHOT_TABLE
 from stock_platform.partitions import daily_asset, partition_dates
 from stock_platform.resources.lake import LakeResource
 from stock_platform.resources.landing import LandingResource
@@ -27,14 +28,12 @@ def ensure_snapshot_table(lake: LakeResource) -> None:
     description="Every price record ever accepted, upserted on (ticker, date) with `ingested_at` as the precombine "
     "field (newest wins; replays change nothing), `_is_deleted` soft deletes, time travel and a change data feed. "
     "Mirrored to the warehouse table `stock_price`.",
-    metadata=column_lineage({c: {PRICES_TABLE: [c]} for c in PRICE_DESCRIPTIONS}),
+    metadata=column_schema(SNAPSHOTS) | column_lineage({c: {PRICES_TABLE: [c]} for c in PRICES.columns}),
 )
 def price_snapshots(context: dg.AssetExecutionContext, config: LandingConfig, lake: LakeResource,
                     warehouse: WarehouseResource, landing: LandingResource) -> dg.MaterializeResult:
     import polars as pl
     from sqlalchemy.exc import SQLAlchemyError
-
-    from stock_platform.schemas import frame_column_schema
 
     dates = partition_dates(context)
     start, end = dates[0], dates[-1]
@@ -70,10 +69,6 @@ def price_snapshots(context: dg.AssetExecutionContext, config: LandingConfig, la
         metadata={
             "dagster/row_count": current.height,
             "dagster/uri": lake.table_uri(SNAPSHOT_TABLE),
-            "dagster/column_schema": frame_column_schema(
-                dict(current.schema), PRICE_DESCRIPTIONS | {
-                    "_is_deleted": "soft delete: the record is hidden from readers, kept for time travel",
-                    PRECOMBINE: "precombine field: of two records of a key, the newer wins"}, key=SNAPSHOT_KEYS),
             "table_version": result.version,
             "committed": result.committed,
             **{f"rows_{k}": v for k, v in result.counts.as_dict().items()},

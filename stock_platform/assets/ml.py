@@ -2,8 +2,9 @@
 
 import dagster as dg
 
-from stock_platform.assets.columns import column_lineage
+from stock_platform.assets.columns import column_lineage, column_schema
 from stock_platform.assets.lake import price_snapshots
+from stock_platform.lib.contracts import FEATURES
 from stock_platform.lib.feature_set import LOOKBACK, feature_inputs
 from stock_platform.lib.tables import FEATURES_TABLE, SNAPSHOT_TABLE
 from stock_platform.partitions import daily_asset, partition_dates
@@ -32,14 +33,14 @@ def lookback_start(start):
     "point-in-time split/dividend factor, computed for all tickers in one polars pass. A value at date d uses only "
     "rows up to d's close (at most 1,152 of them, the EMA-200's window); each indicator is null until its window "
     "is full, and `warm` marks rows whose model inputs (the scale-free columns) are all defined.",
-    metadata=column_lineage({"ticker": {SNAPSHOT_TABLE: ["ticker"]}, "date": {SNAPSHOT_TABLE: ["date"]}}
-                            | {c: {SNAPSHOT_TABLE: inputs} for c, inputs in feature_inputs().items()}),
+    metadata=column_schema(FEATURES)
+    | column_lineage({"ticker": {SNAPSHOT_TABLE: ["ticker"]}, "date": {SNAPSHOT_TABLE: ["date"]}}
+                     | {c: {SNAPSHOT_TABLE: inputs} for c, inputs in feature_inputs().items()}),
 )
 def features(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     import polars as pl
 
     from stock_platform.lib.indicators import compute_features, feature_columns
-    from stock_platform.schemas import contract_column_schema, features_schema
 
     dates = partition_dates(context)
     start, end = dates[0], dates[-1]
@@ -54,7 +55,6 @@ def features(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Materi
         metadata={
             "dagster/row_count": table.height,
             "dagster/uri": lake.table_uri(FEATURES_TABLE),
-            "dagster/column_schema": contract_column_schema(features_schema(dates)),
             "table_version": version,
             "warm_rows": warm,
             "warm_up_rows": table.height - warm,

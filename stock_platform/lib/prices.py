@@ -12,24 +12,11 @@ import datetime as dt
 import polars as pl
 
 from stock_platform.lib.calendar import EXCHANGE_TIMEZONE
+from stock_platform.lib.contracts import PRICES, SNAPSHOTS, polars_schema
 
 PRICE_COLUMNS = ("open", "high", "low", "close", "adj_close")
-PRICES_SCHEMA: dict[str, pl.DataType] = {
-    "ticker": pl.Utf8(),
-    "date": pl.Date(),
-    "open": pl.Float64(),
-    "high": pl.Float64(),
-    "low": pl.Float64(),
-    "close": pl.Float64(),
-    "adj_close": pl.Float64(),
-    "volume": pl.Int64(),
-    "dividends": pl.Float64(),
-    "splits": pl.Float64(),
-    "source": pl.Utf8(),
-    "ingested_at": pl.Datetime("us", "UTC"),
-}
-# price_snapshots: the prices columns plus the soft-delete flag (see lib/snapshots.py).
-SNAPSHOT_SCHEMA: dict[str, pl.DataType] = {**PRICES_SCHEMA, "_is_deleted": pl.Boolean()}
+PRICES_SCHEMA: dict[str, pl.DataType] = polars_schema(PRICES)  # the columns' meanings and rules: lib/contracts.py
+SNAPSHOT_SCHEMA: dict[str, pl.DataType] = polars_schema(SNAPSHOTS)  # plus the soft-delete flag (lib/snapshots.py)
 REQUIRED_COLUMNS = ("ticker", "date", "open", "high", "low", "close", "volume")
 # Rejected rows, before the quarantine adds where and when it caught them.
 REJECT_SCHEMA: dict[str, pl.DataType] = {
