@@ -141,6 +141,8 @@ class WarmProcessRunLauncher(DefaultRunLauncher):
     def _watch(self, worker: subprocess.Popen, run_id: str) -> None:
         """Wait for the worker; if it ended before its run did, the run failed with it. Then top up the spares."""
         code = worker.wait()
+        if self._disposed:  # the instance went with the launcher; run monitoring reports a worker lost meanwhile
+            return
         run = self._instance.get_run_by_id(run_id)
         if run is not None and not run.is_finished:
             self._instance.report_run_failed(
