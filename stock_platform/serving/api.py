@@ -1,22 +1,28 @@
 """The prediction API (`stock-platform serve`): prices, forecasts beside the naive forecast, evaluation
 metrics, and a WebSocket feed of new snapshot rows and forecasts from the lake's change data feed.
 
-Read-only, over the lake (`LakeResource`); nothing is recomputed here but the evaluation's aggregates.
+Read-only, over the lake (`LakeResource`); nothing is recomputed here but the evaluation's aggregates. Requests are
+answered from the read model (`read_model.py`: the served tables in memory at pinned versions, followed in the
+background): every answer carries the versions it shows (`X-Table-Version`, and an `ETag` that `If-None-Match`
+turns into a 304 while no served table has a new version).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from typing import Annotated, Any
+import json
+from contextlib import asynccontextmanager
+from typing import Annotated
 
-from fastapi import FastAPI, HTTPException, Path, Query, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, HTTPException, Path, Query, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from stock_platform.resources.lake import LakeError, LakeResource
 from stock_platform.serving import queries as q
+from stock_platform.serving.read_model import DEFAULT_MAX_ROWS, ReadModel, View, json_rows
 from stock_platform.settings import TICKER_PATTERN, Settings
 
 MAX_LIMIT = 5000
@@ -122,11 +128,31 @@ def unavailable(lake: LakeResource, exc: Exception) -> str:
     return f"the lake at {lake.uri} cannot be read: {first}"
 
 
-def create_app(lake: LakeResource, *, poll_seconds: float = 1.0) -> FastAPI:
+NOT_MODIFIED = {304: {"description": "not modified: no served table has a new version since the ETag"}}
+
+
+def not_modified(request: Request, etag: str) -> bool:
+    """Whether the request's If-None-Match names `etag` (or `*`)."""
+    tags = {t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",")}
+    return etag in tags or "*" in tags
+
+
+def create_app(lake: LakeResource, *, poll_seconds: float = 1.0, refresh_seconds: float = 0.25,
+               max_rows: int = DEFAULT_MAX_ROWS) -> FastAPI:
+    """The API over `lake`: requests read the read model (refreshed every `refresh_seconds`, in memory up to
+    `max_rows` served rows); the WebSocket feed polls the change data feed every `poll_seconds`."""
     from deltalake.exceptions import DeltaError
 
-    app = FastAPI(title="stock_platform API", version="1.0",
+    model = ReadModel(lake, poll_seconds=refresh_seconds, max_rows=max_rows)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        model.close()
+
+    app = FastAPI(title="stock_platform API", version="1.0", lifespan=lifespan,
                   description="Daily prices, next-day forecasts beside the naive random walk, and their evaluation.")
+    app.state.read_model = model
 
     @app.exception_handler(OSError)  # storage unreachable (S3 down, a dropped mount): the service, not the request
     @app.exception_handler(DeltaError)
@@ -138,14 +164,25 @@ def create_app(lake: LakeResource, *, poll_seconds: float = 1.0) -> FastAPI:
             raise RequestValidationError([{"type": "value_error", "loc": ["query", "end"], "input": str(end),
                                            "msg": f"end {end} is before start {start}"}])
 
-    def known(ticker: str) -> None:
-        if ticker not in set(q.tickers(lake)["ticker"]):
+    def known(view: View, ticker: str) -> None:
+        if not view.knows(ticker):
             raise HTTPException(404, f"ticker {ticker!r} is not in the lake (GET /tickers lists them)")
 
-    def page(df, ticker, start, end, offset, limit) -> dict[str, Any]:
+    def answer(request: Request, view: View, body) -> Response:
+        """`body()` (JSON bytes, or a dict) with the view's version headers, or 304 if the client has it."""
+        headers = {"ETag": view.etag, "X-Table-Version": view.header, "Cache-Control": "no-cache"}
+        if not_modified(request, view.etag):
+            return Response(status_code=304, headers=headers)
+        content = body()
+        if isinstance(content, bytes):
+            return Response(content, media_type="application/json", headers=headers)
+        return JSONResponse(content, headers=headers)
+
+    def page(df, ticker, start, end, offset, limit) -> bytes:
         nxt = offset + limit
-        return {"ticker": ticker, "start": start, "end": end, "total": df.height, "offset": offset, "limit": limit,
-                "next_offset": nxt if nxt < df.height else None, "items": q.records(df.slice(offset, limit))}
+        meta = {"ticker": ticker, "start": q.clean(start), "end": q.clean(end), "total": df.height, "offset": offset,
+                "limit": limit, "next_offset": nxt if nxt < df.height else None}
+        return json.dumps(meta)[:-1].encode() + b', "items": ' + json_rows(df.slice(offset, limit)) + b"}"
 
     @app.get("/health", response_model=Health, responses={503: {"description": "the lake is unreachable or empty"}})
     def health() -> dict:
@@ -155,27 +192,36 @@ def create_app(lake: LakeResource, *, poll_seconds: float = 1.0) -> FastAPI:
                                 "daily assets (stock-platform demo, or the daily_close schedule)")
         return {"status": "ok", "lake": lake.uri, "versions": versions}
 
-    @app.get("/tickers", response_model=list[TickerInfo])
-    def tickers() -> list[dict]:
-        return q.records(q.tickers(lake))
+    @app.get("/tickers", response_model=list[TickerInfo], responses=NOT_MODIFIED)
+    def tickers(request: Request) -> Response:
+        view = model.view()
+        return answer(request, view, lambda: json_rows(view.tickers()))
 
-    @app.get("/prices/{ticker}", response_model=BarPage, responses={404: {"description": "unknown ticker"}})
-    def prices(ticker: Ticker, start: Start = None, end: End = None, limit: Limit = 500, offset: Offset = 0) -> dict:
+    @app.get("/prices/{ticker}", response_model=BarPage,
+             responses={404: {"description": "unknown ticker"}, **NOT_MODIFIED})
+    def prices(request: Request, ticker: Ticker, start: Start = None, end: End = None, limit: Limit = 500,
+               offset: Offset = 0) -> Response:
         dates(start, end)
-        known(ticker)
-        return page(q.prices(lake, ticker, start, end), ticker, start, end, offset, limit)
+        view = model.view()
+        known(view, ticker)
+        return answer(request, view, lambda: page(view.prices_of(ticker, start, end), ticker, start, end, offset,
+                                                  limit))
 
     @app.get("/predictions/{ticker}", response_model=PredictionPage,
-             responses={404: {"description": "unknown ticker"}})
-    def predictions(ticker: Ticker, start: Start = None, end: End = None, limit: Limit = 500,
-                    offset: Offset = 0) -> dict:
+             responses={404: {"description": "unknown ticker"}, **NOT_MODIFIED})
+    def predictions(request: Request, ticker: Ticker, start: Start = None, end: End = None, limit: Limit = 500,
+                    offset: Offset = 0) -> Response:
         dates(start, end)
-        known(ticker)
-        return page(q.predictions(lake, ticker, start, end), ticker, start, end, offset, limit)
+        view = model.view()
+        known(view, ticker)
+        return answer(request, view, lambda: page(view.predictions_of(ticker, start, end), ticker, start, end,
+                                                  offset, limit))
 
-    @app.get("/evaluation", response_model=Evaluation)
-    def evaluation(window: Annotated[int, Query(ge=1, le=2520, description="the last N target days")] = 20) -> dict:
-        return q.evaluation(lake, window)
+    @app.get("/evaluation", response_model=Evaluation, responses=NOT_MODIFIED)
+    def evaluation(request: Request, window: Annotated[int, Query(ge=1, le=2520,
+                                                                  description="the last N target days")] = 20):
+        view = model.view()
+        return answer(request, view, lambda: view.evaluation(window))
 
     @app.websocket("/ws/updates")
     async def updates(websocket: WebSocket) -> None:

@@ -41,21 +41,36 @@ def records(df: pl.DataFrame) -> list[dict]:
     return [{k: clean(v) for k, v in row.items()} for row in df.iter_rows(named=True)]
 
 
-def tickers(lake: LakeResource) -> pl.DataFrame:
-    """Each ticker in the snapshot table with its first and last date and its number of sessions."""
-    if not lake.exists(SNAPSHOTS):
-        return pl.DataFrame(schema={"ticker": pl.String, "first_date": pl.Date, "last_date": pl.Date,
-                                    "sessions": pl.UInt32})
-    return (lake.scan(SNAPSHOTS).filter(~pl.col("_is_deleted"))
-            .group_by("ticker").agg(first_date=pl.col("date").min(), last_date=pl.col("date").max(),
-                                    sessions=pl.len())
-            .sort("ticker").collect())
+BAR_COLUMNS = ("date", "open", "high", "low", "close", "adj_close", "volume", "source", "ingested_at")
+SERVED_PREDICTION_COLUMNS = ("date", "target_date", "pred_return", "pred_close", "naive_close", "actual_close",
+                             "model_name", "model_version", "created_at")
 
 
-def prices(lake: LakeResource, ticker: str, start: dt.date | None, end: dt.date | None) -> pl.DataFrame:
-    """The ticker's current daily bars (soft-deleted rows left out), oldest first."""
-    return (lake.snapshot(SNAPSHOTS, start=start, end=end, tickers=[ticker])
-            .select("date", "open", "high", "low", "close", "adj_close", "volume", "source", "ingested_at"))
+def empty_bars() -> pl.DataFrame:
+    from stock_platform.lib.prices import PRICES_SCHEMA
+
+    return pl.DataFrame(schema=PRICES_SCHEMA).select("ticker", *BAR_COLUMNS)
+
+
+def ticker_index(live: pl.DataFrame) -> pl.DataFrame:
+    """Each ticker of the live snapshot rows with its first and last date and its number of sessions."""
+    return (live.group_by("ticker").agg(first_date=pl.col("date").min(), last_date=pl.col("date").max(),
+                                        sessions=pl.len().cast(pl.UInt32))
+            .sort("ticker"))
+
+
+def tickers(lake: LakeResource, *, version: int | None = None) -> pl.DataFrame:
+    """Each ticker in the snapshot table (as of `version`) with its first and last date and its number of sessions."""
+    if version is None and not lake.exists(SNAPSHOTS):
+        return ticker_index(empty_bars())
+    return ticker_index(lake.scan(SNAPSHOTS, version=version).filter(~pl.col("_is_deleted"))
+                        .select("ticker", "date").collect())
+
+
+def prices(lake: LakeResource, ticker: str, start: dt.date | None, end: dt.date | None, *,
+           version: int | None = None) -> pl.DataFrame:
+    """The ticker's current (or `version`'s) daily bars (soft-deleted rows left out), oldest first."""
+    return lake.snapshot(SNAPSHOTS, as_of=version, start=start, end=end, tickers=[ticker]).select(*BAR_COLUMNS)
 
 
 def indicators(lake: LakeResource, ticker: str, start: dt.date | None, end: dt.date | None) -> pl.DataFrame:
@@ -66,38 +81,54 @@ def indicators(lake: LakeResource, ticker: str, start: dt.date | None, end: dt.d
         "ticker")
 
 
-def predictions(lake: LakeResource, ticker: str, start: dt.date | None, end: dt.date | None) -> pl.DataFrame:
-    """The ticker's forecasts made on days in [start, end]: predicted close, the naive forecast (the close of
-    the day it was made) and, once known, the actual close of the target day."""
-    if not lake.exists(PREDICTIONS):
-        preds = pl.DataFrame(schema=predictions_schema())
-    else:
-        preds = lake.read(PREDICTIONS, start, end, tickers=[ticker])
-    if preds.is_empty():
-        closes = pl.DataFrame(schema={"date": pl.Date, "close": pl.Float64})
-    else:
-        closes = lake.snapshot(SNAPSHOTS, start=preds["date"].min(), end=preds["target_date"].max(),
-                               tickers=[ticker]).select("date", "close")
-    return (preds.join(closes.rename({"close": "naive_close"}), on="date", how="left")
-            .join(closes.rename({"date": "target_date", "close": "actual_close"}), on="target_date", how="left")
-            .select("date", "target_date", "pred_return", "pred_close", "naive_close", "actual_close", "model_name",
-                    "model_version", "created_at")
-            .sort("date"))
+def empty_predictions() -> pl.DataFrame:
+    return with_closes(pl.DataFrame(schema=predictions_schema()), None).drop("ticker")
 
 
-def evaluation(lake: LakeResource, window: int, tickers: Sequence[str] | None = None) -> dict:
-    """Aggregate metrics of the evaluated forecasts over the last `window` target days (model vs naive)."""
+def with_closes(preds: pl.DataFrame, closes: pl.DataFrame | None) -> pl.DataFrame:
+    """Forecasts beside the naive forecast (the close of the day each was made) and, once known, the actual
+    close of its target day; `closes` holds (ticker, date, close)."""
+    if closes is None:
+        closes = pl.DataFrame(schema={"ticker": pl.String, "date": pl.Date, "close": pl.Float64})
+    return (preds.join(closes.rename({"close": "naive_close"}), on=["ticker", "date"], how="left")
+            .join(closes.rename({"date": "target_date", "close": "actual_close"}), on=["ticker", "target_date"],
+                  how="left")
+            .select("ticker", *SERVED_PREDICTION_COLUMNS))
+
+
+def predictions(lake: LakeResource, ticker: str, start: dt.date | None, end: dt.date | None, *,
+                version: int | None = None, snapshot_version: int | None = None) -> pl.DataFrame:
+    """The ticker's forecasts made on days in [start, end] (as of the tables' versions, default the latest):
+    predicted close, the naive forecast and, once known, the actual close of the target day."""
+    if version is None and not lake.exists(PREDICTIONS):
+        return empty_predictions()
+    preds = lake.read(PREDICTIONS, start, end, tickers=[ticker], version=version)
+    closes = None if preds.is_empty() else lake.snapshot(
+        SNAPSHOTS, as_of=snapshot_version, start=preds["date"].min(), end=preds["target_date"].max(),
+        tickers=[ticker]).select("ticker", "date", "close")
+    return with_closes(preds, closes).sort("date").drop("ticker")
+
+
+def no_evaluation(window: int) -> dict:
+    """The evaluation's answer before the table exists."""
+    return {"window_days": window, "first_target_date": None, "last_target_date": None, "metrics": {"rows": 0}}
+
+
+def evaluation(lake: LakeResource, window: int, tickers: Sequence[str] | None = None, *,
+               table: pl.DataFrame | None = None, version: int | None = None) -> dict:
+    """Aggregate metrics of the evaluated forecasts over the last `window` target days (model vs naive), of the
+    table as of `version` (default the latest) or of `table` when given (the API's read model holds it)."""
     from stock_platform.lib.evaluation import summarize
 
-    if not lake.exists(EVALUATION):
-        return {"window_days": window, "first_target_date": None, "last_target_date": None, "metrics": {"rows": 0}}
-    scan = lake.scan(EVALUATION)
+    if table is None and (version is None and not lake.exists(EVALUATION)):
+        return no_evaluation(window)
+    scan = table.lazy() if table is not None else lake.scan(EVALUATION, version=version)
     if tickers:
         scan = scan.filter(pl.col("ticker").is_in(list(tickers)))
     days = scan.select(pl.col("target_date").unique().sort(descending=True).head(window)).collect()["target_date"]
-    table = scan.filter(pl.col("target_date").is_in(days.implode())).collect()
+    chosen = scan.filter(pl.col("target_date").is_in(days.implode())).collect()
     return {"window_days": window, "first_target_date": clean(days.min()), "last_target_date": clean(days.max()),
-            "metrics": {k: clean(v) for k, v in summarize(table).items()}}
+            "metrics": {k: clean(v) for k, v in summarize(chosen).items()}}
 
 
 def quality(lake: LakeResource, start: dt.date | None, end: dt.date | None) -> pl.DataFrame:
