@@ -1,14 +1,18 @@
 """The blocking asset checks of the daily assets, all here: `prices` and `features` against their pandera contracts
 (schemas.py), `predictions` for completeness and plausibility. A failed ERROR check stops downstream assets in the
 run and, through gates.py, in later runs. (`tuned_model`'s leakage check is a check spec of the asset itself:
-its materialization computes the evidence.) Each names its asset by key, never by importing an asset module."""
+its materialization computes the evidence.) Each names its asset by key, never by importing an asset module.
+Every evaluation is also appended to the lake's `check_results` table (`recorded`), where the dashboard, the API's
+users and SQL read the data-quality history without opening the Dagster instance."""
+
+import functools
 
 import dagster as dg
 
 from stock_platform.gates import FAILED_PARTITIONS, FEATURES_CHECK, PREDICTIONS_CHECK, PRICES_CHECK, check_status
 from stock_platform.lib.markdown import markdown_table
-from stock_platform.lib.tables import (FEATURES_TABLE, PREDICTIONS_TABLE, PRICES_TABLE, QUARANTINE_TABLE, SNAPSHOT_TABLE,
-                                       predictions_schema)
+from stock_platform.lib.tables import (CHECKS_TABLE, FEATURES_TABLE, PREDICTIONS_TABLE, PRICES_TABLE, QUARANTINE_TABLE,
+                                       SNAPSHOT_TABLE, predictions_schema)
 from stock_platform.partitions import daily_check, partition_dates
 from stock_platform.resources import UniverseResource
 from stock_platform.registry import promoted_versions, served_versions
@@ -33,6 +37,39 @@ def _failed_partitions(stored, cases) -> dict:
     return {FAILED_PARTITIONS: dg.MetadataValue.json(sorted({d.isoformat() for d in days}))}
 
 
+# the check metadata a result row keeps (the rest stays in Dagster)
+RECORDED_METADATA = ("rows_checked", "failed_rows", "quarantined_rows", "dq_score", "warm_rows", "expected",
+                     "predicted", "missing", "implausible")
+
+
+def recorded(key: dg.AssetCheckKey):
+    """Append each evaluation of the check `key` to the lake's `check_results` table: the check, its partition
+    range, passed, severity, description, the counts of RECORDED_METADATA, the run and when it was evaluated."""
+
+    def decorate(fn):
+        @functools.wraps(fn)  # Dagster reads the parameters (resources) through the wrapper
+        def check(context: dg.AssetCheckExecutionContext, **resources) -> dg.AssetCheckResult:
+            import datetime as dt
+            import json
+
+            import polars as pl
+
+            result = fn(context, **resources)
+            dates = partition_dates(context)
+            details = {k: getattr(v, "value", v) for k, v in (result.metadata or {}).items() if k in RECORDED_METADATA}
+            resources["lake"].append(CHECKS_TABLE, pl.DataFrame({
+                "check": [key.to_user_string()], "passed": [result.passed],
+                "severity": [result.severity.value], "partition_start": [dates[0]], "partition_end": [dates[-1]],
+                "description": [result.description or ""], "details": [json.dumps(details)],
+                "run_id": [context.run.run_id], "evaluated_at": [dt.datetime.now(dt.UTC)],
+            }, schema_overrides={"evaluated_at": pl.Datetime("us", "UTC")}), date_column="partition_end")
+            return result
+
+        return check
+
+    return decorate
+
+
 def _markdown(df) -> str:
     """A small polars frame as a markdown table (first rows only)."""
     rows = df.head(_MAX_TABLE_ROWS)
@@ -47,6 +84,7 @@ def _markdown(df) -> str:
     "(ticker, date), trading days of the partition, tickers of the universe). Reports quarantined rows and the "
     f"DQ score per partition; warns below {MIN_DQ_SCORE:.0%}.",
 )
+@recorded(PRICES_CHECK)
 def prices_schema_check(context: dg.AssetCheckExecutionContext, lake: LakeResource,
                         universe: UniverseResource) -> dg.AssetCheckResult:
     import polars as pl
@@ -94,6 +132,7 @@ def prices_schema_check(context: dg.AssetCheckExecutionContext, lake: LakeResour
     "RSI/stochastics/ADX in [0, 100], OBV ratio in [-1, 1], Bollinger bands ordered, 52-week distances signed "
     "right, unique (ticker, date).",
 )
+@recorded(FEATURES_CHECK)
 def features_schema_check(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
     from stock_platform.schemas import failure_cases, features_schema
 
@@ -119,6 +158,7 @@ def features_schema_check(context: dg.AssetCheckExecutionContext, lake: LakeReso
              description="Every universe ticker has a prediction on each day whose features passed their check: "
              "where a model serves, for every warm feature row; where the naive random walk serves, for every "
              "close. Every predicted return is finite and within ±50%.")
+@recorded(PREDICTIONS_CHECK)
 def predictions_check(context: dg.AssetCheckExecutionContext, lake: LakeResource, universe: UniverseResource) -> dg.AssetCheckResult:
     import polars as pl
 

@@ -72,6 +72,17 @@ def test_backfill_then_daily_run_agree_and_the_check_blocks_bad_rows(defs, insta
     cases = evaluation.metadata["failure_cases"].value
     assert "rsi_14" in cases and "dist_sma_10" in cases
 
+    # every evaluation is in the lake's check_results table too (what the dashboard shows), newest last
+    from stock_platform.lib.tables import CHECKS_TABLE
+
+    recorded = lake.read(CHECKS_TABLE, date_column="partition_end").filter(
+        pl.col("check") == "features:features_schema").sort("evaluated_at")
+    assert recorded.select("passed", "partition_start", "partition_end", "run_id").rows() == [
+        (True, dt.date(2023, 1, 3), dt.date(2024, 3, 28), result.run_id),
+        (True, dt.date(2024, 3, 25), dt.date(2024, 3, 28), daily.run_id),
+        (False, dt.date(2024, 3, 25), dt.date(2024, 3, 28), checked.run_id)]
+    assert recorded["severity"][-1] == "ERROR" and '"failed_rows": 2' in recorded["details"][-1]
+
 
 def test_features_without_snapshots_fail_clearly(defs, instance):
     result = run_range(defs, instance, "2024-03-25", "2024-03-28", job="features_only")

@@ -310,7 +310,7 @@ def test_a_websocket_client_receives_the_new_day_after_a_materialization(served,
         ws.recv(timeout=10)
 
 
-def test_the_dashboard_renders_every_panel_from_the_lake_and_the_instance(home, monkeypatch):
+def test_the_dashboard_renders_every_panel_from_the_lake(home, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
     for key, value in demo_env(home).items():
@@ -325,7 +325,7 @@ def test_the_dashboard_renders_every_panel_from_the_lake_and_the_instance(home, 
     assert any(c.value.startswith("Latest: for ") for c in app.caption)
     assert any("day(s) with quarantined rows" in c.value for c in app.caption)
     [checks] = app.dataframe
-    assert {"prices.prices_schema", "features.features_schema"} <= set(checks.value["check"])
+    assert {"prices:prices_schema", "features:features_schema"} <= set(checks.value["check"])
     assert set(checks.value["status"]) <= {"SUCCEEDED", "FAILED"}
     assert "SUCCEEDED" in set(checks.value["status"])
 

@@ -19,12 +19,13 @@ MODELS_KEYS = ("model_name", "version")
 MODEL_SELECTION_TABLE = "model_selection"  # the gate's decision table of each week; dated by `train_end`
 PREDICTIONS_TABLE = "predictions"
 EVALUATION_TABLE = "prediction_evaluation"  # dated by `target_date`
+CHECKS_TABLE = "check_results"  # every evaluation of a blocking check, appended; dated by `partition_end`
 LEDGER_TABLE = "landing_ledger"  # landed file versions taken or quarantined
 LEDGER_KEYS = ("key", "version", "day")  # day: the trading day a run applies the file to ("" when quarantined)
 # Every lake table, in the order the daily run writes them (what the `lake_maintenance` job maintains), and those
 # named like the asset that writes them (their maintenance shows on the asset's page).
 LAKE_TABLES = (PRICES_TABLE, QUARANTINE_TABLE, SNAPSHOT_TABLE, FEATURES_TABLE, MODELS_TABLE, MODEL_SELECTION_TABLE,
-               PREDICTIONS_TABLE, EVALUATION_TABLE, LEDGER_TABLE)
+               PREDICTIONS_TABLE, EVALUATION_TABLE, CHECKS_TABLE, LEDGER_TABLE)
 ASSET_TABLES = (PRICES_TABLE, SNAPSHOT_TABLE, FEATURES_TABLE, PREDICTIONS_TABLE, EVALUATION_TABLE)
 
 # ------------------------------------------------------------------------------------------- warehouse

@@ -271,6 +271,20 @@ class LakeResource(dg.ConfigurableResource):
             version = self._retry_conflicts(lambda part=part, first=first, last=last: write(part, first, last))
         return version
 
+    def append(self, name: str, df: pl.DataFrame, *, date_column: str) -> int:
+        """Append `df` to an event-log table (created on first use, partitioned by the year of `date_column`);
+        return the new version. Appends never conflict with each other."""
+        from deltalake import write_deltalake
+
+        self.ensure_table(name, dict(df.schema), date_column=date_column)
+
+        def write() -> int:
+            table = self.table(name)
+            write_deltalake(table, with_years(df, year_columns(table)).to_arrow(), mode="append", schema_mode="merge")
+            return table.version()
+
+        return self._retry_conflicts(write)
+
     def _date_chunks(self, dates: pl.Series, start: dt.date, end: dt.date) -> list[tuple[dt.date, dt.date]]:
         """Contiguous sub-ranges covering [start, end], each holding at most `dates_per_commit` of `dates`."""
         present = dates.unique().sort().to_list()

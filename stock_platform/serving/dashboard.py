@@ -1,8 +1,9 @@
 """The market and prediction dashboard (`stock-platform dashboard` runs `streamlit run` on this file).
 
 Per ticker: candlesticks with SMA 50/200 and Bollinger bands, RSI and MACD panels (as `features` stored them),
-predicted vs actual close beside the naive forecast, recent evaluation metrics, and data quality (check results
-from the Dagster instance, quarantined rows per day from the lake). Nothing is recomputed here.
+predicted vs actual close beside the naive forecast, recent evaluation metrics, and data quality (the blocking
+checks' results and quarantined rows per day, both from the lake: the page opens no Dagster instance). Nothing is
+recomputed here.
 """
 
 from __future__ import annotations
@@ -12,11 +13,8 @@ import datetime as dt
 import polars as pl
 import streamlit as st
 
-from stock_platform.gates import FEATURES_CHECK, PREDICTIONS_CHECK, PRICES_CHECK
+from stock_platform.lib.tables import CHECKS_TABLE
 from stock_platform.serving import queries as q
-
-# The blocking checks whose latest results the data-quality panel shows.
-CHECK_KEYS = [PRICES_CHECK, FEATURES_CHECK, PREDICTIONS_CHECK]
 
 
 @st.cache_resource
@@ -27,32 +25,21 @@ def _lake(uri: str, endpoint: str | None):
 
 
 @st.cache_data(ttl=30)
-def check_history(dagster_home: str, limit: int = 20) -> pl.DataFrame:
-    """The latest evaluations of the blocking checks, from the home's Dagster instance.
-
-    Dagster 1.13 has no public API for a check's execution history (the instance's `get_event_records` is
-    deprecated and its asset filter does not see check evaluations): this reads the event log storage's, the
-    one Dagster's own UI serves, with its status enum (private). Planned executions a skipped run left behind
-    are not shown: the storage filters them before the limit."""
-    import dagster as dg
-
-    from dagster._core.storage.asset_check_execution_record import COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES
-
-    done = COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES  # passed or failed
-    rows = []
-    with dg.DagsterInstance.from_config(dagster_home) as instance:
-        for key in CHECK_KEYS:
-            for record in instance.event_log_storage.get_asset_check_execution_history(key, limit=limit, status=done):
-                evaluation = record.event.dagster_event.event_specific_data if record.event else None
-                metadata = getattr(evaluation, "metadata", {}) or {}
-                rows.append({"check": f"{key.asset_key.to_user_string()}.{key.name}", "status": record.status.value,
-                             "partition": getattr(evaluation, "partition", None) or "",
-                             "at": dt.datetime.fromtimestamp(record.create_timestamp, dt.UTC),
-                             "details": ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in metadata.items()
-                                                  if k in ("dq_score", "quarantined_rows", "failed_rows", "missing",
-                                                           "implausible", "rows_checked"))})
-    return pl.DataFrame(rows, schema={"check": pl.String, "status": pl.String, "partition": pl.String,
-                                      "at": pl.Datetime("us", "UTC"), "details": pl.String})
+def check_history(_store, uri: str, limit: int = 20) -> pl.DataFrame:
+    """The latest evaluations of each blocking check (at most `limit` each), from the lake's `check_results` table
+    (the checks append every evaluation there: no Dagster instance to open)."""
+    schema = {"check": pl.String, "status": pl.String, "partition": pl.String, "at": pl.Datetime("us", "UTC"),
+              "details": pl.String}
+    if not _store.exists(CHECKS_TABLE):
+        return pl.DataFrame(schema=schema)
+    return (_store.scan(CHECKS_TABLE).sort("evaluated_at", descending=True).group_by("check", maintain_order=True)
+            .head(limit)
+            .select("check", status=pl.when("passed").then(pl.lit("SUCCEEDED")).otherwise(pl.lit("FAILED")),
+                    partition=pl.when(pl.col("partition_start") == pl.col("partition_end"))
+                    .then(pl.col("partition_end").cast(pl.String))
+                    .otherwise(pl.format("{}..{}", "partition_start", "partition_end")),
+                    at="evaluated_at", details="details")
+            .collect())
 
 
 def price_figure(bars: pl.DataFrame, ind: pl.DataFrame, ticker: str):
@@ -159,11 +146,9 @@ def main() -> None:
     left.caption(f"{flagged.height} day(s) with quarantined rows, lowest DQ score "
                  f"{fmt(dq['dq_score'].min() if dq.height else None, '{:.3f}')}")
     right.markdown("Asset check results (newest first)")
-    dagster_home = str(settings.dagster_home)
-    try:
-        checks = check_history(dagster_home)
-    except Exception as exc:  # noqa: BLE001 - no instance here: say so, show the rest
-        right.info(f"No Dagster instance to read check results from ({dagster_home}): {exc}")
+    checks = check_history(store, settings.lake_uri)
+    if checks.is_empty():
+        right.info("No check results in the lake yet: the blocking checks record each evaluation when they run.")
     else:
         right.dataframe(checks.sort("at", descending=True).to_pandas(), hide_index=True, height=220)
 
