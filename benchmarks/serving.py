@@ -12,6 +12,7 @@ Each API runs in its own process (uvicorn, one worker), on loopback, one at a ti
 machine's cores, the same way for both.
 
     python benchmarks/serving.py [--tickers 500] [--years 10] [--seconds 30] [--requests 100] [--baseline b3b5dc1~1]
+        [--lake DIR]   (also a copy of an existing lake, e.g. a demo home's: its many small commits and files)
     python benchmarks/serving.py --serve current|baseline --uri LAKE --port P   (what the benchmark starts)
 """
 
@@ -245,6 +246,7 @@ def main() -> int:
     ap.add_argument("--serve", choices=("current", "baseline"))
     ap.add_argument("--uri")
     ap.add_argument("--port", type=int)
+    ap.add_argument("--lake", help="also measure a copy of this local lake (e.g. HOME/lake of a demo home)")
     args = ap.parse_args()
     import warnings
 
@@ -254,6 +256,20 @@ def main() -> int:
         return 0
     os.environ.setdefault("POLARS_MAX_THREADS", "2")
     with tempfile.TemporaryDirectory() as tmp:
+        if args.lake:
+            import shutil
+
+            import polars as pl
+
+            from stock_platform.lib.tables import SNAPSHOT_TABLE
+            from stock_platform.resources.lake import LakeResource
+
+            shutil.copytree(args.lake, Path(tmp) / "copy")
+            lake = LakeResource(uri=str(Path(tmp) / "copy"))
+            names = lake.snapshot(SNAPSHOT_TABLE).get_column("ticker").unique().sort().to_list()
+            rows = sum(lake.scan(t).select(pl.len()).collect().item() for t in ("price_snapshots", "predictions",
+                                                                                "prediction_evaluation"))
+            measure(f"a copy of {args.lake}", lake, names, rows, args)
         for label, tickers, years in (("demo-sized lake", 10, 3), ("large lake", args.tickers, args.years)):
             started = time.perf_counter()
             lake, names, rows = build_lake(Path(tmp) / label.replace(" ", "_"), tickers, years)

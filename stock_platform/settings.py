@@ -22,6 +22,7 @@ _IDENTIFIER_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[A-Za-z0-9_.\-/]*)?$")
 
 SOURCES = ("demo", "yfinance", "files")
+DEFAULT_API_MAX_ROWS = 20_000_000  # served rows the API holds in memory (see serving/read_model.py)
 DEFAULT_TICKERS = ("AAPL", "MSFT", "AMZN", "GOOGL", "META", "NVDA", "JPM", "XOM", "JNJ", "PG")
 DEFAULT_START = dt.date(2015, 1, 2)
 SECRET_VARIABLES = ("STOCK_PLATFORM_WAREHOUSE_URL", "MLFLOW_TRACKING_URI", "STOCK_PLATFORM_ALERT_WEBHOOK")
@@ -107,6 +108,7 @@ class Settings:
     dagster_url: str = "http://localhost:3000"  # the Dagster UI, for links in alerts and MLflow notes
     openlineage_url: str | None = None  # an OpenLineage backend (Marquez): HTTP transport
     openlineage_file: str | None = None  # or a file of events, one JSON per line
+    api_max_rows: int = DEFAULT_API_MAX_ROWS  # the API holds the served tables in memory up to this many rows
     # The secret-bearing variables (URLs may hold a password) that the environment set: resources then take them
     # as `dg.EnvVar`, so Dagster shows the variable's name, never its value.
     secrets_from_env: frozenset[str] = frozenset()
@@ -202,6 +204,11 @@ def load_settings(env: Mapping[str, str] | None = None, *, now: dt.datetime | No
     if openlineage_file:
         openlineage_file = validate_storage_uri(openlineage_file, where="OPENLINEAGE_FILE")
 
+    max_rows_raw = env.get("STOCK_PLATFORM_API_MAX_ROWS", str(DEFAULT_API_MAX_ROWS)).strip().replace("_", "")
+    if not max_rows_raw.isdigit():
+        raise SettingsError(f"STOCK_PLATFORM_API_MAX_ROWS={max_rows_raw!r}: expected a whole number of rows (0: "
+                            "never load the tables, scan on every request)")
+
     return Settings(
         home=home,
         source=source,
@@ -220,6 +227,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, now: dt.datetime | No
         dagster_url=dagster_url.rstrip("/"),
         openlineage_url=openlineage_url,
         openlineage_file=openlineage_file,
+        api_max_rows=int(max_rows_raw),
         secrets_from_env=frozenset(v for v in SECRET_VARIABLES if env.get(v)),
     )
 

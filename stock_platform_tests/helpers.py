@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime as dt
 import functools
 import shutil
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -145,3 +148,26 @@ def registry_booster(tracking: TrackingResource, version: str):
     from stock_platform.lib.families import FAMILIES
 
     return mlflow.lightgbm.load_model(f"models:/{tracking.model_name(FAMILIES['lightgbm'])}/{version}")
+
+
+@contextlib.contextmanager
+def serving(lake: LakeResource):
+    """The API on `lake` in a real uvicorn server (a thread), polling the lake every 0.2 s; yields host:port."""
+    import uvicorn
+
+    from stock_platform.serving.api import create_app
+    from stock_platform_tests.deployment import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(lake, poll_seconds=0.2), host="127.0.0.1", port=port,
+                                           log_level="warning", timeout_graceful_shutdown=3))  # as `serve`
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -15,6 +15,7 @@ from stock_platform.lib.tables import EVALUATION_TABLE, PRECOMBINE, PREDICTIONS_
 from stock_platform.resources.lake import LakeResource
 from stock_platform.serving import queries as q
 from stock_platform.serving.api import MAX_LIMIT, create_app
+from stock_platform_tests.helpers import serving
 from stock_platform_tests.lake_writer import batch, predictions
 
 START, END = dt.date(2024, 7, 1), dt.date(2024, 9, 30)
@@ -107,3 +108,31 @@ def test_the_read_model_serves_an_empty_lake_and_then_its_first_table(tmp_path):
         latest = lake.table(SNAPSHOT_TABLE).version()
         assert client.get("/prices/T000").json()["total"] == len(expected_prices(lake, latest, "T000")) > 0
         assert client.get("/predictions/T000").json()["items"] == []
+
+
+def test_concurrent_clients_of_every_endpoint_all_get_answers(tmp_path):
+    """Eight clients at once on a real server, every endpoint, 400 tickers (polars deadlocked when two threads
+    wrote and read one frame, the ticker index, at once: see read_model.json_rows)."""
+    import threading
+
+    import httpx
+
+    lake = LakeResource(uri=str(tmp_path / "lake"))
+    ensure_snapshot_table(lake)
+    bars = batch(400, dt.date(2024, 9, 2), dt.date(2024, 9, 30))
+    lake.upsert(SNAPSHOT_TABLE, bars, keys=SNAPSHOT_KEYS, order_by=PRECOMBINE)
+    lake.replace_dates(PREDICTIONS_TABLE, predictions(bars, 1), dt.date(2024, 9, 2), dt.date(2024, 9, 30))
+
+    urls = ["/tickers", "/prices/T000?limit=50", "/predictions/T001", "/evaluation?window=5"]
+    statuses: list[int] = []
+    with serving(lake) as address:
+        def client() -> None:
+            with httpx.Client(base_url=f"http://{address}", timeout=20) as http:
+                statuses.extend(http.get(url).status_code for _ in range(25) for url in urls)
+
+        threads = [threading.Thread(target=client) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert statuses == [200] * (8 * 25 * len(urls))

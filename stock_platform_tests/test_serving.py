@@ -19,6 +19,7 @@ from stock_platform.resources.lake import LakeResource
 from stock_platform.resources.warehouse import WarehouseResource
 from stock_platform.serving.api import MAX_LIMIT, create_app
 from stock_platform_tests.conftest import DEMO_ARGS, DEMO_END, DEMO_TICKERS, user_env
+from stock_platform_tests.helpers import serving
 from stock_platform_tests.deployment import free_port
 
 pytestmark = pytest.mark.slow
@@ -158,26 +159,6 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(lake):
     assert not failures, "\n\n".join(failures[:3])
     assert set(calls) == {op.ok().label for op in operations}  # every operation was exercised
     assert len(calls) > 50
-
-
-@contextlib.contextmanager
-def serving(lake: LakeResource):
-    """The API on `lake` in a real uvicorn server (a thread), polling the lake every 0.2 s; yields host:port."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(lake, poll_seconds=0.2), host="127.0.0.1", port=port,
-                                           log_level="warning", timeout_graceful_shutdown=3))  # as `serve`
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture

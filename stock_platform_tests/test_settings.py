@@ -18,6 +18,7 @@ def test_defaults_live_under_home(tmp_path):
     assert s.mlflow_tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert s.dagster_home == tmp_path / "dagster"
     assert s.ray_address is None
+    assert s.api_max_rows == 20_000_000
 
 
 def test_values_are_read_and_normalised(tmp_path):
@@ -25,8 +26,9 @@ def test_values_are_read_and_normalised(tmp_path):
         "STOCK_PLATFORM_HOME": str(tmp_path), "STOCK_PLATFORM_TICKERS": " aapl, BRK-B,EURUSD=X,aapl ",
         "STOCK_PLATFORM_LAKE_URI": "s3://my-bucket/lake/", "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
         "STOCK_PLATFORM_START": "2020-01-02", "RAY_ADDRESS": "ray://head:10001",
-        "STOCK_PLATFORM_WAREHOUSE_URL": "postgresql://user@db:5432/warehouse",
+        "STOCK_PLATFORM_WAREHOUSE_URL": "postgresql://user@db:5432/warehouse", "STOCK_PLATFORM_API_MAX_ROWS": "5_000_000",
     })
+    assert s.api_max_rows == 5_000_000
     assert s.warehouse_url == "postgresql+psycopg2://user@db:5432/warehouse"  # one driver: psycopg2
     assert s.tickers == ("AAPL", "BRK-B", "EURUSD=X")
     assert s.lake_uri == "s3://my-bucket/lake"
@@ -51,6 +53,8 @@ def test_values_are_read_and_normalised(tmp_path):
         ({"STOCK_PLATFORM_SOURCE": "files"}, "STOCK_PLATFORM_FILES_DIR"),
         ({"STOCK_PLATFORM_FILES_DIR": "/definitely/not/here"}, "STOCK_PLATFORM_FILES_DIR"),
         ({"AWS_ENDPOINT_URL": "localhost:9000"}, "AWS_ENDPOINT_URL"),
+        ({"STOCK_PLATFORM_API_MAX_ROWS": "2e6"}, "STOCK_PLATFORM_API_MAX_ROWS"),
+        ({"STOCK_PLATFORM_API_MAX_ROWS": "-1"}, "STOCK_PLATFORM_API_MAX_ROWS"),
     ],
 )
 def test_bad_values_name_the_variable_and_value(tmp_path, env, variable):

@@ -195,7 +195,7 @@ def create_app(lake: LakeResource, *, poll_seconds: float = 1.0, refresh_seconds
     @app.get("/tickers", response_model=list[TickerInfo], responses=NOT_MODIFIED)
     def tickers(request: Request) -> Response:
         view = model.view()
-        return answer(request, view, lambda: json_rows(view.tickers()))
+        return answer(request, view, lambda: view.tickers_json)
 
     @app.get("/prices/{ticker}", response_model=BarPage,
              responses={404: {"description": "unknown ticker"}, **NOT_MODIFIED})
@@ -275,7 +275,8 @@ def app_from_settings(settings: Settings | None = None, poll_seconds: float = 1.
     from stock_platform.resources import build_resources
     from stock_platform.settings import get_settings
 
-    return create_app(build_resources(settings or get_settings())["lake"], poll_seconds=poll_seconds)
+    settings = settings or get_settings()
+    return create_app(build_resources(settings)["lake"], poll_seconds=poll_seconds, max_rows=settings.api_max_rows)
 
 
 def serve(host: str, port: int, settings: Settings | None = None) -> None:
