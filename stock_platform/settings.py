@@ -22,7 +22,7 @@ _IDENTIFIER_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[A-Za-z0-9_.\-/]*)?$")
 
 SOURCES = ("demo", "yfinance", "files")
-DEFAULT_API_MAX_ROWS = 20_000_000  # served rows the API holds in memory (see serving/read_model.py)
+DEFAULT_API_MAX_ROWS = 10_000_000  # served rows the API holds in memory, ~3.8 GB (see serving/read_model.py)
 DEFAULT_TICKERS = ("AAPL", "MSFT", "AMZN", "GOOGL", "META", "NVDA", "JPM", "XOM", "JNJ", "PG")
 DEFAULT_START = dt.date(2015, 1, 2)
 SECRET_VARIABLES = ("STOCK_PLATFORM_WAREHOUSE_URL", "MLFLOW_TRACKING_URI", "STOCK_PLATFORM_ALERT_WEBHOOK")

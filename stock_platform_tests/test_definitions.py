@@ -183,7 +183,6 @@ PRIVATE_DAGSTER_IMPORTS = {
                                    "dagster._core.instance", "dagster._core.launcher", "dagster._grpc.types",
                                    "dagster._serdes"},
     "stock_platform/gates.py": {"dagster._core.storage.asset_check_execution_record"},
-    "stock_platform/serving/dashboard.py": {"dagster._core.storage.asset_check_execution_record"},
     "stock_platform_tests/test_launcher.py": {"dagster._core.launcher"},
 }
 

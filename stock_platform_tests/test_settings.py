@@ -18,7 +18,7 @@ def test_defaults_live_under_home(tmp_path):
     assert s.mlflow_tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert s.dagster_home == tmp_path / "dagster"
     assert s.ray_address is None
-    assert s.api_max_rows == 20_000_000
+    assert s.api_max_rows == 10_000_000
 
 
 def test_values_are_read_and_normalised(tmp_path):
