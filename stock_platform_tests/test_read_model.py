@@ -66,8 +66,13 @@ def test_answers_are_the_lake_at_the_headers_versions_before_and_after_a_commit(
         again = client.get("/prices/T001", params={"limit": MAX_LIMIT}, headers={"If-None-Match": first.headers["etag"]})
         assert again.status_code == 304 and again.headers["etag"] == first.headers["etag"] and not again.content
 
-        # a commit (a later record of every T001 bar, close + 1, and a new ticker) becomes visible with its version
-        later = batch(4, START, END, hours_later=1, close_bump=1.0).filter(pl.col("ticker").is_in(["T001", "T003"]))
+        # a commit (a later record of every T001 bar, close + 1, a new ticker and a soft delete of one T002 bar)
+        # becomes visible with its version
+        later = batch(4, START, END, hours_later=1, close_bump=1.0)
+        gone = later.filter((pl.col("ticker") == "T002") & (pl.col("date") == dt.date(2024, 8, 1)))
+        later = pl.concat([later.filter(pl.col("ticker").is_in(["T001", "T003"])),
+                           gone.with_columns(_is_deleted=pl.lit(True))])
+        before_t002 = client.get("/prices/T002", params={"limit": MAX_LIMIT}).json()["total"]
         lake.upsert(SNAPSHOT_TABLE, later, keys=SNAPSHOT_KEYS, order_by=PRECOMBINE)
         deadline = time.monotonic() + 30
         while (now := client.get("/prices/T001", params={"limit": MAX_LIMIT})).headers["etag"] == first.headers["etag"]:
@@ -77,6 +82,10 @@ def test_answers_are_the_lake_at_the_headers_versions_before_and_after_a_commit(
         assert same(now.json()["items"], expected_prices(lake, at[SNAPSHOT_TABLE] + 1, "T001"))
         assert now.json()["items"][0]["close"] == pytest.approx(first.json()["items"][0]["close"] + 1.0)
         assert "T003" in {t["ticker"] for t in client.get("/tickers").json()}
+        assert client.get("/tickers").json() == q.records(q.tickers(lake, version=at[SNAPSHOT_TABLE] + 1))
+        t002 = client.get("/prices/T002", params={"limit": MAX_LIMIT}).json()
+        assert t002["total"] == before_t002 - 1 and "2024-08-01" not in {i["date"] for i in t002["items"]}
+        assert same(t002["items"], expected_prices(lake, at[SNAPSHOT_TABLE] + 1, "T002"))
         # the forecasts' actual closes follow the new snapshot version too
         moved = client.get("/predictions/T001", params={"limit": MAX_LIMIT})
         assert same(moved.json()["items"], expected_predictions(lake, versions(moved), "T001"))

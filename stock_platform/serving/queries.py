@@ -90,6 +90,8 @@ def with_closes(preds: pl.DataFrame, closes: pl.DataFrame | None) -> pl.DataFram
     close of its target day; `closes` holds (ticker, date, close)."""
     if closes is None:
         closes = pl.DataFrame(schema={"ticker": pl.String, "date": pl.Date, "close": pl.Float64})
+    elif preds.height:  # only the days the forecasts name
+        closes = closes.filter(pl.col("date").is_between(preds["date"].min(), preds["target_date"].max()))
     return (preds.join(closes.rename({"close": "naive_close"}), on=["ticker", "date"], how="left")
             .join(closes.rename({"date": "target_date", "close": "actual_close"}), on=["ticker", "target_date"],
                   how="left")

@@ -11,7 +11,9 @@ Memory: ~380 MB per million served rows (benchmarks/serving.py: the API's RSS 28
 861 MB holding 1.51 M rows of a 500-ticker x 10-year lake). A lake whose served tables hold more rows than
 `max_rows` (STOCK_PLATFORM_API_MAX_ROWS, default 10 M) is not loaded: its views are `scan` views, answered by the
 lake queries (`queries.py`) at the same pinned versions, with the same answers, at a scan's speed.
-A new version rebuilds what the moved tables feed in full: 1.4 s from a commit to the answer on that lake.
+A new version rebuilds what the moved tables feed in full: 1.4 s from a commit to the answer on that lake. (Applying
+`price_snapshots`' change data feed to the previous frames instead was tried: correct, but no faster, 1.3-1.6 s,
+because a daily commit touches every ticker and their forecasts' closes.)
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ def _between(frame: pl.DataFrame, start: dt.date | None, end: dt.date | None) ->
 
 
 def _by_ticker(df: pl.DataFrame) -> dict[str, pl.DataFrame]:
-    return {key[0]: part.drop("ticker") for key, part in df.partition_by("ticker", as_dict=True).items()}
+    return {key[0]: part for key, part in df.partition_by("ticker", as_dict=True, include_key=False).items()}
 
 
 class ReadModel:
@@ -146,7 +148,10 @@ class ReadModel:
         total = 0
         for name in SERVED:
             if versions[name] >= 0:
-                actions = self.lake.table(name, versions[name]).get_add_actions(flatten=True)
+                table = self._tables.get(name)  # followed by `versions()`: at `versions[name]` unless it moved since
+                if table is None or table.version() != versions[name]:
+                    table = self.lake.table(name, versions[name])
+                actions = table.get_add_actions(flatten=True)
                 total += int(sum(v or 0 for v in actions.column("num_records").to_pylist()))
         return total
 
