@@ -165,14 +165,16 @@ class ReadModel:
         if q.SNAPSHOTS in moved:
             live = (lake.snapshot(q.SNAPSHOTS, as_of=versions[q.SNAPSHOTS]).select("ticker", *q.BAR_COLUMNS)
                     if versions[q.SNAPSHOTS] >= 0 else q.empty_bars())
-            prices, tickers = _by_ticker(live), q.ticker_index(live)
+            prices, tickers, closes = _by_ticker(live), q.ticker_index(live), live.select("ticker", "date", "close")
         else:
-            prices, tickers = previous.prices, previous.tickers_frame
+            prices, tickers, closes = previous.prices, previous.tickers_frame, None
         if moved & {q.SNAPSHOTS, q.PREDICTIONS}:
             preds = (lake.read(q.PREDICTIONS, version=versions[q.PREDICTIONS]) if versions[q.PREDICTIONS] >= 0
                      else pl.DataFrame(schema=q.predictions_schema()))
-            closes = pl.concat([f.select("date", "close").with_columns(ticker=pl.lit(t))
-                                for t, f in prices.items()]) if prices else None
+            if closes is None and prices:  # the previous view's bars, back in one frame
+                names = list(prices)
+                closes = pl.concat([prices[t].select("date", "close") for t in names]).with_columns(
+                    pl.Series("ticker", names).repeat_by(pl.Series([prices[t].height for t in names])).explode())
             predictions = _by_ticker(q.with_closes(preds, closes).sort("ticker", "date"))
         else:
             predictions = previous.predictions
