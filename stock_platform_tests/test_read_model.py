@@ -145,3 +145,17 @@ def test_concurrent_clients_of_every_endpoint_all_get_answers(tmp_path):
         for t in threads:
             t.join(60)
     assert statuses == [200] * (8 * 25 * len(urls))
+
+
+def test_a_lake_that_goes_away_after_loading_is_served_at_its_last_versions(lake, tmp_path):
+    """Once loaded, a lake that cannot be followed (here: moved away) leaves the API answering from its last view,
+    with its versions; a request before any view answers 503 (test_serving)."""
+    import shutil
+
+    with TestClient(create_app(lake, refresh_seconds=0.05)) as client:
+        first = client.get("/prices/T000")
+        shutil.move(lake.uri, tmp_path / "elsewhere")
+        time.sleep(0.5)  # ten polls of the refresher, all failing
+        again = client.get("/prices/T000")
+        assert again.status_code == 200 and again.json() == first.json()
+        assert again.headers["etag"] == first.headers["etag"]

@@ -7,8 +7,8 @@ and swaps in a new view when a commit lands, rebuilding only what the changed ta
 storage: it filters one ticker's frame and writes the page as JSON. Every answer is the lake at the view's versions
 (`View.etag`, the `ETag` and `X-Table-Version` headers).
 
-Memory: ~380 MB per million served rows (benchmarks/serving.py: the API's RSS 284 MB reading the lake per request,
-861 MB holding 1.51 M rows of a 500-ticker x 10-year lake). A lake whose served tables hold more rows than
+Memory: ~380 MB per million served rows (benchmarks/serving.py: the API's RSS 277 MB reading the lake per request,
+862 MB holding 1.51 M rows of a 500-ticker x 10-year lake). A lake whose served tables hold more rows than
 `max_rows` (STOCK_PLATFORM_API_MAX_ROWS, default 10 M) is not loaded: its views are `scan` views, answered by the
 lake queries (`queries.py`) at the same pinned versions, with the same answers, at a scan's speed.
 A new version rebuilds what the moved tables feed in full: 0.6 s on that lake, 0.84 s from a commit to the answer.
@@ -19,8 +19,8 @@ since a daily commit touches every ticker and their forecasts' closes.)
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -31,6 +31,7 @@ from stock_platform.serving import queries as q
 from stock_platform.settings import DEFAULT_API_MAX_ROWS as DEFAULT_MAX_ROWS
 
 SERVED = (q.SNAPSHOTS, q.PREDICTIONS, q.EVALUATION)  # the tables the API reads, in `View.versions`' order
+_log = logging.getLogger(__name__)
 
 
 def json_rows(df: pl.DataFrame) -> bytes:
@@ -53,7 +54,7 @@ class View:
     predictions: dict[str, pl.DataFrame] = field(default_factory=dict)  # ticker -> forecasts by date
     tickers_frame: pl.DataFrame | None = None
     evaluation_frame: pl.DataFrame | None = None
-    _evaluations: dict = field(default_factory=dict)  # (window,) -> answer, computed once per view
+    _evaluations: dict = field(default_factory=dict)  # window -> answer, computed once per view
 
     @cached_property
     def etag(self) -> str:
@@ -118,16 +119,13 @@ def _by_ticker(df: pl.DataFrame) -> dict[str, pl.DataFrame]:
 class ReadModel:
     """The current `View` of a lake, refreshed in the background when a served table gets a new version."""
 
-    def __init__(self, lake: LakeResource, *, poll_seconds: float = 0.25, max_rows: int = DEFAULT_MAX_ROWS,
-                 on_error: Callable[[Exception], None] | None = None):
+    def __init__(self, lake: LakeResource, *, poll_seconds: float = 0.25, max_rows: int = DEFAULT_MAX_ROWS):
         self.lake, self.poll_seconds, self.max_rows = lake, poll_seconds, max_rows
         self._tables: dict = {}  # name -> DeltaTable, kept to follow its log incrementally
         self._view: View | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.last_error: Exception | None = None
-        self._on_error = on_error
 
     # ------------------------------------------------------------------------------------------ versions
     def versions(self) -> dict[str, int]:
@@ -213,14 +211,19 @@ class ReadModel:
                 self._thread.start()
 
     def _follow(self) -> None:
+        failing = False
         while not self._stop.wait(self.poll_seconds):
             try:
                 self.refresh()
-                self.last_error = None
             except Exception as exc:  # noqa: BLE001 - the lake is unreachable: keep serving the last view
-                self.last_error = exc
-                if self._on_error is not None:
-                    self._on_error(exc)
+                if not failing:  # once per outage, not every poll
+                    _log.warning(f"read model: cannot follow the lake at {self.lake.uri}, serving versions "
+                                 f"{self._view.header if self._view else '-'} until it can: {exc}")
+                failing = True
+            else:
+                if failing:
+                    _log.warning(f"read model: following the lake at {self.lake.uri} again")
+                failing = False
 
     def close(self) -> None:
         self._stop.set()
