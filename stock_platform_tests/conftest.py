@@ -296,9 +296,12 @@ GROUPS_DIR = os.environ.setdefault("SPT_XDIST_GROUPS_DIR", SESSION_ROOT)  # the 
 
 
 def shared_fixture_group(item) -> str | None:
-    """"demo_run" for the users of the session's demo (test_cli, test_serving), the module's name for a test that
-    uses a module-scoped fixture, else None. (pytest keeps a test's fixture definitions, with their scopes, in
+    """The group of an `xdist_group` mark (tests sharing something no fixture owns, e.g. a file one of them
+    touches), "demo_run" for the users of the session's demo (test_cli, test_serving), the module's name for a test
+    that uses a module-scoped fixture, else None. (pytest keeps a test's fixture definitions, with their scopes, in
     `_fixtureinfo` only.)"""
+    if (mark := item.get_closest_marker("xdist_group")) is not None:
+        return mark.args[0]
     if "demo_run" in item.fixturenames:
         return "demo_run"
     definitions = getattr(item, "_fixtureinfo", None)

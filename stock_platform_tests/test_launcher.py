@@ -15,7 +15,9 @@ from stock_platform.launcher import WORKER_PID_TAG, WORKER_START_TAG
 from stock_platform_tests.launcher_jobs import MARKER_MODULE, probe_job
 from stock_platform_tests.live_stack import wait_for
 
-pytestmark = pytest.mark.slow
+# one worker for all of them: a test here moves the marker module's mtime ("a deploy"), which a warm worker of a
+# test running beside it on the other xdist worker would take for changed code (and run its run in a fresh process)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("launcher_marker_file")]
 MARKER_FILE = Path(__file__).with_name("launcher_marker.py")
 
 
