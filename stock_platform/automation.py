@@ -37,9 +37,6 @@ daily_assets_job = dg.define_asset_job(
     "daily_assets",
     selection=without_freshness(dg.AssetSelection.tag(CADENCE_TAG, DAILY_CADENCE)),
     description="Daily trading-day partitions of the daily assets (with their blocking checks).",
-    # The assets form a chain: nothing runs in parallel, and a process per step cost ~2 s each (measured in
-    # benchmarks/latency.py: 19.7 s per landing run with processes, most of it process start-up and imports).
-    executor_def=dg.in_process_executor,
 )
 
 weekly_retrain_job = dg.define_asset_job(
@@ -47,7 +44,6 @@ weekly_retrain_job = dg.define_asset_job(
     selection=without_freshness(dg.AssetSelection.assets(*(f"{family}_model" for family in FAMILIES), "tuned_model")),
     description="Tune, train and register every model family's candidate of a finished week (Ray Tune + MLflow), "
     "then gate them against the naive random walk and the champion (`tuned_model`).",
-    executor_def=dg.in_process_executor,  # one step; Ray does the parallel work (and must not start in a fork)
 )
 
 

@@ -43,6 +43,12 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                  dg.build_sensor_for_freshness_checks(freshness_checks=fresh,
                                                       default_status=dg.DefaultSensorStatus.RUNNING)],
         resources=build_resources(settings),
+        # Every job's steps run in the run's process, also the runs the UI launches (a backfill, "Materialize
+        # all"), which Dagster would otherwise give a process per step: the daily assets form a chain, so steps
+        # never run in parallel, and a step process costs ~2 s of start-up and imports (benchmarks/latency.py:
+        # 19.7 s per landing run with processes); the model families' parallel work is Ray's, and their searches
+        # share the run's one Ray (resources/tuning.py), which a fork must not inherit.
+        executor=dg.in_process_executor,
     )
 
 

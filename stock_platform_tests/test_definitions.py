@@ -75,6 +75,9 @@ def test_jobs_and_resources():
                                    "alerts", "lineage"}
     assert {s.name for s in defs.sensors} == {"landing_zone_sensor", "live_quotes_sensor", "alerts",
                                               "freshness_checks_sensor", "openlineage"}
+    # every job runs its steps in the run's process: ours, and the implicit one behind the UI's backfills
+    for name in ("daily_assets", "weekly_retrain", "lake_maintenance", "__ASSET_JOB"):
+        assert defs.resolve_job_def(name).executor_def is dg.in_process_executor, name
 
 
 def test_freshness_is_watched_outside_the_jobs():
