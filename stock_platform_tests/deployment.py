@@ -55,10 +55,12 @@ def postgres_env(url) -> dict[str, str]:
 
 
 class Deployment:
-    """Start with `with Deployment(home, env) as d:`; `d.graphql(query, variables)` talks to the webserver."""
+    """Start with `with Deployment(home, env) as d:`; `d.graphql(query, variables)` talks to the webserver.
+    `held` processes are not started with the others: `d.start(name)` starts one later."""
 
-    def __init__(self, home: Path, env: dict[str, str]):
+    def __init__(self, home: Path, env: dict[str, str], *, held: tuple[str, ...] = ()):
         self.home = home
+        self.held = held
         self.dagster_home = home / "dagster"
         self.ports = {4000: free_port(), 3000: free_port()}
         self.url = f"http://127.0.0.1:{self.ports[3000]}"
@@ -71,20 +73,24 @@ class Deployment:
         workspace = yaml.safe_load((REPO / "docker" / "workspace.yaml").read_text())
         workspace["load_from"][0]["grpc_server"] |= {"host": "127.0.0.1", "port": self.ports[4000]}
         (self.dagster_home / "workspace.yaml").write_text(yaml.safe_dump(workspace))
-        services = compose_services()
         try:
             for name in PROCESSES:
-                cmd = native_command(services[name]["command"], home=self.dagster_home, ports=self.ports)
-                log = open(self.home / f"{name}.log", "w")  # noqa: SIM115 - the process owns it
-                self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                                    start_new_session=True, cwd=self.home)
-                if name == "code":  # the others connect to it
-                    wait_for(self._code_server_ready, timeout=120, every=0.5)
+                if name not in self.held:
+                    self.start(name)
             wait_for(self._location_loaded, timeout=120, every=0.5)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def start(self, name: str) -> None:
+        """Start the compose service `name` with the command docker/compose.yaml gives it."""
+        cmd = native_command(compose_services()[name]["command"], home=self.dagster_home, ports=self.ports)
+        log = open(self.home / f"{name}.log", "w")  # noqa: SIM115 - the process owns it
+        self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True, cwd=self.home)
+        if name == "code":  # the others connect to it
+            wait_for(self._code_server_ready, timeout=120, every=0.5)
 
     def __exit__(self, *exc) -> None:
         self.stop()

@@ -29,8 +29,11 @@ def test_a_backfill_submitted_through_the_webserver_runs_on_postgres_and_reports
     home, env = stack(tmp_path, fresh_postgres_db, TICKERS, FIRST.isoformat())
     sessions = [d.isoformat() for d in trading_days(FIRST, LAST)]
     assets = ["prices", "price_snapshots", "features"]
-    with Deployment(home, env) as deployment:
+    # The daemon starts after the submission, as after a restart with a backfill pending: its backfill loop runs
+    # every 30 s (Dagster's fixed interval), so its first iteration launches the run instead of its second.
+    with Deployment(home, env, held=("daemon",)) as deployment:
         backfill_id = launch_backfill(deployment, assets, sessions, title="test backfill")
+        deployment.start("daemon")
         done = wait_for_backfill(deployment, backfill_id)
         assert done["status"] == "COMPLETED_SUCCESS", (done, deployment.log("daemon")[-3000:])
         assert done["numPartitions"] == len(sessions)
