@@ -34,6 +34,13 @@ def compose_services() -> dict:
     return yaml.safe_load(COMPOSE.read_text())["services"]
 
 
+def compose_dagster_env() -> dict[str, str]:
+    """The Dagster settings docker/compose.yaml gives every app process other than the Postgres connection
+    (`postgres_env` makes that one for the test's database): event batching, planned events."""
+    app_env = yaml.safe_load(COMPOSE.read_text())["x-app-environment"]
+    return {k: str(v) for k, v in app_env.items() if k.startswith("DAGSTER_") and not k.startswith("DAGSTER_PG_")}
+
+
 def native_command(command: list[str], *, home: Path, ports: dict[int, int]) -> list[str]:
     """A compose service's command for this machine: bind to loopback, our ports, our DAGSTER_HOME."""
     out = []
@@ -197,7 +204,7 @@ def wait_for_backfill(deployment: Deployment, backfill_id: str, timeout: float =
 
 def stack(home: Path, url, tickers: tuple[str, ...], start: str) -> tuple[Path, dict[str, str]]:
     """A home and environment for a deployment on the Postgres database `url` (instance + warehouse)."""
-    env = stack_env(home) | postgres_env(url) | {
+    env = stack_env(home) | compose_dagster_env() | postgres_env(url) | {
         "STOCK_PLATFORM_TICKERS": ",".join(tickers), "STOCK_PLATFORM_START": start,
         "STOCK_PLATFORM_WAREHOUSE_URL": url.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False),
         # the console scripts (dagster, dagster-webserver, dagster-daemon) of this interpreter's environment
