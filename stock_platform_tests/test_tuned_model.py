@@ -127,7 +127,12 @@ def test_two_weeks_tune_every_family_and_the_gate_promotes_at_most_one(tmp_path,
     model = registry_booster(tracking, "2")
     assert model.feature_name() == list(MODEL_FEATURES)  # the scale-free inputs only, never a price level
     assert load_model(served, lgbm, 2)[1].model_to_string() == model.model_to_string()
+    import lightgbm
     import mlflow
+
+    # the environment it needs to be served elsewhere: the LightGBM it was trained with
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(f"models:/{lgbm}/2")).read_text().split()
+    assert f"lightgbm=={lightgbm.__version__}" in requirements
 
     ridge = tracking.model_name(FAMILIES["ridge"])
     rows = lake.read(FEATURES_TABLE, dt.date(2024, 6, 21), dt.date(2024, 6, 21)).filter("warm")

@@ -130,7 +130,10 @@ class TrackingResource(dg.ConfigurableResource):
         common = {"name": "model", "input_example": example, "registered_model_name": self.model_name(family)}
         with redirect_stderr(io.StringIO()):  # MLflow prints "Created version ..." there; the asset logs it
             if isinstance(family, LightGBM):
+                # the flavour's own requirements (the pinned lightgbm): inferring them loads the model in a
+                # subprocess that imports it, 2.7 s of every weekly run here
                 info = mlflow.lightgbm.log_model(model, signature=infer_signature(example, model.predict(example)),
+                                                 pip_requirements=mlflow.lightgbm.get_default_pip_requirements(),
                                                  **common)
             else:
                 import polars as pl
