@@ -18,7 +18,8 @@ from stock_platform.lib.families import FAMILIES
 from stock_platform.partitions import CADENCE_TAG, DAILY_CADENCE, trading_days
 from stock_platform.resources import PriceSourceResource, UniverseResource
 from stock_platform.resources.landing import LandedFile, LandingResource, validate_key
-from stock_platform.resources.lake import LakeResource, Maintenance
+from stock_platform.lake import Maintenance
+from stock_platform.resources.lake import LakeResource
 
 # At most this many new file versions are read per sensor tick (a backlog is taken over the next ticks).
 MAX_FILES_PER_TICK = 500

@@ -17,7 +17,8 @@ from stock_platform.assets.lake import ensure_snapshot_table
 from stock_platform.lib.calendar import trading_days
 from stock_platform.lib.snapshots import MergeCounts, precombine
 from stock_platform.lib.tables import PRECOMBINE, SNAPSHOT_KEYS, SNAPSHOT_TABLE
-from stock_platform.resources.lake import LakeError, LakeResource
+from stock_platform.lake import LakeError
+from stock_platform.resources.lake import LakeResource
 from stock_platform_tests.lake_writer import batch
 
 D1, D2, D3 = dt.date(2024, 3, 4), dt.date(2024, 3, 5), dt.date(2024, 3, 6)

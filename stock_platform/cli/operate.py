@@ -127,7 +127,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     import polars as pl
 
     from stock_platform.lib.tables import SNAPSHOT_TABLE
-    from stock_platform.resources.lake import LakeError
+    from stock_platform.lake import LakeError
 
     settings = settings_from(args)
     tickers, as_of = tickers_option(args.tickers), as_of_option(args.as_of)

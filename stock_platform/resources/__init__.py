@@ -71,7 +71,7 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         "source": PriceSourceResource(
             source=settings.source, files_dir=str(settings.files_dir) if settings.files_dir else None
         ),
-        "lake": LakeResource(uri=settings.lake_uri, aws_endpoint_url=settings.aws_endpoint_url),
+        "lake": LakeResource.of(settings),
         "landing": LandingResource(uri=settings.landing_uri, aws_endpoint_url=settings.aws_endpoint_url),
         "universe": UniverseResource(tickers=list(settings.tickers)),
         "warehouse": WarehouseResource(url=secret("STOCK_PLATFORM_WAREHOUSE_URL", settings.warehouse_url)),

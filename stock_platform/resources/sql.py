@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import duckdb
     import polars as pl
 
-    from stock_platform.resources.lake import LakeResource
+    from stock_platform.lake import Lake
 
 
 class SQLError(ValueError):
@@ -45,7 +45,7 @@ def _extension_directory() -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / "extensions")
 
 
-def _s3_secret(lake: LakeResource) -> str | None:
+def _s3_secret(lake: Lake) -> str | None:
     """A DuckDB S3 secret from the environment's credentials and the lake's endpoint (None: a local lake)."""
     import os
     from urllib.parse import urlparse
@@ -68,13 +68,13 @@ def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def connect(lake: LakeResource) -> duckdb.DuckDBPyConnection:
+def connect(lake: Lake) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with every existing lake table as a view of its name."""
     from pathlib import Path
 
     import duckdb
 
-    from stock_platform.resources.lake import YEAR_SUFFIX
+    from stock_platform.lake import YEAR_SUFFIX
 
     con = duckdb.connect(config={"extension_directory": _extension_directory(),
                                  "autoinstall_known_extensions": False, "autoload_known_extensions": False})
@@ -96,7 +96,7 @@ def connect(lake: LakeResource) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def query(lake: LakeResource, sql: str) -> pl.DataFrame:
+def query(lake: Lake, sql: str) -> pl.DataFrame:
     """The result of one read-only statement over the lake's views; SQLError naming the problem otherwise (a
     refused statement before the lake is touched)."""
     import duckdb

@@ -1,7 +1,7 @@
 """The prediction API (`stock-platform serve`): prices, forecasts beside the naive forecast, evaluation
 metrics, and a WebSocket feed of new snapshot rows and forecasts from the lake's change data feed.
 
-Read-only, over the lake (`LakeResource`); nothing is recomputed here but the evaluation's aggregates. Requests are
+Read-only, over the lake (`stock_platform.lake.Lake`); nothing is recomputed here but the evaluation's aggregates. Requests are
 answered from the read model (`read_model.py`: the served tables in memory at pinned versions, followed in the
 background): every answer carries the versions it shows (`X-Table-Version`, and an `ETag` that `If-None-Match`
 turns into a 304 while no served table has a new version).
@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from stock_platform.resources.lake import LakeError, LakeResource
+from stock_platform.lake import Lake, LakeError
 from stock_platform.serving import queries as q
 from stock_platform.serving.read_model import DEFAULT_MAX_ROWS, ReadModel, View, json_rows
 from stock_platform.settings import TICKER_PATTERN, Settings
@@ -119,7 +119,7 @@ def cursor_problem(table: str, value: str, latest: int) -> str | None:
     return None
 
 
-def unavailable(lake: LakeResource, exc: Exception) -> str:
+def unavailable(lake: Lake, exc: Exception) -> str:
     """Why the lake cannot be read, on one line (delta-rs and object_store errors span many, with colours)."""
     import re
 
@@ -137,7 +137,7 @@ def not_modified(request: Request, etag: str) -> bool:
     return etag in tags or "*" in tags
 
 
-def create_app(lake: LakeResource, *, poll_seconds: float = 1.0, refresh_seconds: float = 0.25,
+def create_app(lake: Lake, *, poll_seconds: float = 1.0, refresh_seconds: float = 0.25,
                max_rows: int = DEFAULT_MAX_ROWS) -> FastAPI:
     """The API over `lake`: requests read the read model (refreshed every `refresh_seconds`, in memory up to
     `max_rows` served rows); the WebSocket feed polls the change data feed every `poll_seconds`."""
@@ -272,11 +272,10 @@ def create_app(lake: LakeResource, *, poll_seconds: float = 1.0, refresh_seconds
 
 def app_from_settings(settings: Settings | None = None, poll_seconds: float = 1.0) -> FastAPI:
     """The app on the lake of `settings` (default: the process's, from the environment)."""
-    from stock_platform.resources import build_resources
     from stock_platform.settings import get_settings
 
     settings = settings or get_settings()
-    return create_app(build_resources(settings)["lake"], poll_seconds=poll_seconds, max_rows=settings.api_max_rows)
+    return create_app(Lake.of(settings), poll_seconds=poll_seconds, max_rows=settings.api_max_rows)
 
 
 def serve(host: str, port: int, settings: Settings | None = None) -> None:

@@ -2,8 +2,8 @@
 
 Per ticker: candlesticks with SMA 50/200 and Bollinger bands, RSI and MACD panels (as `features` stored them),
 predicted vs actual close beside the naive forecast, recent evaluation metrics, and data quality (the blocking
-checks' results and quarantined rows per day, both from the lake: the page opens no Dagster instance). Nothing is
-recomputed here.
+checks' results and quarantined rows per day, both from the lake). Nothing is recomputed here, and nothing loads
+Dagster: the lake is read through `stock_platform.lake.Lake`.
 """
 
 from __future__ import annotations
@@ -13,15 +13,14 @@ import datetime as dt
 import polars as pl
 import streamlit as st
 
+from stock_platform.lake import Lake
 from stock_platform.lib.tables import CHECKS_TABLE
 from stock_platform.serving import queries as q
 
 
 @st.cache_resource
-def _lake(uri: str, endpoint: str | None):
-    from stock_platform.resources.lake import LakeResource
-
-    return LakeResource(uri=uri, aws_endpoint_url=endpoint)
+def _lake(uri: str, endpoint: str | None) -> Lake:
+    return Lake(uri=uri, aws_endpoint_url=endpoint)
 
 
 @st.cache_data(ttl=30)

@@ -1,6 +1,6 @@
 """What the API and the dashboard show, read from the lake (never recomputed): one place for both.
 
-Every function takes the `LakeResource` and returns polars frames or plain dicts; tickers and dates are
+Every function takes the `Lake` (`stock_platform.lake`) and returns polars frames or plain dicts; tickers and dates are
 validated by the callers (the API's parameters, the dashboard's widgets).
 """
 
@@ -18,7 +18,7 @@ from stock_platform.lib.tables import PREDICTIONS_TABLE as PREDICTIONS
 from stock_platform.lib.tables import QUARANTINE_TABLE as QUARANTINE
 from stock_platform.lib.tables import SNAPSHOT_TABLE as SNAPSHOTS
 from stock_platform.lib.tables import predictions_schema
-from stock_platform.resources.lake import LakeResource
+from stock_platform.lake import Lake
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -59,7 +59,7 @@ def ticker_index(live: pl.DataFrame) -> pl.DataFrame:
             .sort("ticker"))
 
 
-def tickers(lake: LakeResource, *, version: int | None = None) -> pl.DataFrame:
+def tickers(lake: Lake, *, version: int | None = None) -> pl.DataFrame:
     """Each ticker in the snapshot table (as of `version`) with its first and last date and its number of sessions."""
     if version is None and not lake.exists(SNAPSHOTS):
         return ticker_index(empty_bars())
@@ -67,13 +67,13 @@ def tickers(lake: LakeResource, *, version: int | None = None) -> pl.DataFrame:
                         .select("ticker", "date").collect())
 
 
-def prices(lake: LakeResource, ticker: str, start: dt.date | None, end: dt.date | None, *,
+def prices(lake: Lake, ticker: str, start: dt.date | None, end: dt.date | None, *,
            version: int | None = None) -> pl.DataFrame:
     """The ticker's current (or `version`'s) daily bars (soft-deleted rows left out), oldest first."""
     return lake.snapshot(SNAPSHOTS, as_of=version, start=start, end=end, tickers=[ticker]).select(*BAR_COLUMNS)
 
 
-def indicators(lake: LakeResource, ticker: str, start: dt.date | None, end: dt.date | None) -> pl.DataFrame:
+def indicators(lake: Lake, ticker: str, start: dt.date | None, end: dt.date | None) -> pl.DataFrame:
     """The chart's indicators for the ticker, as `features` stored them."""
     if not lake.exists(FEATURES):
         return pl.DataFrame(schema={"date": pl.Date} | dict.fromkeys(CHART_INDICATORS, pl.Float64))
@@ -98,7 +98,7 @@ def with_closes(preds: pl.DataFrame, closes: pl.DataFrame | None) -> pl.DataFram
             .select("ticker", *SERVED_PREDICTION_COLUMNS))
 
 
-def predictions(lake: LakeResource, ticker: str, start: dt.date | None, end: dt.date | None, *,
+def predictions(lake: Lake, ticker: str, start: dt.date | None, end: dt.date | None, *,
                 version: int | None = None, snapshot_version: int | None = None) -> pl.DataFrame:
     """The ticker's forecasts made on days in [start, end] (as of the tables' versions, default the latest):
     predicted close, the naive forecast and, once known, the actual close of the target day."""
@@ -116,7 +116,7 @@ def no_evaluation(window: int) -> dict:
     return {"window_days": window, "first_target_date": None, "last_target_date": None, "metrics": {"rows": 0}}
 
 
-def evaluation(lake: LakeResource, window: int, tickers: Sequence[str] | None = None, *,
+def evaluation(lake: Lake, window: int, tickers: Sequence[str] | None = None, *,
                table: pl.DataFrame | None = None, version: int | None = None) -> dict:
     """Aggregate metrics of the evaluated forecasts over the last `window` target days (model vs naive), of the
     table as of `version` (default the latest) or of `table` when given (the API's read model holds it)."""
@@ -133,7 +133,7 @@ def evaluation(lake: LakeResource, window: int, tickers: Sequence[str] | None = 
             "metrics": {k: clean(v) for k, v in summarize(chosen).items()}}
 
 
-def quality(lake: LakeResource, start: dt.date | None, end: dt.date | None) -> pl.DataFrame:
+def quality(lake: Lake, start: dt.date | None, end: dt.date | None) -> pl.DataFrame:
     """Per partition day: stored rows, quarantined rows and the DQ score (stored / (stored + quarantined))."""
     if not lake.exists(SNAPSHOTS):
         return pl.DataFrame(schema={"date": pl.Date, "rows": pl.UInt32, "quarantined": pl.UInt32,
@@ -148,12 +148,12 @@ def quality(lake: LakeResource, start: dt.date | None, end: dt.date | None) -> p
             .sort("date"))
 
 
-def versions(lake: LakeResource) -> dict[str, int]:
+def versions(lake: Lake) -> dict[str, int]:
     """The current version of each table the update feed streams (-1: not created yet)."""
     return {name: lake.table(name).version() if lake.exists(name) else -1 for name in FEED_TABLES}
 
 
-def changes(lake: LakeResource, table: str, since: int, until: int) -> pl.DataFrame:
+def changes(lake: Lake, table: str, since: int, until: int) -> pl.DataFrame:
     """Rows inserted or updated in `table` after version `since` up to `until` (deletes of a replaced
     prediction day and update pre-images left out), with their commit version."""
     if until <= since:

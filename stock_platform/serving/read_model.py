@@ -26,7 +26,7 @@ from functools import cached_property
 
 import polars as pl
 
-from stock_platform.resources.lake import LakeResource
+from stock_platform.lake import Lake
 from stock_platform.serving import queries as q
 from stock_platform.settings import DEFAULT_API_MAX_ROWS as DEFAULT_MAX_ROWS
 
@@ -47,7 +47,7 @@ class View:
     """The served tables at fixed versions (-1: not created yet). `scan` views hold no rows: the queries read the
     lake at `versions`."""
 
-    lake: LakeResource
+    lake: Lake
     versions: dict[str, int]
     scan: bool = False
     prices: dict[str, pl.DataFrame] = field(default_factory=dict)  # ticker -> bars by date
@@ -119,7 +119,7 @@ def _by_ticker(df: pl.DataFrame) -> dict[str, pl.DataFrame]:
 class ReadModel:
     """The current `View` of a lake, refreshed in the background when a served table gets a new version."""
 
-    def __init__(self, lake: LakeResource, *, poll_seconds: float = 0.25, max_rows: int = DEFAULT_MAX_ROWS):
+    def __init__(self, lake: Lake, *, poll_seconds: float = 0.25, max_rows: int = DEFAULT_MAX_ROWS):
         self.lake, self.poll_seconds, self.max_rows = lake, poll_seconds, max_rows
         self._tables: dict = {}  # name -> DeltaTable, kept to follow its log incrementally
         self._view: View | None = None
