@@ -18,6 +18,7 @@ from stock_platform.checks import prices_schema_check
 from stock_platform.lib.tables import SNAPSHOT_TABLE
 from stock_platform.resources.landing import LandingResource
 from stock_platform.resources.warehouse import WarehouseResource
+from stock_platform_tests.deployment import compose_dagster_env
 from stock_platform_tests.helpers import failure_message, run_range
 
 
@@ -55,7 +56,9 @@ def test_a_dagster_run_killed_mid_backfill_leaves_readable_tables_and_a_rerun_co
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STOCK_PLATFORM_", "DAGSTER_"))}
     env |= {"STOCK_PLATFORM_HOME": str(home), "STOCK_PLATFORM_TICKERS": ",".join(tickers),
-            "STOCK_PLATFORM_START": start, "DAGSTER_HOME": str(home / "dagster")}
+            "STOCK_PLATFORM_START": start, "DAGSTER_HOME": str(home / "dagster"),
+            # the deployment's Dagster settings (docker/compose.yaml): one planned event per asset, not per day
+            **compose_dagster_env()}
     lake = LakeResource(uri=str(home / "lake"))
     if zone == "s3":
         import boto3
