@@ -240,7 +240,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    """The Streamlit dashboard over the configured lake (check results from the home's Dagster instance)."""
+    """The Streamlit dashboard over the configured lake (check results from its `check_results` table)."""
     settings = settings_from(args)
     script = Path(__file__).resolve().parents[1] / "serving" / "dashboard.py"
     # Streamlit replaces this process (signals such as Ctrl-C or a supervisor's SIGTERM reach the server itself);
