@@ -13,8 +13,9 @@ statistics. A daily write adds one small file to the year; `maintain` (the `lake
 them, checkpoints the log and vacuums within the retention. Tables of the earlier one-folder-per-date layout
 are migrated by the first write or maintenance that meets them (`migrate_layout`).
 
-No Dagster here: the API and the dashboard read through `Lake` without loading Dagster (a second of their start-up);
-Dagster's assets and jobs get it as `resources.lake.LakeResource`, the same class with its fields as config.
+Dagster-free (only a layout migration, a write, borrows Dagster's logger): the API and the dashboard read through
+`Lake` without loading Dagster (a second of their start-up); Dagster's assets and jobs get it as
+`resources.lake.LakeResource`, the same class with its fields as config.
 `Lake(uri="./.stock_platform/lake").snapshot("price_snapshots")`.
 """
 

@@ -30,15 +30,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def compose() -> dict:
+    """docker/compose.yaml, parsed."""
+    return yaml.safe_load(COMPOSE.read_text())
+
+
 def compose_services() -> dict:
-    return yaml.safe_load(COMPOSE.read_text())["services"]
+    return compose()["services"]
 
 
 def compose_dagster_env() -> dict[str, str]:
     """The Dagster settings docker/compose.yaml gives every app process other than the Postgres connection
     (`postgres_env` makes that one for the test's database): event batching, planned events."""
-    app_env = yaml.safe_load(COMPOSE.read_text())["x-app-environment"]
-    return {k: str(v) for k, v in app_env.items() if k.startswith("DAGSTER_") and not k.startswith("DAGSTER_PG_")}
+    return {k: str(v) for k, v in compose()["x-app-environment"].items()
+            if k.startswith("DAGSTER_") and not k.startswith("DAGSTER_PG_")}
 
 
 def native_command(command: list[str], *, home: Path, ports: dict[int, int]) -> list[str]:

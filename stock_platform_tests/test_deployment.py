@@ -14,8 +14,8 @@ from stock_platform.launcher import WORKER_PID_TAG
 from stock_platform.lib.calendar import trading_days
 from stock_platform.resources.lake import LakeResource
 from stock_platform.resources.warehouse import WarehouseResource
-from stock_platform_tests.deployment import (ASSET_CHECKS, COMPOSE, PROCESSES, REPO, Deployment, compose_services,
-                                             launch_backfill, stack, wait_for_backfill)
+from stock_platform_tests.deployment import (ASSET_CHECKS, COMPOSE, PROCESSES, REPO, Deployment, compose,
+                                             compose_services, launch_backfill, stack, wait_for_backfill)
 
 TICKERS = ("AAPL", "MSFT", "XOM")
 FIRST, LAST = dt.date(2023, 1, 3), dt.date(2024, 3, 28)  # > 272 sessions: features warm by the end
@@ -90,10 +90,8 @@ def test_the_image_runs_the_processes_the_native_deployment_starts():
 def test_the_compose_file_is_complete_and_holds_no_secret():
     import re
 
-    import yaml
-
-    compose = yaml.safe_load(COMPOSE.read_text())
-    services = compose["services"]
+    parsed = compose()
+    services = parsed["services"]
     assert set(services) == {"postgres", "minio", "minio-buckets", "mlflow", *PROCESSES, "api", "dashboard",
                              "marquez", "marquez-web"}
     assert all(services[name]["profiles"] == ["lineage"] for name in ("marquez", "marquez-web"))  # off by default
@@ -104,7 +102,7 @@ def test_the_compose_file_is_complete_and_holds_no_secret():
         if name != "minio-buckets":  # a one-shot job
             assert svc["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
     for volume in (v.split(":")[0] for svc in services.values() for v in svc.get("volumes", [])):
-        assert volume.startswith("./") or volume in compose["volumes"], volume
+        assert volume.startswith("./") or volume in parsed["volumes"], volume
     # every variable the file interpolates is documented in .env.example, and nothing there is a real secret
     example = dict(line.split("=", 1) for line in (REPO / "docker" / ".env.example").read_text().splitlines()
                    if line and not line.startswith("#"))
@@ -113,7 +111,7 @@ def test_the_compose_file_is_complete_and_holds_no_secret():
     assert {example[k] for k in example if "PASSWORD" in k} <= {"change-me", "change-me-too"}
     assert ".env" in (REPO / ".gitignore").read_text()
     # the instance config reads the same variables the compose file sets
-    app_env = compose["x-app-environment"]
+    app_env = parsed["x-app-environment"]
     assert {"DAGSTER_PG_HOST", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB"} <= set(app_env)
     assert set(re.findall(r"env: (DAGSTER_PG_[A-Z]+)", (REPO / "dagster.yaml").read_text())) <= set(app_env)
 

@@ -317,12 +317,12 @@ def test_the_dashboard_renders_every_panel_from_the_lake(home, monkeypatch):
 def test_the_api_and_the_dashboard_answer_without_loading_dagster(home):
     """Both read the lake through `stock_platform.lake.Lake`: Dagster, a second of their start-up in imports, stays
     out of their processes (a fresh interpreter: the page drawn, the API answering)."""
-    code = (f"import sys\nfrom fastapi.testclient import TestClient\nfrom streamlit.testing.v1 import AppTest\n"
-            f"from stock_platform.serving.api import app_from_settings\n"
+    code = ("import sys\nfrom fastapi.testclient import TestClient\nfrom streamlit.testing.v1 import AppTest\n"
+            "from stock_platform.serving.api import app_from_settings\n"
             f"page = AppTest.from_file({str(DASHBOARD)!r}, default_timeout=120).run()\n"
-            f"assert not page.exception and len(page.get('plotly_chart')) == 3, page.exception\n"
-            f"assert TestClient(app_from_settings()).get('/tickers').json()\n"
-            f"print(sorted(m for m in sys.modules if m.split('.')[0] == 'dagster'))\n")
+            "assert not page.exception and len(page.get('plotly_chart')) == 3, page.exception\n"
+            "assert TestClient(app_from_settings()).get('/tickers').json()\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'dagster'))\n")
     done = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=demo_env(home), capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
