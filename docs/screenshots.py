@@ -6,8 +6,8 @@ Starts the production processes natively (as test_deployment.py does: code locat
 daemon, instance on a fresh Postgres database), backfills prices -> price_snapshots -> features for five
 tickers over fifteen months through the webserver's GraphQL API, then photographs pages of the running UI with
 headless Chromium (Debian package `chromium`, driven by Playwright: `pip install -e '.[docs]'`) into docs/.
-The database is dropped afterwards. `dashboard` starts `stock-platform dashboard` on the demo's home and
-photographs it.
+The database is dropped afterwards. `dashboard` starts `stock-platform serve` on the demo's home and photographs
+its dashboard page.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def browser_page(pw, chromium: str):
 
 
 def dashboard(chromium: str, home: Path) -> None:
-    """`stock-platform dashboard` on the demo's home, photographed once its charts are drawn."""
+    """The dashboard of `stock-platform serve` on the demo's home (complete as it arrives: SVG, no script)."""
     import os
     import subprocess
     import urllib.request
@@ -59,22 +59,19 @@ def dashboard(chromium: str, home: Path) -> None:
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STOCK_PLATFORM_", "DAGSTER_"))}
-    proc = subprocess.Popen([sys.executable, "-m", "stock_platform.cli", "dashboard", "--home", str(home),
+    proc = subprocess.Popen([sys.executable, "-m", "stock_platform.cli", "serve", "--home", str(home),
                              "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(300):
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
                 break
             except OSError:
                 time.sleep(0.2)
         with sync_playwright() as pw:
             browser, page = browser_page(pw, chromium)
-            page.set_viewport_size({"width": 1440, "height": 2300})
-            page.goto(f"http://127.0.0.1:{port}")
-            page.locator(".js-plotly-plot").nth(1).wait_for(timeout=60_000)
-            page.locator("[data-testid=stDataFrame]").wait_for(timeout=60_000)
-            page.wait_for_timeout(3000)
+            page.set_viewport_size({"width": 1440, "height": 1900})
+            page.goto(f"http://127.0.0.1:{port}/dashboard")
             out = DOCS / "dashboard.png"
             page.screenshot(path=str(out), full_page=True)
             print(f"wrote {out.relative_to(DOCS.parent)} ({out.stat().st_size:,} bytes)")

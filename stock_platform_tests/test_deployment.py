@@ -67,7 +67,7 @@ def test_the_image_runs_the_processes_the_native_deployment_starts():
     services = compose_services()
     dockerfile = (REPO / "docker" / "Dockerfile").read_text()
     app = {name for name, svc in services.items() if svc.get("build")}
-    assert app == {*PROCESSES, "mlflow", "api", "dashboard"}, "every stock_platform process runs the one image"
+    assert app == {*PROCESSES, "mlflow", "api"}, "every stock_platform process runs the one image"
     assert {services[name]["image"] for name in app} == {"stock-platform:${STOCK_PLATFORM_VERSION:-latest}"}
     assert [services[name]["command"][0] for name in PROCESSES] == ["dagster", "dagster-webserver", "dagster-daemon"]
     assert services["code"]["command"][-2:] == ["-m", "stock_platform.definitions"]
@@ -79,12 +79,11 @@ def test_the_image_runs_the_processes_the_native_deployment_starts():
         assert services[name]["command"][-2:] == ["-w", "/opt/dagster/home/workspace.yaml"]
     assert "COPY docker/workspace.yaml ${DAGSTER_HOME}/workspace.yaml" in dockerfile
     assert "USER stock" in dockerfile and "pip install -r requirements.lock" in dockerfile
-    # the API and the dashboard are the CLI's own subcommands
+    # the API (which serves the dashboard) is the CLI's own subcommand
     from stock_platform.cli import build_parser
 
-    for name, command in (("api", "serve"), ("dashboard", "dashboard")):
-        assert services[name]["command"][:2] == ["stock-platform", command]
-        assert build_parser().parse_args(services[name]["command"][1:]).command == command
+    assert services["api"]["command"][:2] == ["stock-platform", "serve"]
+    assert build_parser().parse_args(services["api"]["command"][1:]).command == "serve"
 
 
 def test_the_compose_file_is_complete_and_holds_no_secret():
@@ -92,8 +91,8 @@ def test_the_compose_file_is_complete_and_holds_no_secret():
 
     parsed = compose()
     services = parsed["services"]
-    assert set(services) == {"postgres", "minio", "minio-buckets", "mlflow", *PROCESSES, "api", "dashboard",
-                             "marquez", "marquez-web"}
+    assert set(services) == {"postgres", "minio", "minio-buckets", "mlflow", *PROCESSES, "api", "marquez",
+                             "marquez-web"}
     assert all(services[name]["profiles"] == ["lineage"] for name in ("marquez", "marquez-web"))  # off by default
     for name, svc in services.items():
         assert "image" in svc, name

@@ -95,13 +95,30 @@ def test_answers_are_the_lake_at_the_headers_versions_before_and_after_a_commit(
 
 def test_a_lake_over_the_memory_cap_is_served_by_scans_with_the_same_answers(lake):
     urls = ["/tickers", "/prices/T000?limit=7&offset=3", "/prices/T002?start=2024-08-01&end=2024-08-31",
-            "/predictions/T001?start=2024-09-02", "/evaluation?window=5", "/prices/NOPE"]
+            "/predictions/T001?start=2024-09-02", "/evaluation?window=5", "/prices/NOPE", "/dashboard?ticker=T001"]
     with TestClient(create_app(lake)) as memory, TestClient(create_app(lake, max_rows=10)) as scans:
         assert not memory.app.state.read_model.view().scan and scans.app.state.read_model.view().scan
         for url in urls:
             a, b = memory.get(url), scans.get(url)
             assert (a.status_code, a.headers.get("etag")) == (b.status_code, b.headers.get("etag")), url
-            assert a.json() == b.json(), url
+            assert a.content == b.content, url
+
+
+def test_the_dashboard_draws_a_lake_without_features_evaluation_or_checks(lake):
+    """Prices and forecasts only (no `features`, `prediction_evaluation`, quarantine or check results yet): every
+    panel is drawn, the missing parts say so, and no value the lake lacks is made up."""
+    import re
+
+    with TestClient(create_app(lake)) as client:
+        html = client.get("/dashboard", params={"ticker": "T002", "sessions": 20}).text
+    assert re.findall(r'aria-label="([^"]+)"', html) == ["T002 daily", "RSI 14", "MACD 12/26/9",
+                                                         "Close of the target day", "Quarantined rows"]
+    bars = q.prices(lake, "T002", END - dt.timedelta(days=28), END)
+    assert len(re.findall(r"<g><title>", html)) == bars.height > 0
+    assert "<polyline" in html and "nan" not in html.lower()  # the forecasts' lines; no indicator is drawn
+    assert "Latest: for " in html
+    assert re.findall(r"<tr><td>(T002|all tickers)</td><td>- .. -</td><td>0</td>", html) == ["T002", "all tickers"]
+    assert "No check results in the lake yet" in html and "0 day(s) with quarantined rows" in html
 
 
 def test_the_read_model_serves_an_empty_lake_and_then_its_first_table(tmp_path):

@@ -26,7 +26,6 @@ pytestmark = pytest.mark.slow
 TICKERS = DEMO_TICKERS
 END = dt.date.fromisoformat(DEMO_END)
 NEXT = dt.date(2025, 7, 1)
-DASHBOARD = Path(__file__).resolve().parents[1] / "stock_platform" / "serving" / "dashboard.py"
 
 
 def demo_env(home: Path) -> dict[str, str]:
@@ -132,7 +131,7 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(lake):
 
     schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(lake))
     operations = list(schema.get_all_operations())
-    assert len(operations) == 5  # health, tickers, prices, predictions, evaluation
+    assert len(operations) == 6  # health, tickers, prices, predictions, evaluation, dashboard
     failures, calls = [], []
     for result in operations:
         operation = result.ok()
@@ -291,37 +290,64 @@ def test_a_websocket_client_receives_the_new_day_after_a_materialization(served,
         ws.recv(timeout=10)
 
 
-def test_the_dashboard_renders_every_panel_from_the_lake(home, monkeypatch):
-    from streamlit.testing.v1 import AppTest
+def test_the_dashboard_shows_every_panel_as_the_lake_holds_it(client):
+    import re
+    from html import unescape
 
-    for key, value in demo_env(home).items():
-        if key.startswith(("STOCK_PLATFORM_", "DAGSTER_")):
-            monkeypatch.setenv(key, value)
-    app = AppTest.from_file(str(DASHBOARD), default_timeout=120).run()
-    assert not app.exception, app.exception
-    assert app.selectbox[0].options == sorted(TICKERS)
-    assert len(app.get("plotly_chart")) == 3  # price + RSI + MACD; predicted vs actual vs naive; quarantine
-    labels = [m.label for m in app.metric]
-    assert labels.count("MASE") == 2 and "IC" in labels  # the ticker and all tickers
-    assert any(c.value.startswith("Latest: for ") for c in app.caption)
-    assert any("day(s) with quarantined rows" in c.value for c in app.caption)
-    [checks] = app.dataframe
-    assert {"prices:prices_schema", "features:features_schema"} <= set(checks.value["check"])
-    assert set(checks.value["status"]) <= {"SUCCEEDED", "FAILED"}
-    assert "SUCCEEDED" in set(checks.value["status"])
+    page = client.get("/dashboard")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.headers["x-table-version"] == client.get("/tickers").headers["x-table-version"]
+    html = page.text
+    assert "<script" not in html  # complete as it arrives: nothing to load or run
+    assert re.findall(r"<option(?: selected)?>([A-Z.]+)</option>", html) == sorted(TICKERS)
+    ticker = sorted(TICKERS)[0]
+    assert f"<option selected>{ticker}</option>" in html
+    charts = re.findall(r'<svg [^>]*aria-label="([^"]+)"', html)
+    assert charts == [f"{ticker} daily", "RSI 14", "MACD 12/26/9", "Close of the target day", "Quarantined rows"]
 
-    app.selectbox[0].select("XOM").run()
-    assert not app.exception and app.selectbox[0].value == "XOM"
+    # the candles are the ticker's bars (250 sessions back from its last day), each with its values on hover
+    last = dt.date.fromisoformat(client.get("/tickers").json()[0]["last_date"])
+    bars = client.get(f"/prices/{ticker}", params={"start": str(last - dt.timedelta(days=350)), "end": str(last),
+                                                   "limit": 1000}).json()["items"]
+    candles = re.findall(r"<g><title>(\d{4}-\d\d-\d\d)  O ([\d,.]+)  H [\d,.]+  L [\d,.]+  C ([\d,.]+)", html)
+    assert [c[0] for c in candles] == [b["date"] for b in bars]
+    assert [float(c[2].replace(",", "")) for c in candles] == pytest.approx([b["close"] for b in bars], abs=0.005)
+    # the latest forecast, as /predictions has it
+    pred = client.get(f"/predictions/{ticker}", params={"start": str(last - dt.timedelta(days=350)),
+                                                        "limit": 1000}).json()["items"][-1]
+    assert (f"Latest: for {pred['target_date']} close {pred['pred_close']:,.2f} ({pred['pred_return']:+.2%}) by "
+            f"{pred['model_name']} v{pred['model_version']}") in unescape(html)
+    # the metrics of all tickers are /evaluation's; the ticker's its own subset
+    m = client.get("/evaluation", params={"window": 20}).json()["metrics"]
+    rows = re.findall(r"<tr><td>([^<]+)</td><td>[^<]+</td><td>([\d,]+)</td><td>[^<]+</td><td>([^<]+)</td>", html)
+    assert [r[0] for r in rows] == [ticker, "all tickers"]
+    assert (int(rows[1][1].replace(",", "")), rows[1][2]) == (int(m["rows"]), f"{m['mase']:.3f}")
+    assert 0 < int(rows[0][1].replace(",", "")) < int(m["rows"])
+    # data quality: the quarantine's days and the blocking checks' results, from the lake
+    assert re.search(r"\d+ day\(s\) with quarantined rows, lowest DQ score \d\.\d{3}", html)
+    checks = re.findall(r"<tr><td>([a-z_]+:[a-z_]+)</td><td>(SUCCEEDED|FAILED)</td>", html)
+    assert {"prices:prices_schema", "features:features_schema"} <= {c[0] for c in checks}
+    assert "SUCCEEDED" in {c[1] for c in checks}
+
+    # another ticker, range and window; a bad one is refused with the reason
+    other = client.get("/dashboard", params={"ticker": "XOM", "sessions": 60, "window": 5}).text
+    assert "<option selected>XOM</option>" in other and "Last 5 target days" in other
+    assert len(re.findall(r"<g><title>", other)) == len(client.get("/prices/XOM", params={
+        "start": str(last - dt.timedelta(days=84)), "end": str(last)}).json()["items"])
+    assert client.get("/dashboard", params={"ticker": "ZZZZ"}).status_code == 404
+    assert client.get("/dashboard", params={"ticker": "../etc"}).status_code == 422
+    assert client.get("/dashboard", params={"sessions": 5}).status_code == 422
+    home = client.get("/", follow_redirects=False)
+    assert home.status_code == 307 and home.headers["location"] == "dashboard"
 
 
-def test_the_api_and_the_dashboard_answer_without_loading_dagster(home):
-    """Both read the lake through `stock_platform.lake.Lake`: Dagster, a second of their start-up in imports, stays
-    out of their processes (a fresh interpreter: the page drawn, the API answering)."""
-    code = ("import sys\nfrom fastapi.testclient import TestClient\nfrom streamlit.testing.v1 import AppTest\n"
+def test_the_api_and_its_dashboard_answer_without_loading_dagster(home):
+    """They read the lake through `stock_platform.lake.Lake`: Dagster, a second of start-up in imports, stays out
+    of the process (a fresh interpreter: the page drawn, the API answering)."""
+    code = ("import sys\nfrom fastapi.testclient import TestClient\n"
             "from stock_platform.serving.api import app_from_settings\n"
-            f"page = AppTest.from_file({str(DASHBOARD)!r}, default_timeout=120).run()\n"
-            "assert not page.exception and len(page.get('plotly_chart')) == 3, page.exception\n"
-            "assert TestClient(app_from_settings()).get('/tickers').json()\n"
+            "client = TestClient(app_from_settings())\n"
+            "assert client.get('/tickers').json() and client.get('/dashboard').text.count('<svg ') == 5\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'dagster'))\n")
     done = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=demo_env(home), capture_output=True,
                           text=True, timeout=300)
@@ -329,27 +355,28 @@ def test_the_api_and_the_dashboard_answer_without_loading_dagster(home):
     assert done.stdout.splitlines()[-1] == "[]"
 
 
-def test_serve_and_dashboard_start_from_the_cli(home):
+def test_serve_starts_from_the_cli_with_its_dashboard(home):
     import urllib.request
 
-    for args, probe in ((["serve", "--port", str(api := free_port())], f"http://127.0.0.1:{api}/health"),
-                        (["dashboard", "--port", str(ui := free_port())], f"http://127.0.0.1:{ui}/_stcore/health")):
-        proc = subprocess.Popen([sys.executable, "-W", "ignore", "-m", "stock_platform.cli", *args],
-                                env=demo_env(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    with urllib.request.urlopen(probe, timeout=2) as answer:
-                        assert answer.status == 200
-                        break
-                except OSError:
-                    assert proc.poll() is None, proc.stdout.read().decode()
-                    assert time.monotonic() < deadline, f"{args[0]} did not answer {probe}"
-                    time.sleep(0.2)
-        finally:
-            proc.terminate()
-            proc.wait(20)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-W", "ignore", "-m", "stock_platform.cli", "serve", "--port", str(port)],
+                            env=demo_env(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as answer:  # -> /dashboard
+                    assert answer.status == 200 and answer.url.endswith("/dashboard")
+                    assert answer.read().decode().count("<svg ") == 5
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                assert time.monotonic() < deadline, "serve did not answer"
+                time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert "the dashboard at /dashboard" in proc.stdout.read().decode()
 
 
 def test_an_empty_or_unreachable_lake_is_answered_with_a_reason(tmp_path, monkeypatch):
@@ -364,12 +391,13 @@ def test_an_empty_or_unreachable_lake_is_answered_with_a_reason(tmp_path, monkey
         answer = empty.get(path)
         assert answer.status_code == 404 and "'AAPL' is not in the lake" in answer.json()["detail"]
     assert empty.get("/evaluation").json()["metrics"] == {"rows": 0}
+    assert "The lake holds no prices yet" in empty.get("/dashboard").text
 
     # S3 that refuses connections (an outage): 503 with the storage's reason and Retry-After, never a 500
     for name, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}.items():
         monkeypatch.setenv(name, value)
     down = TestClient(create_app(LakeResource(uri="s3://lake/down", aws_endpoint_url="http://127.0.0.1:9")))
-    for path in ("/health", "/prices/AAPL"):
+    for path in ("/health", "/prices/AAPL", "/dashboard"):
         answer = down.get(path)
         assert answer.status_code == 503 and answer.headers["retry-after"] == "5", (path, answer.text)
         assert answer.json()["detail"].startswith("the lake at s3://lake/down cannot be read: ")

@@ -6,7 +6,7 @@
     stock-platform models [--demote FAMILY/VERSION] [--promote FAMILY/VERSION]
     stock-platform sql "SELECT ..." [--csv]
     stock-platform replay --start D --end D [--tickers] [--source demo|files] [--format jsonl] [--speed N]
-    stock-platform serve | dashboard [--host H] [--port P]
+    stock-platform serve [--host H] [--port P]      # the API, and the dashboard at /dashboard
 
 Every command takes `--home` (STOCK_PLATFORM_HOME) and builds its settings from the environment with its
 options over them (`common.settings_from`); the demo's stages live in `demo.py`, the operator's commands in
@@ -91,13 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     command("maintain", operate.cmd_maintain, "compact, checkpoint and vacuum the lake's tables (the lake_maintenance "
             "job; migrates tables of the earlier per-date layout)")
 
-    for name, func, port, help in (  # noqa: A001
-            ("serve", operate.cmd_serve, 8000,
-             "the prediction API (GET /tickers, /prices, /predictions, /evaluation, WebSocket /ws/updates)"),
-            ("dashboard", operate.cmd_dashboard, 8501, "the market and prediction dashboard (Streamlit)")):
-        server = command(name, func, help)
-        server.add_argument("--host", default="127.0.0.1")
-        server.add_argument("--port", type=int, default=port)
+    server = command("serve", operate.cmd_serve, "the prediction API (GET /tickers, /prices, /predictions, "
+                     "/evaluation, WebSocket /ws/updates) and the dashboard (/dashboard)")
+    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument("--port", type=int, default=8000)
     return parser
 
 

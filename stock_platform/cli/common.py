@@ -36,7 +36,7 @@ def settings_from(args: argparse.Namespace, **variables: str | None) -> Settings
 
 
 def settings_environment(settings: Settings) -> Mapping[str, str]:
-    """The variables that give a child process (the dashboard's server, the printed UI command) these settings."""
+    """The variables that give a child process (the printed UI command) these settings."""
     env = {"STOCK_PLATFORM_HOME": str(settings.home), "DAGSTER_HOME": str(settings.dagster_home),
            "STOCK_PLATFORM_SOURCE": settings.source, "STOCK_PLATFORM_TICKERS": ",".join(settings.tickers),
            "STOCK_PLATFORM_START": settings.start.isoformat()}

@@ -1,16 +1,16 @@
-"""The operator's commands: `snapshot`, `report`, `models`, `sql`, `replay`, `maintain`, `serve`, `dashboard`."""
+"""The operator's commands: `snapshot`, `report`, `models`, `sql`, `replay`, `maintain`, `serve` (the API and the
+dashboard)."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import sys
 import time
 from pathlib import Path
 
 from stock_platform.cli.common import (QUIET_LOGS, CommandError, date_option, open_instance, resources,
-                                       settings_environment, settings_from, step_errors, tickers_option)
+                                       settings_from, step_errors, tickers_option)
 from stock_platform.settings import SettingsError
 
 
@@ -237,15 +237,3 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     serve(args.host, args.port, settings_from(args))
     return 0
-
-
-def cmd_dashboard(args: argparse.Namespace) -> int:
-    """The Streamlit dashboard over the configured lake (check results from its `check_results` table)."""
-    settings = settings_from(args)
-    script = Path(__file__).resolve().parents[1] / "serving" / "dashboard.py"
-    # Streamlit replaces this process (signals such as Ctrl-C or a supervisor's SIGTERM reach the server itself);
-    # it reads the settings from its environment: this command's, with the options over it.
-    os.execve(sys.executable, [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
-                               "--server.address", args.host, "--server.port", str(args.port),
-                               "--browser.gatherUsageStats", "false"],
-              {**os.environ, **settings_environment(settings)})

@@ -1,5 +1,6 @@
 """The prediction API (`stock-platform serve`): prices, forecasts beside the naive forecast, evaluation
-metrics, and a WebSocket feed of new snapshot rows and forecasts from the lake's change data feed.
+metrics, a WebSocket feed of new snapshot rows and forecasts from the lake's change data feed, and the dashboard
+(`/dashboard`, an HTML page: `dashboard.py`).
 
 Read-only, over the lake (`stock_platform.lake.Lake`); nothing is recomputed here but the evaluation's aggregates. Requests are
 answered from the read model (`read_model.py`: the served tables in memory at pinned versions, followed in the
@@ -17,10 +18,11 @@ from typing import Annotated
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel
 
 from stock_platform.lake import Lake, LakeError
+from stock_platform.serving import dashboard
 from stock_platform.serving import queries as q
 from stock_platform.serving.read_model import DEFAULT_MAX_ROWS, ReadModel, View, json_rows
 from stock_platform.settings import TICKER_PATTERN, Settings
@@ -223,6 +225,23 @@ def create_app(lake: Lake, *, poll_seconds: float = 1.0, refresh_seconds: float 
         view = model.view()
         return answer(request, view, lambda: view.evaluation(window))
 
+    @app.get("/dashboard", response_class=HTMLResponse, responses={404: {"description": "unknown ticker"}})
+    def dashboard_page(ticker: Annotated[str | None, Query(pattern=TICKER_PATTERN, max_length=15,
+                                                           description="default: the first ticker")] = None,
+                       sessions: Annotated[int, Query(ge=20, le=2520, description="sessions charted")] = 250,
+                       window: Annotated[int, Query(ge=1, le=2520, description="evaluation window, target days")]
+                       = 20) -> HTMLResponse:
+        """The dashboard (an HTML page, complete as it arrives: SVG charts, no script needed)."""
+        view = model.view()
+        if ticker is not None:
+            known(view, ticker)
+        return HTMLResponse(dashboard.render(view, ticker, sessions, window),
+                            headers={"X-Table-Version": view.header, "Cache-Control": "no-cache"})
+
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse("dashboard")
+
     @app.websocket("/ws/updates")
     async def updates(websocket: WebSocket) -> None:
         """Sends `{"type": "cursor", "versions": {...}}` first, then one `{"type": "changes", "table", "from_version",
@@ -282,6 +301,7 @@ def serve(host: str, port: int, settings: Settings | None = None) -> None:
     import uvicorn
 
     app = app_from_settings(settings)
-    print(f"stock_platform API on http://{host}:{port} (OpenAPI docs at /docs)", flush=True)
+    print(f"stock_platform API on http://{host}:{port} (the dashboard at /dashboard, OpenAPI docs at /docs)",
+          flush=True)
     # WebSocket clients hold their connections open: without a bound, SIGTERM waits for them forever
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from stock_platform.lib.tables import CHECKS_TABLE as CHECKS
 from stock_platform.lib.tables import EVALUATION_TABLE as EVALUATION
 from stock_platform.lib.tables import FEATURES_TABLE as FEATURES
 from stock_platform.lib.tables import PREDICTIONS_TABLE as PREDICTIONS
@@ -146,6 +147,23 @@ def quality(lake: Lake, start: dt.date | None, end: dt.date | None) -> pl.DataFr
             .with_columns(pl.col("rows", "quarantined").fill_null(0))
             .with_columns(dq_score=pl.col("rows") / (pl.col("rows") + pl.col("quarantined")))
             .sort("date"))
+
+
+def check_results(lake: Lake, limit: int = 20) -> pl.DataFrame:
+    """The latest evaluations of each blocking check (at most `limit` each, newest first), from the lake's
+    `check_results` table (the checks append every evaluation there: no Dagster instance to open)."""
+    if not lake.exists(CHECKS):
+        return pl.DataFrame(schema={"check": pl.String, "status": pl.String, "partition": pl.String,
+                                    "at": pl.Datetime("us", "UTC"), "details": pl.String})
+    return (lake.scan(CHECKS).sort("evaluated_at", descending=True).group_by("check", maintain_order=True)
+            .head(limit)
+            .select("check", status=pl.when("passed").then(pl.lit("SUCCEEDED")).otherwise(pl.lit("FAILED")),
+                    partition=pl.when(pl.col("partition_start") == pl.col("partition_end"))
+                    .then(pl.col("partition_end").cast(pl.String))
+                    .otherwise(pl.format("{}..{}", "partition_start", "partition_end")),
+                    at="evaluated_at", details="details")
+            .sort("at", descending=True)
+            .collect())
 
 
 def versions(lake: Lake) -> dict[str, int]:

@@ -96,9 +96,14 @@ class View:
         frame = self.predictions.get(ticker)
         return _between(frame, start, end) if frame is not None else q.empty_predictions()
 
-    def evaluation(self, window: int) -> dict:
+    def evaluation(self, window: int, tickers: list[str] | None = None) -> dict:
+        """The metrics over the last `window` target days, of all tickers (computed once per view and window) or
+        of `tickers`."""
         if self.versions[q.EVALUATION] < 0:
             return q.no_evaluation(window)
+        if tickers:
+            return q.evaluation(self.lake, window, tickers, table=self.evaluation_frame,
+                                version=self._version(q.EVALUATION))
         if window not in self._evaluations:
             self._evaluations[window] = q.evaluation(self.lake, window, table=self.evaluation_frame,
                                                      version=self._version(q.EVALUATION))
