@@ -109,6 +109,7 @@ class Settings:
     openlineage_url: str | None = None  # an OpenLineage backend (Marquez): HTTP transport
     openlineage_file: str | None = None  # or a file of events, one JSON per line
     api_max_rows: int = DEFAULT_API_MAX_ROWS  # the API holds the served tables in memory up to this many rows
+    api_token_hashes: tuple[str, ...] = ()  # bearer tokens the API accepts, as hashes (serving/auth.py); none: open
     # The secret-bearing variables (URLs may hold a password) that the environment set: resources then take them
     # as `dg.EnvVar`, so Dagster shows the variable's name, never its value.
     secrets_from_env: frozenset[str] = frozenset()
@@ -209,6 +210,12 @@ def load_settings(env: Mapping[str, str] | None = None, *, now: dt.datetime | No
         raise SettingsError(f"STOCK_PLATFORM_API_MAX_ROWS={max_rows_raw!r}: expected a whole number of rows (0: "
                             "never load the tables, scan on every request)")
 
+    token_hashes = tuple(h.strip() for h in env.get("STOCK_PLATFORM_API_TOKENS", "").split(",") if h.strip())
+    bad = [i for i, h in enumerate(token_hashes, 1) if not re.fullmatch(r"sha256:[0-9a-f]{64}", h)]
+    if bad:  # not echoed: a token pasted in place of its hash would be a secret
+        raise SettingsError(f"STOCK_PLATFORM_API_TOKENS: entry {bad[0]} is not a token hash (expected sha256:<64 hex "
+                            "digits>; `stock-platform token` makes a token and its hash)")
+
     return Settings(
         home=home,
         source=source,
@@ -228,6 +235,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, now: dt.datetime | No
         openlineage_url=openlineage_url,
         openlineage_file=openlineage_file,
         api_max_rows=int(max_rows_raw),
+        api_token_hashes=token_hashes,
         secrets_from_env=frozenset(v for v in SECRET_VARIABLES if env.get(v)),
     )
 

@@ -355,12 +355,14 @@ def test_the_api_and_its_dashboard_answer_without_loading_dagster(home):
     assert done.stdout.splitlines()[-1] == "[]"
 
 
-def test_serve_starts_from_the_cli_with_its_dashboard(home):
+def test_serve_starts_from_the_cli_with_its_dashboard_on_loopback_without_tokens(home):
+    """No STOCK_PLATFORM_API_TOKENS: asked for every interface, it binds to loopback only and says so."""
+    import socket
     import urllib.request
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-W", "ignore", "-m", "stock_platform.cli", "serve", "--port", str(port)],
-                            env=demo_env(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-W", "ignore", "-m", "stock_platform.cli", "serve", "--host", "0.0.0.0",
+                             "--port", str(port)], env=demo_env(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -373,10 +375,17 @@ def test_serve_starts_from_the_cli_with_its_dashboard(home):
                 assert proc.poll() is None, proc.stdout.read().decode()
                 assert time.monotonic() < deadline, "serve did not answer"
                 time.sleep(0.2)
+        others = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+        for address in [a for a in others if "." in a and not a.startswith("127.")]:  # this host's other interfaces
+            with socket.socket() as s, pytest.raises(OSError):
+                s.settimeout(5)
+                s.connect((address, port))
     finally:
         proc.terminate()
         proc.wait(20)
-    assert "the dashboard at /dashboard" in proc.stdout.read().decode()
+    printed = proc.stdout.read().decode()
+    assert "the dashboard at /dashboard" in printed and f"http://127.0.0.1:{port}" in printed
+    assert "no STOCK_PLATFORM_API_TOKENS: open to anyone who reaches it, so on loopback only (not 0.0.0.0)" in printed
 
 
 def test_an_empty_or_unreachable_lake_is_answered_with_a_reason(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@
     stock-platform sql "SELECT ..." [--csv]
     stock-platform replay --start D --end D [--tickers] [--source demo|files] [--format jsonl] [--speed N]
     stock-platform serve [--host H] [--port P]      # the API, and the dashboard at /dashboard
+    stock-platform token                            # a bearer token for the API, and its hash
 
 Every command takes `--home` (STOCK_PLATFORM_HOME) and builds its settings from the environment with its
 options over them (`common.settings_from`); the demo's stages live in `demo.py`, the operator's commands in
@@ -91,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     command("maintain", operate.cmd_maintain, "compact, checkpoint and vacuum the lake's tables (the lake_maintenance "
             "job; migrates tables of the earlier per-date layout)")
 
+    command("token", operate.cmd_token, "make a bearer token for the API and the hash STOCK_PLATFORM_API_TOKENS "
+            "lists (the token is shown once)")
     server = command("serve", operate.cmd_serve, "the prediction API (GET /tickers, /prices, /predictions, "
                      "/evaluation, WebSocket /ws/updates) and the dashboard (/dashboard)")
     server.add_argument("--host", default="127.0.0.1")

@@ -1,5 +1,5 @@
 """The operator's commands: `snapshot`, `report`, `models`, `sql`, `replay`, `maintain`, `serve` (the API and the
-dashboard)."""
+dashboard), `token`."""
 
 from __future__ import annotations
 
@@ -236,4 +236,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from stock_platform.serving.api import serve
 
     serve(args.host, args.port, settings_from(args))
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """A new API token (shown once) and its hash, for STOCK_PLATFORM_API_TOKENS."""
+    from stock_platform.serving.auth import new_token
+
+    token, digest = new_token()
+    print(f"token (give it to the client; it is not stored anywhere): {token}")
+    print(f"hash (add it to STOCK_PLATFORM_API_TOKENS, comma-separated): {digest}")
     return 0

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from stock_platform.lake import Lake, LakeError
 from stock_platform.serving import dashboard
+from stock_platform.serving.auth import BearerAuth
 from stock_platform.serving import queries as q
 from stock_platform.serving.read_model import DEFAULT_MAX_ROWS, ReadModel, View, json_rows
 from stock_platform.settings import TICKER_PATTERN, Settings
@@ -140,9 +141,10 @@ def not_modified(request: Request, etag: str) -> bool:
 
 
 def create_app(lake: Lake, *, poll_seconds: float = 1.0, refresh_seconds: float = 0.25,
-               max_rows: int = DEFAULT_MAX_ROWS) -> FastAPI:
+               max_rows: int = DEFAULT_MAX_ROWS, token_hashes: tuple[str, ...] = ()) -> FastAPI:
     """The API over `lake`: requests read the read model (refreshed every `refresh_seconds`, in memory up to
-    `max_rows` served rows); the WebSocket feed polls the change data feed every `poll_seconds`."""
+    `max_rows` served rows); the WebSocket feed polls the change data feed every `poll_seconds`. With
+    `token_hashes`, every request but /health needs one of those bearer tokens (`auth.py`)."""
     from deltalake.exceptions import DeltaError
 
     model = ReadModel(lake, poll_seconds=refresh_seconds, max_rows=max_rows)
@@ -155,6 +157,8 @@ def create_app(lake: Lake, *, poll_seconds: float = 1.0, refresh_seconds: float 
     app = FastAPI(title="stock_platform API", version="1.0", lifespan=lifespan,
                   description="Daily prices, next-day forecasts beside the naive random walk, and their evaluation.")
     app.state.read_model = model
+    if token_hashes:
+        app.add_middleware(BearerAuth, hashes=token_hashes)
 
     @app.exception_handler(OSError)  # storage unreachable (S3 down, a dropped mount): the service, not the request
     @app.exception_handler(DeltaError)
@@ -294,14 +298,28 @@ def app_from_settings(settings: Settings | None = None, poll_seconds: float = 1.
     from stock_platform.settings import get_settings
 
     settings = settings or get_settings()
-    return create_app(Lake.of(settings), poll_seconds=poll_seconds, max_rows=settings.api_max_rows)
+    return create_app(Lake.of(settings), poll_seconds=poll_seconds, max_rows=settings.api_max_rows,
+                      token_hashes=settings.api_token_hashes)
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def serve(host: str, port: int, settings: Settings | None = None) -> None:
     import uvicorn
 
+    from stock_platform.settings import get_settings
+
+    settings = settings or get_settings()
     app = app_from_settings(settings)
-    print(f"stock_platform API on http://{host}:{port} (the dashboard at /dashboard, OpenAPI docs at /docs)",
-          flush=True)
+    if settings.api_token_hashes:
+        access = f"bearer tokens required ({len(settings.api_token_hashes)} accepted; /health is open)"
+    else:
+        access = "no STOCK_PLATFORM_API_TOKENS: open to anyone who reaches it"
+        if host not in LOOPBACK:
+            access += f", so on loopback only (not {host})"
+            host = "127.0.0.1"
+    print(f"stock_platform API on http://{host}:{port} (the dashboard at /dashboard, OpenAPI docs at /docs); "
+          f"{access}", flush=True)
     # WebSocket clients hold their connections open: without a bound, SIGTERM waits for them forever
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
