@@ -279,13 +279,19 @@ class DemoRun:
         return home
 
 
+# secrets a user's shell may hold while running the demo (unused by its local stores): none may reach its output,
+# logs, run records or tables (test_cli checks)
+DEMO_SECRETS = {"PGPASSWORD": f"pg-{uuid.uuid4().hex}", "MLFLOW_TRACKING_PASSWORD": f"mlflow-{uuid.uuid4().hex}",
+                "AWS_SECRET_ACCESS_KEY": f"aws-{uuid.uuid4().hex}"}
+
+
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> DemoRun:
     """`stock-platform demo` over 2.5 years of four tickers with a 2-trial model, run once per session as a user
     runs it (a subprocess with its own environment); test_cli and test_serving copy its home."""
     home = tmp_path_factory.mktemp("demo_template") / "home"
     done = subprocess.run([sys.executable, "-W", "ignore", "-m", "stock_platform.cli", "demo", "--home", str(home),
-                           *DEMO_ARGS], env=user_env(), capture_output=True, text=True, timeout=900)
+                           *DEMO_ARGS], env=user_env() | DEMO_SECRETS, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return DemoRun(home, done.stdout, done.stderr)
 

@@ -47,10 +47,12 @@ def compose_dagster_env() -> dict[str, str]:
 
 
 def native_command(command: list[str], *, home: Path, ports: dict[int, int]) -> list[str]:
-    """A compose service's command for this machine: bind to loopback, our ports, our DAGSTER_HOME."""
+    """A compose service's command for this machine: bind to loopback, our ports, our DAGSTER_HOME, the
+    repository's Caddyfile; `$$` (compose's escape) is the shell's `$`."""
     out = []
     for arg in command:
-        arg = arg.replace(IMAGE_HOME, str(home))
+        arg = arg.replace(IMAGE_HOME, str(home)).replace("/etc/caddy/Caddyfile", str(REPO / "docker" / "Caddyfile"))
+        arg = arg.replace("$$", "$")
         if arg == "0.0.0.0":
             arg = "127.0.0.1"
         elif arg.isdigit() and int(arg) in ports:
@@ -68,15 +70,29 @@ def postgres_env(url) -> dict[str, str]:
 
 class Deployment:
     """Start with `with Deployment(home, env) as d:`; `d.graphql(query, variables)` talks to the webserver.
-    `held` processes are not started with the others: `d.start(name)` starts one later."""
+    `held` processes are not started with the others: `d.start(name)` starts one later. `proxied=(user,
+    password)` also starts the API and the proxy (docker/Caddyfile) in front of them all, and talks to the webserver
+    through it (`d.entry`: the proxy's URL)."""
 
-    def __init__(self, home: Path, env: dict[str, str], *, held: tuple[str, ...] = ()):
+    def __init__(self, home: Path, env: dict[str, str], *, held: tuple[str, ...] = (),
+                 proxied: tuple[str, str] | None = None):
         self.home = home
         self.held = held
         self.dagster_home = home / "dagster"
-        self.ports = {4000: free_port(), 3000: free_port()}
-        self.url = f"http://127.0.0.1:{self.ports[3000]}"
+        self.ports = {4000: free_port(), 3000: free_port(), 8000: free_port(), 8080: free_port()}
+        command = compose_services()["webserver"]["command"]
+        prefix = command[command.index("--path-prefix") + 1] if "--path-prefix" in command else ""
+        self.url = f"http://127.0.0.1:{self.ports[3000]}{prefix}"
+        self.entry = f"http://127.0.0.1:{self.ports[8080]}"
+        self.proxied = proxied
         self.env = env | {"DAGSTER_HOME": str(self.dagster_home)}
+        if proxied:
+            self.env |= {"PROXY_ADDRESS": f"http://:{self.ports[8080]}", "PROXY_BIND": "127.0.0.1",
+                         "PROXY_USER": proxied[0], "PROXY_PASSWORD": proxied[1],
+                         "PROXY_TLS_DIR": str(REPO / "docker" / "tls.d"),
+                         "API_UPSTREAM": f"127.0.0.1:{self.ports[8000]}",
+                         "DAGSTER_UPSTREAM": f"127.0.0.1:{self.ports[3000]}", "MLFLOW_UPSTREAM": "127.0.0.1:9"}
+            self.url = self.entry + prefix
         self.procs: dict[str, subprocess.Popen] = {}
 
     def __enter__(self) -> Deployment:
@@ -86,7 +102,7 @@ class Deployment:
         workspace["load_from"][0]["grpc_server"] |= {"host": "127.0.0.1", "port": self.ports[4000]}
         (self.dagster_home / "workspace.yaml").write_text(yaml.safe_dump(workspace))
         try:
-            for name in PROCESSES:
+            for name in (*PROCESSES, *(("api", "proxy") if self.proxied else ())):
                 if name not in self.held:
                     self.start(name)
             wait_for(self._location_loaded, timeout=120, every=0.5)
@@ -129,9 +145,17 @@ class Deployment:
         return bool(entries) and all(e["loadStatus"] == "LOADED" and
                                      e["locationOrLoadError"]["__typename"] == "RepositoryLocation" for e in entries)
 
+    def login(self) -> dict[str, str]:
+        """The proxy's basic-auth header (none without the proxy)."""
+        if not self.proxied:
+            return {}
+        import base64
+
+        return {"Authorization": "Basic " + base64.b64encode(":".join(self.proxied).encode()).decode()}
+
     def graphql(self, query: str, variables: dict | None = None) -> dict:
         request = urllib.request.Request(f"{self.url}/graphql", json.dumps({"query": query, "variables": variables or {}})
-                                         .encode(), headers={"Content-Type": "application/json"})
+                                         .encode(), headers={"Content-Type": "application/json", **self.login()})
         with urllib.request.urlopen(request, timeout=60) as response:
             body = json.load(response)
         if body.get("errors"):

@@ -13,7 +13,7 @@ import pytest
 
 from stock_platform.gates import FEATURES_CHECK, check_status
 from stock_platform.resources.lake import LakeResource
-from stock_platform_tests.conftest import DEMO_ARGS
+from stock_platform_tests.conftest import DEMO_ARGS, DEMO_SECRETS
 from stock_platform_tests.helpers import fail_the_features_check
 
 
@@ -122,6 +122,18 @@ def test_demo_trains_a_model_and_shows_it_beside_the_naive_baseline(demo_run, tm
     assert cli(home, "models", "--demote", "lightgbm/9").stderr.strip() == (
         "error: model stock_platform_lgbm has no registered version 9")
     assert "name a version as FAMILY/VERSION" in cli(home, "models", "--demote", "1").stderr
+
+
+def test_the_demo_leaves_no_secret_of_its_environment_anywhere(demo_run):
+    """The session's demo ran with secrets in its environment (a Postgres and an MLflow password, an AWS key):
+    none is in its output or in any file of its home, searched byte by byte (logs, compute logs, the instance's
+    SQLite run and event storage, the lake's Delta logs, MLflow's store, the warehouse)."""
+    files = [p for p in demo_run.home.rglob("*") if p.is_file()]
+    assert len(files) > 100 and any(p.name == "mlflow.db" for p in files)
+    for name, value in DEMO_SECRETS.items():
+        assert value not in demo_run.stdout + demo_run.stderr, name
+        for path in files:
+            assert value.encode() not in path.read_bytes(), f"{name} is in {path}"
 
 
 def test_demo_refuses_a_bad_ticker_with_a_clear_message(tmp_path):
