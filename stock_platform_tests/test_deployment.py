@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 import uuid
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -20,7 +23,9 @@ from stock_platform.lib.calendar import trading_days
 from stock_platform.resources.lake import LakeResource
 from stock_platform.resources.warehouse import WarehouseResource
 from stock_platform_tests.deployment import (ASSET_CHECKS, COMPOSE, PROCESSES, REPO, Deployment, compose,
-                                             compose_services, launch_backfill, stack, wait_for_backfill)
+                                             compose_services, free_port, launch_backfill, native_command, stack,
+                                             wait_for_backfill)
+from stock_platform_tests.live_stack import wait_for
 
 TICKERS = ("AAPL", "MSFT", "XOM")
 FIRST, LAST = dt.date(2023, 1, 3), dt.date(2024, 3, 28)  # > 272 sessions: features warm by the end
@@ -152,6 +157,62 @@ def served_through_the_proxy(deployment: Deployment, token: str) -> None:
         assert refused.value.response.status_code == expected
     with connect(ws_url, additional_headers=bearer, open_timeout=30) as ws:
         assert json.loads(ws.recv(timeout=30))["type"] == "cursor"
+
+
+def test_the_proxy_terminates_tls_with_a_configured_certificate(tmp_path):
+    """docker/Caddyfile with a certificate in its TLS directory (README "Run in production"): HTTPS with that
+    certificate, HSTS, and the login still asked for; plain HTTP on the port is not served."""
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    tls = tmp_path / "tls.d"
+    tls.mkdir()
+    (tls / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tls / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()))
+    (tls / "site.caddy").write_text(f"tls {tls / 'cert.pem'} {tls / 'key.pem'}\n")
+    port = free_port()
+    env = {**os.environ, "PROXY_ADDRESS": f"https://localhost:{port}", "PROXY_BIND": "127.0.0.1",
+           "PROXY_USER": "stock", "PROXY_PASSWORD": "tls-test-password", "PROXY_TLS_DIR": str(tls),
+           "STOCK_PLATFORM_DASHBOARD_TOKEN": "unused", "API_UPSTREAM": "127.0.0.1:9", "DAGSTER_UPSTREAM": "127.0.0.1:9",
+           "MLFLOW_UPSTREAM": "127.0.0.1:9", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "XDG_DATA_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
+    command = native_command(compose_services()["proxy"]["command"], home=tmp_path, ports={})
+    with open(tmp_path / "proxy.log", "w") as log:
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    context = ssl.create_default_context(cafile=str(tls / "cert.pem"))
+    try:
+        def answered():
+            assert proc.poll() is None, (tmp_path / "proxy.log").read_text()[-3000:]
+            try:
+                urllib.request.urlopen(f"https://localhost:{port}/", context=context, timeout=5)
+            except urllib.error.HTTPError as refused:
+                return refused
+            except OSError:
+                return None
+
+        refused, _ = wait_for(answered, timeout=60, every=0.2)
+        assert refused.code == 401 and refused.headers["Strict-Transport-Security"] == "max-age=31536000"
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):  # it is that certificate
+            urllib.request.urlopen(f"https://localhost:{port}/", context=ssl.create_default_context(), timeout=5)
+        with pytest.raises((urllib.error.HTTPError, OSError)) as plain:
+            urllib.request.urlopen(f"http://localhost:{port}/", timeout=5)
+        assert getattr(plain.value, "code", 400) == 400  # Caddy: "Client sent an HTTP request to an HTTPS server"
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(10)
 
 
 def test_the_image_runs_the_processes_the_native_deployment_starts():
