@@ -406,7 +406,7 @@ def test_an_empty_or_unreachable_lake_is_answered_with_a_reason(tmp_path, monkey
     for name, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}.items():
         monkeypatch.setenv(name, value)
     down = TestClient(create_app(LakeResource(uri="s3://lake/down", aws_endpoint_url="http://127.0.0.1:9")))
-    for path in ("/health", "/prices/AAPL", "/dashboard"):
+    for path in ("/health", "/prices/AAPL"):
         answer = down.get(path)
         assert answer.status_code == 503 and answer.headers["retry-after"] == "5", (path, answer.text)
         assert answer.json()["detail"].startswith("the lake at s3://lake/down cannot be read: ")
