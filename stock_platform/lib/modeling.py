@@ -204,9 +204,14 @@ def run_trial(family, params: dict, data: TrainingSet, folds: Sequence[Fold], *,
 
 
 def ray_trainable(config: dict, data: TrainingSet, folds: Sequence[Fold], family: str) -> None:
-    """Ray Tune's function trainable (lives in the package: Ray workers import it by name)."""
+    """Ray Tune's function trainable (lives in the package: Ray workers import it by name). `data` arrives from
+    Ray's object store (put there once per search by `tune.with_parameters`); each report names the Ray node the
+    trial ran on."""
+    import ray
     from ray import tune
 
     from stock_platform.lib.families import FAMILIES
 
-    run_trial(FAMILIES[family], config.get("point", config), data, folds, report=tune.report)
+    node = ray.get_runtime_context().get_node_id()
+    run_trial(FAMILIES[family], config.get("point", config), data, folds,
+              report=lambda result: tune.report(result | {"node_id": node}))

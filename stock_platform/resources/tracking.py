@@ -106,14 +106,18 @@ class TrackingResource(dg.ConfigurableResource):
         mlflow.set_tag("params", json.dumps(params, default=str))
 
     def log_trials(self, trials: list[dict], params: list[str]) -> None:
-        """One nested run per trial: its parameters and scores, tagged with the Dagster run that ran it."""
+        """One nested run per trial: its parameters and scores, tagged with the Dagster run and the Ray node that
+        ran it."""
         mlflow = self._mlflow()
         parent = mlflow.active_run()
         experiment_id = parent.info.experiment_id  # not the default experiment
         attempt = self.client().get_run(parent.info.run_id).data.tags.get("dagster_run_id")
         for trial in trials:
+            tags = {"dagster_run_id": attempt} if attempt else {}
+            if trial.get("node_id"):
+                tags["ray_node_id"] = trial["node_id"]
             with mlflow.start_run(run_name=f"trial {trial['trial']}", nested=True, experiment_id=experiment_id,
-                                  tags={"dagster_run_id": attempt} if attempt else None):
+                                  tags=tags or None):
                 mlflow.log_params({k: trial[k] for k in params})
                 mlflow.log_metrics({k: float(v) for k, v in trial.items()
                                     if k not in params and isinstance(v, int | float) and v == v})

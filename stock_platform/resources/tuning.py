@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +28,58 @@ def ray_space(family: Family) -> dict:
         else:
             space[name] = tune.loguniform(low, high) if log else tune.uniform(low, high)
     return space
+
+
+def cluster_endpoint(address: str) -> tuple[str, int] | None:
+    """The host and port a RAY_ADDRESS names (`host:port`, `ray://host:port`); None for "auto"/"local"."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    return (host, int(port)) if host and port.isdigit() else None
+
+
+def answers(endpoint: tuple[str, int], timeout: float) -> str | None:
+    """None if a TCP connection to `endpoint` opens within `timeout`, else why not."""
+    import socket
+
+    try:
+        socket.create_connection(endpoint, timeout=timeout).close()
+    except OSError as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
+@contextmanager
+def cluster_watch(address: str, every: float = 2.0, after: float = 6.0) -> Iterator[None]:
+    """While the block runs, check every `every` s that the cluster at `address` still answers; once it has not for
+    `after` s, log why the run is about to end (Ray's core ends a driver that cannot reach its cluster's GCS for
+    RAY_gcs_rpc_server_reconnect_timeout_s, 60 s by default, before any Python code could report it)."""
+    import threading
+    import time
+
+    endpoint = cluster_endpoint(address)
+    stop = threading.Event()
+
+    def watch() -> None:
+        since = None
+        while not stop.wait(every):
+            reason = answers(endpoint, timeout=every)
+            if reason is None:
+                since = None
+            elif since is None:
+                since = time.monotonic()
+            elif time.monotonic() - since >= after:
+                dg.get_dagster_logger().error(
+                    f"the Ray cluster at {address} stopped answering during the search ({reason}): Ray ends this "
+                    "run's process unless the cluster is back within RAY_gcs_rpc_server_reconnect_timeout_s (60 s "
+                    "by default); retry the run once the cluster is up")
+                return
+
+    thread = threading.Thread(target=watch, name="ray-cluster-watch", daemon=True)
+    if endpoint:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 class TuningResource(dg.ConfigurableResource):
@@ -69,6 +121,11 @@ class TuningResource(dg.ConfigurableResource):
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         common = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
         if self.address:
+            endpoint = cluster_endpoint(self.address)
+            # ray.init waits minutes on an address where nothing answers: say so at once instead
+            if endpoint and (reason := answers(endpoint, timeout=5)):
+                raise dg.Failure(f"RAY_ADDRESS={self.address}: the Ray cluster does not answer ({reason}); start it, "
+                                 "or unset RAY_ADDRESS to tune on a Ray started in the run")
             ray.init(address=self.address, **common)
         else:  # "local" also overrides a RAY_ADDRESS left in the environment (with num_cpus that would raise)
             ray.init(address="local", num_cpus=self.num_cpus, **common)
@@ -111,7 +168,8 @@ class TuningResource(dg.ConfigurableResource):
                                         scheduler=scheduler, reuse_actors=True),
             run_config=tune.RunConfig(name=name, storage_path=str(Path(self.storage_dir).resolve()), verbose=0),
         )
-        results = tuner.fit()
+        with cluster_watch(self.address) if self.address else nullcontext():
+            results = tuner.fit()
         out = []
         for i, result in enumerate(results):
             config = result.config.get("point", result.config)

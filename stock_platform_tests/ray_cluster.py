@@ -1,0 +1,91 @@
+"""A real two-node Ray cluster on this machine: `ray start --head` and `ray start --address` as separate processes
+(one CPU each), each in its own process group (`--block`), so stopping it ends exactly its processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from stock_platform_tests.deployment import free_port
+
+NODES_SCRIPT = """
+import json, sys, ray
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+print(json.dumps({"nodes": sorted(n["NodeID"] for n in ray.nodes() if n["Alive"]),
+                  "cpus": ray.cluster_resources().get("CPU", 0), "free_cpus": ray.available_resources().get("CPU", 0)}))
+"""
+
+
+class RayCluster:
+    def __init__(self, root: Path, *, port: int | None = None):
+        self.root, self.port = root, port or free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.procs: list[subprocess.Popen] = []
+        self.env = os.environ | {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+    def _start(self, name: str, args: list[str]) -> None:
+        ray = str(Path(sys.executable).parent / "ray")
+        log = open(self.root / f"{name}.log", "a")  # noqa: SIM115 - the process owns it
+        self.procs.append(subprocess.Popen([ray, "start", "--block", "--num-cpus", "1", "--disable-usage-stats", *args],
+                                           env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+
+    def start(self, timeout: float = 120) -> RayCluster:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._start("head", ["--head", "--port", str(self.port), "--include-dashboard", "false"])
+        deadline = time.monotonic() + timeout
+        while self.state(timeout=30) is None:  # the head answers before the second node may join
+            assert time.monotonic() < deadline, (self.root / "head.log").read_text()[-3000:]
+            time.sleep(0.5)
+        self._start("worker", ["--address", self.address])
+        while len((self.state(timeout=30) or {}).get("nodes", [])) < 2:
+            assert time.monotonic() < deadline, (self.root / "worker.log").read_text()[-3000:]
+            time.sleep(0.5)
+        return self
+
+    def state(self, timeout: float = 60) -> dict | None:
+        """The live nodes' ids, the cluster's CPUs and the free ones, as a fresh driver sees them (None: no answer)."""
+        try:
+            done = subprocess.run([sys.executable, "-c", NODES_SCRIPT, self.address], env=self.env,
+                                  capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        return json.loads(done.stdout.splitlines()[-1]) if done.returncode == 0 and done.stdout.strip() else None
+
+    def stop(self) -> None:
+        """Kill every process of the cluster (as a machine that goes away would; a test's cluster keeps nothing)."""
+        for proc in self.procs:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the node, and its raylet, GCS and workers in its group
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        self.procs.clear()
+
+    @staticmethod
+    def leftovers(groups: list[int], wait: float = 10) -> list[int]:
+        """Processes still alive in the process groups `groups` (a node's group holds all it started), after
+        giving a SIGKILL up to `wait` s to land (zombies, dead but not yet reaped, do not count)."""
+        deadline = time.monotonic() + wait
+        while True:
+            alive = []
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                try:  # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
+                    state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+                except (OSError, ValueError, IndexError):
+                    continue
+                if int(group) in groups and state != "Z":
+                    alive.append(int(stat.parent.name))
+            if not alive or time.monotonic() > deadline:
+                return alive
+            time.sleep(0.2)
+
+    def __enter__(self) -> RayCluster:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
