@@ -23,8 +23,8 @@ from pydantic import BaseModel
 
 from stock_platform.lake import Lake, LakeError
 from stock_platform.serving import dashboard
-from stock_platform.serving.auth import BearerAuth
 from stock_platform.serving import queries as q
+from stock_platform.serving.auth import BearerAuth
 from stock_platform.serving.read_model import DEFAULT_MAX_ROWS, ReadModel, View, json_rows
 from stock_platform.settings import TICKER_PATTERN, Settings
 
