@@ -37,13 +37,11 @@ class RayCluster:
     def start(self, timeout: float = 120) -> RayCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         self._start("head", ["--head", "--port", str(self.port), "--include-dashboard", "false"])
+        self._start("worker", ["--address", self.address])  # it waits for the head's GCS to answer
         deadline = time.monotonic() + timeout
-        while self.state(timeout=30) is None:  # the head answers before the second node may join
-            assert time.monotonic() < deadline, (self.root / "head.log").read_text()[-3000:]
-            time.sleep(0.5)
-        self._start("worker", ["--address", self.address])
         while len((self.state(timeout=30) or {}).get("nodes", [])) < 2:
-            assert time.monotonic() < deadline, (self.root / "worker.log").read_text()[-3000:]
+            assert all(p.poll() is None for p in self.procs) and time.monotonic() < deadline, (
+                (self.root / "head.log").read_text()[-2000:] + (self.root / "worker.log").read_text()[-2000:])
             time.sleep(0.5)
         return self
 

@@ -48,7 +48,7 @@ def answers(endpoint: tuple[str, int], timeout: float) -> str | None:
 
 
 @contextmanager
-def cluster_watch(address: str, every: float = 2.0, after: float = 6.0) -> Iterator[None]:
+def cluster_watch(address: str, every: float = 1.0, after: float = 3.0) -> Iterator[None]:
     """While the block runs, check every `every` s that the cluster at `address` still answers; once it has not for
     `after` s, log why the run is about to end (Ray's core ends a driver that cannot reach its cluster's GCS for
     RAY_gcs_rpc_server_reconnect_timeout_s, 60 s by default, before any Python code could report it)."""
