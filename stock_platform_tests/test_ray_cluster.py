@@ -20,7 +20,7 @@ from stock_platform_tests.test_tuned_model import ray_processes
 
 pytestmark = pytest.mark.slow
 WEEK = "2024-06-10"
-CONFIG = {"ops": {"lightgbm_model": {"config": {"trials": 2, "time_budget_seconds": 300, "searcher": "random"}}}}
+CONFIG = {"ops": {"lightgbm_model": {"config": {"trials": 4, "time_budget_seconds": 300, "searcher": "random"}}}}
 LIGHTGBM = [a for a in family_models if a.key.path[-1] == "lightgbm_model"]
 
 RUN = """
@@ -66,7 +66,7 @@ def test_tuning_on_a_two_node_cluster_spreads_trials_survives_a_lost_cluster_and
         nodes = cluster.state()["nodes"]
         on_cluster, trials, cluster_seconds = tune(res, TuningResource(address=cluster.address,
                                                                        storage_dir=str(tmp_path / "ray")))
-        assert on_cluster["trials_complete"] == "2 of 2"
+        assert on_cluster["trials_complete"] == "4 of 4"
         per_node = {node: sum(t[0] == node for t in trials) for node in nodes}
         assert set(t[0] for t in trials) == set(nodes) and min(per_node.values()) >= 1, per_node  # both nodes
         after = cluster.state()  # the run disconnected: the cluster runs on, idle (no actor or task holds a CPU)
