@@ -165,7 +165,10 @@ class TuningResource(dg.ConfigurableResource):
             param_space=ray_space(family) if searcher == "optuna" else _fixed_space(family, trials, seed),
             tune_config=tune.TuneConfig(metric="ic", mode="max", num_samples=trials if searcher == "optuna" else 1,
                                         time_budget_s=time_budget_seconds, search_alg=search_alg,
-                                        scheduler=scheduler, reuse_actors=True),
+                                        scheduler=scheduler,
+                                        # on a cluster, a reused actor would take the next trial on its node while
+                                        # another node's actor is still starting: trials would pile on one node
+                                        reuse_actors=not self.address),
             run_config=tune.RunConfig(name=name, storage_path=str(Path(self.storage_dir).resolve()), verbose=0),
         )
         with cluster_watch(self.address) if self.address else nullcontext():
