@@ -1,5 +1,6 @@
 """A real two-node Ray cluster on this machine: `ray start --head` and `ray start --address` as separate processes
-(one CPU each), each in its own process group (`--block`), so stopping it ends exactly its processes."""
+(one CPU each), each in its own process group (`--block`), so stopping it ends exactly its processes; and the
+/proc reads the Ray tests check for leftover processes with."""
 
 from __future__ import annotations
 
@@ -19,6 +20,38 @@ ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
 print(json.dumps({"nodes": sorted(n["NodeID"] for n in ray.nodes() if n["Alive"]),
                   "cpus": ray.cluster_resources().get("CPU", 0), "free_cpus": ray.available_resources().get("CPU", 0)}))
 """
+
+
+def process_table() -> dict[int, tuple[str, int, int]]:
+    """Every live process: pid -> (state, parent pid, process group), from /proc."""
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:  # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
+            state, ppid, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+            table[int(stat.parent.name)] = (state, int(ppid), int(group))
+        except (OSError, ValueError, IndexError):  # the process ended meanwhile
+            continue
+    return table
+
+
+def ray_processes() -> list[str]:
+    """Command lines of the live Ray processes (raylet, GCS, workers) this test process started: its descendants,
+    so a Ray job of another process on the machine does not count."""
+    parents = {pid: ppid for pid, (_, ppid, _) in process_table().items()}
+    mine, grew = {os.getpid()}, True
+    while grew:
+        found = {pid for pid, parent in parents.items() if parent in mine} - mine
+        mine |= found
+        grew = bool(found)
+    commands = []
+    for pid in mine - {os.getpid()}:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(name in cmd for name in ("raylet", "gcs_server", "ray::", "default_worker.py")):
+            commands.append(cmd[:120])
+    return commands
 
 
 class RayCluster:
@@ -70,14 +103,7 @@ class RayCluster:
         giving a SIGKILL up to `wait` s to land (zombies, dead but not yet reaped, do not count)."""
         deadline = time.monotonic() + wait
         while True:
-            alive = []
-            for stat in Path("/proc").glob("[0-9]*/stat"):
-                try:  # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
-                    state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
-                except (OSError, ValueError, IndexError):
-                    continue
-                if int(group) in groups and state != "Z":
-                    alive.append(int(stat.parent.name))
+            alive = [pid for pid, (state, _, group) in process_table().items() if group in groups and state != "Z"]
             if not alive or time.monotonic() > deadline:
                 return alive
             time.sleep(0.2)

@@ -15,8 +15,7 @@ import pytest
 from stock_platform.assets.model import family_models
 from stock_platform.resources.tuning import TuningResource
 from stock_platform_tests.helpers import build_lake, failure_message, materialization_metadata, model_resources
-from stock_platform_tests.ray_cluster import RayCluster
-from stock_platform_tests.test_tuned_model import ray_processes
+from stock_platform_tests.ray_cluster import RayCluster, ray_processes
 
 pytestmark = pytest.mark.slow
 WEEK = "2024-06-10"
@@ -26,7 +25,6 @@ LIGHTGBM = [a for a in family_models if a.key.path[-1] == "lightgbm_model"]
 RUN = """
 import sys
 import dagster as dg
-from stock_platform.assets.model import family_models
 from stock_platform.resources.lake import LakeResource
 from stock_platform.resources.tuning import TuningResource
 from stock_platform_tests.helpers import model_resources

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -23,37 +22,13 @@ from stock_platform.lib.tables import FEATURES_TABLE, MODEL_SELECTION_TABLE
 from stock_platform.registry import load_model, newest_promoted, served_versions
 from stock_platform.resources.tracking import TrackingResource
 from stock_platform.resources.tuning import TuningResource
+from stock_platform_tests.ray_cluster import ray_processes
 from stock_platform_tests.retrain_jobs import ridge_job
 from stock_platform_tests.helpers import (build_lake, fail_the_features_check, failure_message,
                                          materialization_metadata, model_resources, registry_booster)
 
 pytestmark = pytest.mark.slow
 SMALL = {"ops": {f"{family}_model": {"config": {"trials": 4, "time_budget_seconds": 120}} for family in FAMILIES}}
-
-
-def ray_processes() -> list[str]:
-    """Command lines of the live Ray processes (raylet, GCS, workers) this test process started: its descendants,
-    so a Ray job of another process on the machine does not count."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:  # "pid (comm) state ppid ...": comm may hold spaces and parentheses
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):  # the process ended meanwhile
-            continue
-    mine, grew = {os.getpid()}, True
-    while grew:
-        found = {pid for pid, parent in parents.items() if parent in mine} - mine
-        mine |= found
-        grew = bool(found)
-    commands = []
-    for pid in mine - {os.getpid()}:
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if any(name in cmd for name in ("raylet", "gcs_server", "ray::", "default_worker.py")):
-            commands.append(cmd[:120])
-    return commands
 
 
 def ray_sessions() -> int:
