@@ -346,8 +346,8 @@ def test_the_api_and_its_dashboard_answer_without_loading_dagster(home):
     of the process (a fresh interpreter: the page drawn, the API answering)."""
     code = ("import sys\nfrom fastapi.testclient import TestClient\n"
             "from stock_platform.serving.api import app_from_settings\n"
-            "client = TestClient(app_from_settings())\n"
-            "assert client.get('/tickers').json() and client.get('/dashboard').text.count('<svg ') == 5\n"
+            "with TestClient(app_from_settings()) as client:\n"  # its lifespan stops the read model's thread
+            "    assert client.get('/tickers').json() and client.get('/dashboard').text.count('<svg ') == 5\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'dagster'))\n")
     done = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=demo_env(home), capture_output=True,
                           text=True, timeout=300)
