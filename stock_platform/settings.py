@@ -25,6 +25,7 @@ SOURCES = ("demo", "yfinance", "files")
 DEFAULT_API_MAX_ROWS = 10_000_000  # served rows the API holds in memory, ~3.8 GB (see serving/read_model.py)
 DEFAULT_TICKERS = ("AAPL", "MSFT", "AMZN", "GOOGL", "META", "NVDA", "JPM", "XOM", "JNJ", "PG")
 DEFAULT_START = dt.date(2015, 1, 2)
+DEFAULT_TUNING_TRIALS, DEFAULT_TUNING_SECONDS = 16, 90.0  # per model family and week (about two minutes on 2 cores)
 SECRET_VARIABLES = ("STOCK_PLATFORM_WAREHOUSE_URL", "MLFLOW_TRACKING_URI", "STOCK_PLATFORM_ALERT_WEBHOOK")
 
 
@@ -110,6 +111,9 @@ class Settings:
     openlineage_file: str | None = None  # or a file of events, one JSON per line
     api_max_rows: int = DEFAULT_API_MAX_ROWS  # the API holds the served tables in memory up to this many rows
     api_token_hashes: tuple[str, ...] = ()  # bearer tokens the API accepts, as hashes (serving/auth.py); none: open
+    # the weekly retrain's search budget per family (TuningConfig's defaults: the schedule's runs and the Launchpad's)
+    tuning_trials: int = DEFAULT_TUNING_TRIALS
+    tuning_seconds: float = DEFAULT_TUNING_SECONDS
     # The secret-bearing variables (URLs may hold a password) that the environment set: resources then take them
     # as `dg.EnvVar`, so Dagster shows the variable's name, never its value.
     secrets_from_env: frozenset[str] = frozenset()
@@ -216,6 +220,17 @@ def load_settings(env: Mapping[str, str] | None = None, *, now: dt.datetime | No
         raise SettingsError(f"STOCK_PLATFORM_API_TOKENS: entry {bad[0]} is not a token hash (expected sha256:<64 hex "
                             "digits>; `stock-platform token` makes a token and its hash)")
 
+    trials_raw = env.get("STOCK_PLATFORM_TUNING_TRIALS", str(DEFAULT_TUNING_TRIALS)).strip()
+    if not trials_raw.isdigit() or int(trials_raw) < 1:
+        raise SettingsError(f"STOCK_PLATFORM_TUNING_TRIALS={trials_raw!r}: expected a whole number of trials >= 1")
+    seconds_raw = env.get("STOCK_PLATFORM_TUNING_SECONDS", str(DEFAULT_TUNING_SECONDS)).strip()
+    try:
+        tuning_seconds = float(seconds_raw)
+    except ValueError:
+        tuning_seconds = float("nan")
+    if not 1 <= tuning_seconds <= 7 * 24 * 3600:
+        raise SettingsError(f"STOCK_PLATFORM_TUNING_SECONDS={seconds_raw!r}: expected seconds between 1 and a week")
+
     return Settings(
         home=home,
         source=source,
@@ -236,6 +251,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, now: dt.datetime | No
         openlineage_file=openlineage_file,
         api_max_rows=int(max_rows_raw),
         api_token_hashes=token_hashes,
+        tuning_trials=int(trials_raw),
+        tuning_seconds=tuning_seconds,
         secrets_from_env=frozenset(v for v in SECRET_VARIABLES if env.get(v)),
     )
 

@@ -19,6 +19,7 @@ def test_defaults_live_under_home(tmp_path):
     assert s.dagster_home == tmp_path / "dagster"
     assert s.ray_address is None
     assert s.api_max_rows == 10_000_000
+    assert (s.tuning_trials, s.tuning_seconds) == (16, 90.0)
 
 
 def test_values_are_read_and_normalised(tmp_path):
@@ -27,7 +28,9 @@ def test_values_are_read_and_normalised(tmp_path):
         "STOCK_PLATFORM_LAKE_URI": "s3://my-bucket/lake/", "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
         "STOCK_PLATFORM_START": "2020-01-02", "RAY_ADDRESS": "ray://head:10001",
         "STOCK_PLATFORM_WAREHOUSE_URL": "postgresql://user@db:5432/warehouse", "STOCK_PLATFORM_API_MAX_ROWS": "5_000_000",
+        "STOCK_PLATFORM_TUNING_TRIALS": " 4", "STOCK_PLATFORM_TUNING_SECONDS": "45.5",
     })
+    assert (s.tuning_trials, s.tuning_seconds) == (4, 45.5)
     assert s.api_max_rows == 5_000_000
     assert s.warehouse_url == "postgresql+psycopg2://user@db:5432/warehouse"  # one driver: psycopg2
     assert s.tickers == ("AAPL", "BRK-B", "EURUSD=X")
@@ -55,6 +58,10 @@ def test_values_are_read_and_normalised(tmp_path):
         ({"AWS_ENDPOINT_URL": "localhost:9000"}, "AWS_ENDPOINT_URL"),
         ({"STOCK_PLATFORM_API_MAX_ROWS": "2e6"}, "STOCK_PLATFORM_API_MAX_ROWS"),
         ({"STOCK_PLATFORM_API_MAX_ROWS": "-1"}, "STOCK_PLATFORM_API_MAX_ROWS"),
+        ({"STOCK_PLATFORM_TUNING_TRIALS": "0"}, "STOCK_PLATFORM_TUNING_TRIALS"),
+        ({"STOCK_PLATFORM_TUNING_TRIALS": "many"}, "STOCK_PLATFORM_TUNING_TRIALS"),
+        ({"STOCK_PLATFORM_TUNING_SECONDS": "nan"}, "STOCK_PLATFORM_TUNING_SECONDS"),
+        ({"STOCK_PLATFORM_TUNING_SECONDS": "0.5"}, "STOCK_PLATFORM_TUNING_SECONDS"),
     ],
 )
 def test_bad_values_name_the_variable_and_value(tmp_path, env, variable):

@@ -17,16 +17,19 @@ from stock_platform.registry import register_version
 from stock_platform.resources.lake import LakeResource
 from stock_platform.resources.tracking import TrackingResource
 from stock_platform.resources.tuning import TuningResource
+from stock_platform.settings import get_settings
 
 LEAKAGE_CHECK = LEAKAGE_CHECK_KEY.name
 
 
 class TuningConfig(dg.Config):
-    """Per-run search budget and CV layout of a family (the defaults finish in about two minutes on 2 cores). The
-    held-out window the gate scores on is fixed (`lib/selection.py`: HOLDOUT_SESSIONS), so no search sees it."""
+    """Per-run search budget and CV layout of a family. The budget's defaults are the deployment's
+    (STOCK_PLATFORM_TUNING_TRIALS, STOCK_PLATFORM_TUNING_SECONDS: 16 trials in at most 90 s, about two minutes on
+    2 cores): the weekly schedule's runs take them, the Launchpad shows them. The held-out window the gate scores on
+    is fixed (`lib/selection.py`: HOLDOUT_SESSIONS), so no search sees it."""
 
-    trials: int = 16
-    time_budget_seconds: float = 90.0
+    trials: int = get_settings().tuning_trials
+    time_budget_seconds: float = get_settings().tuning_seconds
     folds: int = 3
     test_sessions: int = 60  # per fold; shrunk (not below 20) when the history is short
     seed: int = 7
