@@ -228,31 +228,43 @@ def postgres_url() -> str:
 
 
 @pytest.fixture
-def fresh_postgres_db(postgres_url: str):
-    """A new, empty Postgres database for one test; dropped afterwards. Yields its URL parts."""
+def postgres_databases(postgres_url: str):
+    """Make new, empty Postgres databases (`make()` returns each one's URL); all dropped after the test."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    name = f"sp_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(postgres_url).set(database=name)
+    made: list[str] = []
+
+    def make():
+        name = f"sp_test_{uuid.uuid4().hex[:12]}"
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        made.append(name)
+        return make_url(postgres_url).set(database=name)
+
     try:
-        yield url
+        yield make
     finally:
         with admin.connect() as conn:
-            conn.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+            for name in made:
+                conn.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
         admin.dispose()
+
+
+@pytest.fixture
+def fresh_postgres_db(postgres_databases):
+    """A new, empty Postgres database for one test; dropped afterwards. Yields its URL parts."""
+    return postgres_databases()
 
 
 # What makes a test slow, by what it uses (so the `slow` mark cannot drift from the test's needs): a real
 # Dagster instance and runs, Postgres, the S3 server or the prepared near-real-time stack. The fast tier,
 # `python -m pytest -m "not slow"`, is everything else; `python -m pytest` runs both.
-SLOW_FIXTURES = {"instance", "s3_endpoint", "s3_lake", "postgres_url", "fresh_postgres_db", "prepared", "demo_run",
-                 "writer_process"}
-POSTGRES_FIXTURES = {"postgres_url", "fresh_postgres_db"}
+SLOW_FIXTURES = {"instance", "s3_endpoint", "s3_lake", "postgres_url", "postgres_databases", "fresh_postgres_db",
+                 "prepared", "demo_run", "writer_process"}
+POSTGRES_FIXTURES = {"postgres_url", "postgres_databases", "fresh_postgres_db"}
 
 
 # ------------------------------------------------------------------ the demo with a model, run once per session

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -22,41 +23,81 @@ from stock_platform.launcher import WORKER_PID_TAG
 from stock_platform.lib.calendar import trading_days
 from stock_platform.resources.lake import LakeResource
 from stock_platform.resources.warehouse import WarehouseResource
-from stock_platform_tests.deployment import (ASSET_CHECKS, COMPOSE, PROCESSES, REPO, Deployment, compose,
-                                             compose_services, free_port, launch_backfill, native_command, stack,
-                                             wait_for_backfill)
+from stock_platform_tests.deployment import (ASSET_CHECKS, COMPOSE, PROCESSES, REPO, Deployment, Production,
+                                             compose, compose_services, free_port, launch_backfill,
+                                             launch_run_request, native_command, schedule_tick, start_automation,
+                                             wait_for_backfill, wait_for_run)
 from stock_platform_tests.live_stack import wait_for
 
 TICKERS = ("AAPL", "MSFT", "XOM")
-FIRST, LAST = dt.date(2023, 1, 3), dt.date(2024, 3, 28)  # > 272 sessions: features warm by the end
-RUN_TAGS = "query($runId: ID!) { runOrError(runId: $runId) { ... on Run { tags { key value } } } }"
+# more than WARM_ROWS (311) sessions plus what tuning needs of warm ones (CV folds, a gap, the held-out window)
+FIRST, LAST = dt.date(2022, 1, 3), dt.date(2024, 3, 28)
+WEEK = "2024-03-25"  # the model week LAST ends: retrained by the schedule's tick of Monday 2024-04-01, 06:00 New York
+LANDED, CLOSED = dt.date(2024, 4, 1), dt.date(2024, 4, 2)  # quotes land for the first; the schedule closes the second
+DAILY = ["prices", "price_snapshots", "features"]
+
+
+def new_york(day: dt.date, hour: int) -> float:
+    from zoneinfo import ZoneInfo
+
+    return dt.datetime.combine(day, dt.time(hour), ZoneInfo("America/New_York")).timestamp()
 
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_a_backfill_submitted_through_the_proxy_runs_on_postgres_and_reports_its_checks(tmp_path,
-                                                                                       fresh_postgres_db):
-    """The stack as compose starts it, behind its proxy: the UI's GraphQL backfill goes through the proxy's login,
-    the dashboard and the API answer through it (the API with its bearer tokens), and no secret the test set
-    (Postgres, proxy and API credentials) is in any log or stored event."""
+def test_the_production_stack_backfills_retrains_takes_a_landed_file_and_forecasts_the_day(tmp_path, s3_endpoint,
+                                                                                          postgres_databases):
+    """docker/compose.yaml's stack, each process natively in the environment compose gives it: the lake and the
+    landing zone on S3 (the moto server in MinIO's place), the instance and the warehouse on Postgres, MLflow's
+    server (Postgres store, artifacts on S3, its own login), the warm run launcher, the daemon with the sensors and
+    schedules on, behind the proxy. Driven through the proxy as users drive it: a backfill (the UI's dialog), the
+    weekly retrain and the day's close (the schedules' ticks at their instants, "Test schedule" + launch: the
+    daemon's own ticks come at the wall clock's 06:00 and 18:00 New York, which no test may wait for), a landed
+    quote file (the sensor); the API and the dashboard serve the result from the S3 lake, and no secret the test set
+    is in any log, stored event or run record."""
+    import boto3
+
+    from stock_platform.lib.demo_market import generate
+    from stock_platform.lib.events import bars_to_events, encode
+    from stock_platform.resources.landing import LandingResource
     from stock_platform.serving.auth import new_token
 
-    home, env = stack(tmp_path, fresh_postgres_db, TICKERS, FIRST.isoformat())
     client, dashboard = new_token(), new_token()
-    secrets = {"pg": f"pg-{uuid.uuid4().hex}", "proxy": f"proxy-{uuid.uuid4().hex}", "client": client[0],
-               "dashboard": dashboard[0]}
-    # as compose sets them: the Postgres password from PGPASSWORD (no URL holds it; trust auth here ignores it)
-    env |= {"PGPASSWORD": secrets["pg"], "DAGSTER_PG_PASSWORD": secrets["pg"],
-            "STOCK_PLATFORM_API_TOKENS": f"{client[1]},{dashboard[1]}",
-            "STOCK_PLATFORM_DASHBOARD_TOKEN": dashboard[0]}
-    assert ":" not in env["STOCK_PLATFORM_WAREHOUSE_URL"].split("@")[0].split("//")[1]
+    secrets = {name: f"{name}-{uuid.uuid4().hex}" for name in ("pg", "proxy", "minio", "mlflow", "mlflow_key")}
+    secrets |= {"client": client[0], "dashboard": dashboard[0]}
+    dotenv = {  # docker/.env
+        "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": secrets["pg"],  # trust auth here does not ask for it
+        "MINIO_ROOT_USER": "stock-platform", "MINIO_ROOT_PASSWORD": secrets["minio"],  # the S3 server takes any
+        "MLFLOW_ADMIN_PASSWORD": secrets["mlflow"], "MLFLOW_SECRET_KEY": secrets["mlflow_key"],
+        "PROXY_USER": "stock", "PROXY_PASSWORD": secrets["proxy"],
+        "STOCK_PLATFORM_API_TOKENS": f"{client[1]},{dashboard[1]}", "STOCK_PLATFORM_DASHBOARD_TOKEN": dashboard[0],
+        "STOCK_PLATFORM_TICKERS": ",".join(TICKERS), "STOCK_PLATFORM_START": FIRST.isoformat(),
+        "STOCK_PLATFORM_TUNING_TRIALS": "2", "STOCK_PLATFORM_TUNING_SECONDS": "120"}
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    buckets = [target.removeprefix("local/") for target in compose_services()["minio-buckets"]["entrypoint"][3:]]
+    for bucket in buckets:  # compose's one-shot `minio-buckets`
+        s3.create_bucket(Bucket=bucket)
+    database, mlflow_database = postgres_databases(), postgres_databases()
+    production = Production(dotenv, database, mlflow_database, s3_endpoint)
     sessions = [d.isoformat() for d in trading_days(FIRST, LAST)]
-    assets = ["prices", "price_snapshots", "features"]
     # The daemon starts after the submission, as after a restart with a backfill pending: its backfill loop runs
     # every 30 s (Dagster's fixed interval), so its first iteration launches the run instead of its second.
-    with Deployment(home, env, held=("daemon",), proxied=("stock", secrets["proxy"])) as deployment:
+    clock = time.perf_counter()
+    phases = {}
+
+    def phase(name: str) -> None:
+        nonlocal clock
+        phases[name], clock = round(time.perf_counter() - clock, 1), time.perf_counter()
+
+    with Deployment(tmp_path, production=production, held=("daemon",)) as deployment:
+        phase("start")
+        app_env = deployment.service_env("code")
+        assert app_env["STOCK_PLATFORM_LAKE_URI"] == "s3://stock-platform/lake"
+        lake = LakeResource(uri=app_env["STOCK_PLATFORM_LAKE_URI"], aws_endpoint_url=s3_endpoint)
+        landing = LandingResource(uri=app_env["STOCK_PLATFORM_LANDING_URI"], aws_endpoint_url=s3_endpoint)
         refused_without_login(deployment)
-        backfill_id = launch_backfill(deployment, assets, sessions, title="test backfill")
+        start_automation(deployment, ["daily_close", "weekly_retrain_schedule"], ["landing_zone_sensor"])
+        backfill_id = launch_backfill(deployment, DAILY, sessions, title="history")
         deployment.start("daemon")
         done = wait_for_backfill(deployment, backfill_id)
         assert done["status"] == "COMPLETED_SUCCESS", (done, deployment.log("daemon")[-3000:])
@@ -64,43 +105,134 @@ def test_a_backfill_submitted_through_the_proxy_runs_on_postgres_and_reports_its
         # single-run backfill policy: the whole range in one run, not one run per day
         assert len(done["runs"]) == 1 and done["runs"][0]["status"] == "SUCCESS"
         # dagster.yaml's launcher ran it, in one of the daemon's pre-started workers
-        tags = deployment.graphql(RUN_TAGS, {"runId": done["runs"][0]["runId"]})["runOrError"]["tags"]
+        tags = wait_for_run(deployment, done["runs"][0]["runId"])["tags"]
         assert WORKER_PID_TAG in {tag["key"] for tag in tags}
-
-        checks = deployment.graphql(ASSET_CHECKS, {"keys": [{"path": [a]} for a in assets]})["assetNodes"]
+        checks = deployment.graphql(ASSET_CHECKS, {"keys": [{"path": [a]} for a in DAILY]})["assetNodes"]
         found = {(node["assetKey"]["path"][0], check["name"]): (check["blocking"],
                  (check["executionForLatestMaterialization"] or {}).get("status"))
                  for node in checks for check in node["assetChecksOrError"]["checks"]}
         # the freshness checks (non-blocking) are the freshness sensor's: it may have evaluated them by now or not
         fresh = {key: found.pop(key) for key in list(found) if key[1] == "freshness_check"}
-        assert {asset for asset, _ in fresh} == set(assets) and not any(blocking for blocking, _ in fresh.values())
+        assert {asset for asset, _ in fresh} == set(DAILY) and not any(blocking for blocking, _ in fresh.values())
         assert found == {("prices", "prices_schema"): (True, "SUCCEEDED"),
                          ("features", "features_schema"): (True, "SUCCEEDED")}
-        served_through_the_proxy(deployment, client[0])
+        phase("backfill")
 
-    logs = [path for path in home.rglob("*") if path.is_file() and path.suffix not in (".parquet", ".db")]
-    assert any(p.name == "proxy.log" for p in logs) and any(p.name == "api.log" for p in logs)
-    for path in logs:  # every process's log, the compute logs, the lake's Delta logs, the stored run configs
+        # the weekly retrain: the schedule's Monday tick, with the deployment's search budget (2 trials a family)
+        [retrain] = schedule_tick(deployment, "weekly_retrain_schedule", new_york(LANDED, 6))
+        assert retrain["runKey"] == f"weekly_retrain:{WEEK}" and retrain["jobName"] == "weekly_retrain"
+        run = wait_for_run(deployment, launch_run_request(deployment, retrain, "weekly_retrain_schedule"), timeout=420)
+        assert run["status"] == "SUCCESS", deployment.log("daemon")[-3000:]
+        phase("retrain")
+
+        # quotes land for the next session: the sensor's run upserts them and forecasts the day after
+        bars = generate(list(TICKERS), LANDED, LANDED)
+        landing.write(f"quotes/{LANDED}/bars.jsonl", encode(bars_to_events(bars, "demo"), "jsonl"))
+        landed, _ = wait_for(lambda: day_rows(lake, "predictions", LANDED), timeout=180)
+        snapshot = lake.read("price_snapshots", LANDED, LANDED).sort("ticker")
+        assert snapshot["close"].to_list() == bars.sort("ticker")["close"].to_list()
+        phase("landed file")
+
+        # the day's close: the schedule's 18:00 tick runs the day from its prices to the forecasts' evaluation
+        [close] = schedule_tick(deployment, "daily_close", new_york(CLOSED, 18))
+        assert close["runKey"] == f"daily_close:{CLOSED}"
+        run = wait_for_run(deployment, launch_run_request(deployment, close, "daily_close"))
+        assert run["status"] == "SUCCESS", deployment.log("daemon")[-3000:]
+        phase("daily close")
+        served_through_the_proxy(deployment, client[0])
+        phase("served")
+
+        # MLflow's server holds the week's candidates, registered by the runs as its admin (the platform's
+        # service account); through the proxy, it asks who you are and readers cannot change the registry
+        models = mlflow_asks_who_you_are(deployment.entry + "/mlflow", secrets["mlflow"])
+        phase("mlflow")
+    assert models == {"stock_platform_lgbm", "stock_platform_ridge", "stock_platform_ar"}
+    artifacts = s3.list_objects_v2(Bucket="mlflow", Prefix="artifacts/")
+    assert artifacts["KeyCount"] > 0 and any(o["Key"].endswith("MLmodel") for o in artifacts["Contents"])
+    decision = lake.read("model_selection", date_column="train_end")
+    assert decision.height >= 3 and decision["train_end"].unique().to_list() == [dt.date(2024, 3, 31)]
+
+    # the lake on S3 (nothing local), the warehouse on Postgres
+    assert not list(tmp_path.rglob("_delta_log"))
+    days = len(sessions) + 2
+    for table in DAILY:
+        rows = lake.read(table)
+        assert rows.height == len(TICKERS) * days and rows.select("ticker", "date").n_unique() == rows.height, table
+    assert lake.read("features").filter(pl.col("date") == CLOSED)["warm"].all()
+    forecasts = lake.read("predictions", LANDED, CLOSED)
+    assert forecasts.height == 2 * len(TICKERS) and forecasts["pred_close"].is_finite().all()
+    assert landed["model_name"].to_list() == forecasts.filter(pl.col("date") == LANDED)["model_name"].to_list()
+    evaluated = lake.read("prediction_evaluation", CLOSED, CLOSED, date_column="target_date")
+    assert evaluated.height == len(TICKERS)  # LANDED's forecasts, against CLOSED's close
+    warehouse = WarehouseResource(url=app_env["STOCK_PLATFORM_WAREHOUSE_URL"])
+    assert warehouse.count("stock_price") == len(TICKERS) * days
+
+    logs = [path for path in tmp_path.rglob("*") if path.is_file() and path.suffix not in (".parquet", ".db")]
+    assert {"proxy.log", "api.log", "mlflow.log", "daemon.log"} <= {p.name for p in logs}
+    for path in logs:  # every process's log, the compute logs, the stored run configs
         data = path.read_bytes()
         for name, value in secrets.items():
             assert value.encode() not in data, f"the {name} secret is in {path}"
-    engine = create_engine(fresh_postgres_db)
-    with engine.connect() as conn:  # the instance: runs (their configs and tags) and the event log
-        for name, value in secrets.items():
-            for table, column in (("event_logs", "event"), ("runs", "run_body")):
-                found = conn.execute(text(f"SELECT count(*) FROM {table} WHERE {column} LIKE :v"),
-                                     {"v": f"%{value}%"}).scalar()
-                assert found == 0, f"the {name} secret is in the instance's {table}"
-    engine.dispose()
+    for bucket in buckets:  # the lake's Delta logs, the landing ledger, MLflow's artifacts
+        for key in [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]:
+            if not key.endswith(".parquet"):
+                data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+                assert not any(v.encode() in data for v in secrets.values()), f"a secret is in s3://{bucket}/{key}"
+    for url, tables in ((database, (("event_logs", "event"), ("runs", "run_body"))),
+                        (mlflow_database, (("params", "value"), ("tags", "value")))):
+        engine = create_engine(url)
+        with engine.connect() as conn:  # the instance's runs and events; MLflow's params and tags
+            for name, value in secrets.items():
+                for table, column in tables:
+                    hits = conn.execute(text(f"SELECT count(*) FROM {table} WHERE {column} LIKE :v"),
+                                        {"v": f"%{value}%"}).scalar()
+                    assert hits == 0, f"the {name} secret is in {url.database}'s {table}"
+        engine.dispose()
+    phase("checked")
+    print("seconds per phase:", phases)
 
-    lake = LakeResource(uri=str(home / "lake"))
-    for table in ("prices", "price_snapshots", "features"):
-        rows = lake.read(table)
-        assert rows.height == len(TICKERS) * len(sessions), table
-        assert rows.select("ticker", "date").n_unique() == rows.height
-    assert lake.read("features").filter(pl.col("date") == LAST)["warm"].all()
-    warehouse = WarehouseResource(url=env["STOCK_PLATFORM_WAREHOUSE_URL"])
-    assert warehouse.count("stock_price") == len(TICKERS) * len(sessions)
+
+def mlflow_asks_who_you_are(uri: str, admin_password: str) -> set[str]:
+    """MLflow's basic auth (docker/mlflow-auth.ini): 401 without credentials or with a wrong password; a user the
+    admin creates reads the registry and gets PERMISSION_DENIED for every change. Returns the registered models."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.server import get_app_client
+
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{uri}/api/2.0/mlflow/registered-models/search?max_results=5", timeout=30)
+    assert refused.value.code == 401
+    reader = ("reader", f"reader-{uuid.uuid4().hex}")
+    login = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": admin_password}
+    saved = {k: os.environ.get(k) for k in login}
+    try:
+        os.environ.update(login)
+        get_app_client("basic-auth", tracking_uri=uri).create_user(*reader)
+        os.environ.update(MLFLOW_TRACKING_USERNAME=reader[0], MLFLOW_TRACKING_PASSWORD=reader[1])
+        client = mlflow.MlflowClient(uri, uri)
+        models = client.search_registered_models()
+        name, version = models[0].name, models[0].latest_versions[0].version
+        assert client.get_model_version(name, version).status == "READY"
+        for change in (lambda: client.delete_registered_model(name),
+                       lambda: client.set_registered_model_alias(name, "champion", version),
+                       lambda: client.delete_model_version(name, version)):
+            with pytest.raises(MlflowException, match="PERMISSION_DENIED|Permission denied"):
+                change()
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = "wrong-password-here"
+        with pytest.raises(MlflowException, match="401|Unauthorized|UNAUTHENTICATED|credentials"):
+            client.search_registered_models()
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return {m.name for m in models}
+
+
+def day_rows(lake: LakeResource, table: str, day: dt.date) -> pl.DataFrame | None:
+    """The table's rows of `day` once every ticker has one (None before)."""
+    if not lake.exists(table):
+        return None
+    rows = lake.read(table, day, day)
+    return rows if set(rows["ticker"]) >= set(TICKERS) else None
 
 
 def refused_without_login(deployment: Deployment) -> None:
@@ -135,8 +267,8 @@ def served_through_the_proxy(deployment: Deployment, token: str) -> None:
     assert page.headers["X-Content-Type-Options"] == "nosniff" and page.headers["X-Frame-Options"] == "SAMEORIGIN"
     assert "Server" not in page.headers
     html = page.read().decode()
-    assert all(f">{t}</option>" in html for t in TICKERS) and html.count("<svg ") == 4  # no forecasts yet:
-    assert "No forecasts for this ticker" in html  # prices, RSI, MACD and quarantine charts
+    assert all(f">{t}</option>" in html for t in TICKERS) and html.count("<svg ") == 5  # with the forecasts
+    assert "No forecasts for this ticker" not in html
 
     def api(path: str, headers: dict[str, str]):
         request = urllib.request.Request(deployment.entry + "/api" + path, headers=headers)
@@ -157,6 +289,13 @@ def served_through_the_proxy(deployment: Deployment, token: str) -> None:
         assert refused.value.response.status_code == expected
     with connect(ws_url, additional_headers=bearer, open_timeout=30) as ws:
         assert json.loads(ws.recv(timeout=30))["type"] == "cursor"
+    # the day's forecasts, served from the lake on S3 once the read model follows the runs' commits
+    def forecast():
+        code, page = api(f"/predictions/{TICKERS[0]}?start={CLOSED}", bearer)
+        return code == 200 and page["items"] or None
+
+    [served], _ = wait_for(forecast, timeout=30)
+    assert served["target_date"] == "2024-04-03" and served["pred_close"] > 0
 
 
 def test_the_proxy_terminates_tls_with_a_configured_certificate(tmp_path):
