@@ -258,6 +258,21 @@ class Deployment:
     def log(self, name: str) -> str:
         return (self.home / f"{name}.log").read_text(errors="replace")
 
+    def leftovers(self) -> list[int]:
+        """Live processes (not zombies) of this deployment: everything its processes started inherits its
+        DAGSTER_HOME (the run workers, Ray's processes, MLflow's and uvicorn's workers)."""
+        from stock_platform_tests.ray_cluster import process_table
+
+        marker = f"DAGSTER_HOME={self.dagster_home}\0".encode()
+        alive = []
+        for pid, (state, _, _) in process_table().items():
+            try:
+                if state != "Z" and marker in Path(f"/proc/{pid}/environ").read_bytes():
+                    alive.append(pid)
+            except OSError:  # ended meanwhile, or not ours to read
+                continue
+        return alive
+
     def stop(self) -> None:
         for proc in reversed(list(self.procs.values())):
             if proc.poll() is None:

@@ -91,6 +91,7 @@ def test_the_production_stack_backfills_retrains_takes_a_landed_file_and_forecas
 
     with Deployment(tmp_path, production=production, held=("daemon",)) as deployment:
         phase("start")
+        assert {proc.pid for proc in deployment.procs.values()} <= set(deployment.leftovers())  # what it finds
         app_env = deployment.service_env("code")
         assert app_env["STOCK_PLATFORM_LAKE_URI"] == "s3://stock-platform/lake"
         lake = LakeResource(uri=app_env["STOCK_PLATFORM_LAKE_URI"], aws_endpoint_url=s3_endpoint)
@@ -146,6 +147,7 @@ def test_the_production_stack_backfills_retrains_takes_a_landed_file_and_forecas
         # service account); through the proxy, it asks who you are and readers cannot change the registry
         models = mlflow_asks_who_you_are(deployment.entry + "/mlflow", secrets["mlflow"])
         phase("mlflow")
+    wait_for(lambda: not deployment.leftovers(), timeout=30)  # no process of the stack is left
     assert models == {"stock_platform_lgbm", "stock_platform_ridge", "stock_platform_ar"}
     artifacts = s3.list_objects_v2(Bucket="mlflow", Prefix="artifacts/")
     assert artifacts["KeyCount"] > 0 and any(o["Key"].endswith("MLmodel") for o in artifacts["Contents"])
