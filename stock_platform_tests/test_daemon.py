@@ -1,5 +1,5 @@
 """Near-real-time with a real `dagster-daemon`: files dropped into the landing zone end up in
-`price_snapshots` and `predictions` (local directory, and S3 on a local S3 server)."""
+`price_snapshots` and `predictions` (a local directory here; on S3 in test_deployment.py's production stack)."""
 
 from __future__ import annotations
 
@@ -36,20 +36,11 @@ def prepared(tmp_path_factory) -> Path:
     return template
 
 
-@pytest.mark.parametrize("zone", ["local", "s3"])
-def test_landed_files_reach_snapshots_and_predictions_through_the_daemon(tmp_path, zone, request, prepared):
-    extra = {}
-    if zone == "s3":
-        import boto3
-
-        endpoint = request.getfixturevalue("s3_endpoint")
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="landing-daemon")
-        extra = {"STOCK_PLATFORM_LANDING_URI": "s3://landing-daemon/quotes", "AWS_ENDPOINT_URL": endpoint,
-                 "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-    env = stack_env(tmp_path, **extra)
+def test_landed_files_reach_snapshots_and_predictions_through_the_daemon(tmp_path, prepared):
+    """(A landing zone and lake on S3 through the daemon: test_deployment.py's production stack.)"""
+    env = stack_env(tmp_path)
     shutil.copytree(prepared, tmp_path, dirs_exist_ok=True)
-    landing = LandingResource(uri=extra.get("STOCK_PLATFORM_LANDING_URI", str(tmp_path / "landing")),
-                              aws_endpoint_url=extra.get("AWS_ENDPOINT_URL"))
+    landing = LandingResource(uri=str(tmp_path / "landing"))
     bars = generate(list(TICKERS), DAY, DAY)
     daemon = Daemon(tmp_path, env)
     try:
