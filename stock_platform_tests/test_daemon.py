@@ -1,5 +1,6 @@
-"""Near-real-time with a real `dagster-daemon`: files dropped into the landing zone end up in
-`price_snapshots` and `predictions` (a local directory here; on S3 in test_deployment.py's production stack)."""
+"""Near-real-time with a real `dagster-daemon` when it dies: a landing run whose daemon is killed is failed by run
+monitoring, retried once, and its file applied once. (Files landed on S3 through the daemon, to snapshots and
+predictions, with a quarantined broken file: test_deployment.py's production stack.)"""
 
 from __future__ import annotations
 
@@ -34,34 +35,6 @@ def prepared(tmp_path_factory) -> Path:
     template = tmp_path_factory.mktemp("prepared")
     prepare(template, stack_env(template), monitor_seconds=1)  # a dead worker is found within a second
     return template
-
-
-def test_landed_files_reach_snapshots_and_predictions_through_the_daemon(tmp_path, prepared):
-    """(A landing zone and lake on S3 through the daemon: test_deployment.py's production stack.)"""
-    env = stack_env(tmp_path)
-    shutil.copytree(prepared, tmp_path, dirs_exist_ok=True)
-    landing = LandingResource(uri=str(tmp_path / "landing"))
-    bars = generate(list(TICKERS), DAY, DAY)
-    daemon = Daemon(tmp_path, env)
-    try:
-        landing.write(f"quotes/{DAY}/bars.jsonl", encode(bars_to_events(bars, "demo"), "jsonl"))
-        landing.write(f"quotes/{DAY}/broken.jsonl", b"{not json")
-        lake = tmp_path / "lake"
-        snap, _ = wait_for(lambda: rows_for(lake, "price_snapshots", DAY), timeout=180)
-        preds, _ = wait_for(lambda: rows_for(lake, "predictions", DAY), timeout=120)
-        # a tick after the run was created finds it and marks the file version submitted, with the run's id
-        ledger, _ = wait_for(lambda: submitted(lake / "landing_ledger"), timeout=60)
-    finally:
-        daemon.stop()
-    assert snap.sort("ticker")["close"].to_list() == bars.sort("ticker")["close"].to_list()
-    assert preds["model_version"].unique().to_list() == [1] and preds["pred_close"].is_finite().all()
-    assert [f.key for f in landing.list()] == [f"quotes/{DAY}/bars.jsonl"]  # the broken file is quarantined
-    assert b"unreadable json" in landing.read(f"_quarantine/quotes/{DAY}/broken.jsonl.reason.txt")
-    assert pl.read_delta(str(tmp_path / "lake" / "price_snapshots")).filter(pl.col("date") == DAY).height == 3
-    # the ledger took each file version once: the bars for one run of their day, the broken file quarantined
-    assert ledger.select("key", "day", "status").rows() == [
-        (f"quotes/{DAY}/bars.jsonl", DAY.isoformat(), "submitted"), (f"quotes/{DAY}/broken.jsonl", "", "quarantined")]
-    assert ledger["run_key"][0].startswith(f"landing:{DAY}:") and ledger["run_id"][0]
 
 
 def test_a_landing_run_whose_daemon_dies_fails_is_retried_once_and_applies_its_file_once(tmp_path, prepared):

@@ -129,9 +129,19 @@ def test_the_production_stack_backfills_retrains_takes_a_landed_file_and_forecas
         # quotes land for the next session: the sensor's run upserts them and forecasts the day after
         bars = generate(list(TICKERS), LANDED, LANDED)
         landing.write(f"quotes/{LANDED}/bars.jsonl", encode(bars_to_events(bars, "demo"), "jsonl"))
+        landing.write(f"quotes/{LANDED}/broken.jsonl", b"{not json")
         landed, _ = wait_for(lambda: day_rows(lake, "predictions", LANDED), timeout=180)
         snapshot = lake.read("price_snapshots", LANDED, LANDED).sort("ticker")
         assert snapshot["close"].to_list() == bars.sort("ticker")["close"].to_list()
+        # the ledger took each file version once: the bars for one run of their day (marked submitted with the
+        # run's id by a tick after the run was created), the broken file quarantined with its reason
+        ledger, _ = wait_for(lambda: submitted(lake), timeout=60)
+        assert ledger.select("key", "day", "status").rows() == [
+            (f"quotes/{LANDED}/bars.jsonl", LANDED.isoformat(), "submitted"),
+            (f"quotes/{LANDED}/broken.jsonl", "", "quarantined")]
+        assert ledger["run_key"][0].startswith(f"landing:{LANDED}:") and ledger["run_id"][0]
+        assert [f.key for f in landing.list()] == [f"quotes/{LANDED}/bars.jsonl"]
+        assert b"unreadable json" in landing.read(f"_quarantine/quotes/{LANDED}/broken.jsonl.reason.txt")
         phase("landed file")
 
         # the day's close: the schedule's 18:00 tick runs the day from its prices to the forecasts' evaluation
@@ -227,6 +237,14 @@ def mlflow_asks_who_you_are(uri: str, admin_password: str) -> set[str]:
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     return {m.name for m in models}
+
+
+def submitted(lake: LakeResource) -> pl.DataFrame | None:
+    """The landing ledger once no file version in it waits for its run to be created (None before)."""
+    from stock_platform.resources.landing import read_ledger
+
+    ledger = read_ledger(lake).sort("key")
+    return None if ledger.is_empty() or (ledger["status"] == "requested").any() else ledger
 
 
 def day_rows(lake: LakeResource, table: str, day: dt.date) -> pl.DataFrame | None:
