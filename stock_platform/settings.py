@@ -21,12 +21,15 @@ _TICKER_RE = re.compile(TICKER_PATTERN)
 _IDENTIFIER_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[A-Za-z0-9_.\-/]*)?$")
 
-SOURCES = ("demo", "yfinance", "files")
+SOURCES = ("demo", "yfinance", "files", "sql")
 DEFAULT_API_MAX_ROWS = 10_000_000  # served rows the API holds in memory, ~3.8 GB (see serving/read_model.py)
 DEFAULT_TICKERS = ("AAPL", "MSFT", "AMZN", "GOOGL", "META", "NVDA", "JPM", "XOM", "JNJ", "PG")
 DEFAULT_START = dt.date(2015, 1, 2)
 DEFAULT_TUNING_TRIALS, DEFAULT_TUNING_SECONDS = 16, 90.0  # per model family and week (about two minutes on 2 cores)
-SECRET_VARIABLES = ("STOCK_PLATFORM_WAREHOUSE_URL", "MLFLOW_TRACKING_URI", "STOCK_PLATFORM_ALERT_WEBHOOK")
+SECRET_VARIABLES = ("STOCK_PLATFORM_WAREHOUSE_URL", "MLFLOW_TRACKING_URI", "STOCK_PLATFORM_ALERT_WEBHOOK",
+                    "STOCK_PLATFORM_SOURCE_URL")
+# A table of the `sql` source: a name, or schema.name (letters, digits, _; quoted by SQLAlchemy, never pasted)
+_SOURCE_TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
 
 
 class SettingsError(ValueError):
@@ -90,6 +93,29 @@ def _validate_sql_url(value: str, *, where: str) -> str:
     return normalize_sql_url(value)
 
 
+def validate_sql_source(url: str | None, table: str | None, query: str | None) -> tuple[str, str | None, str | None]:
+    """The `sql` source's settings: a SQLAlchemy URL (never echoed: it may hold a password) and exactly one of a
+    table name or a SELECT that takes the range as :start and :end."""
+    if not url:
+        raise SettingsError("STOCK_PLATFORM_SOURCE_URL is required when STOCK_PLATFORM_SOURCE='sql' (a SQLAlchemy URL)")
+    if not re.fullmatch(r"[a-z][a-z0-9_]*(\+[a-z0-9_]+)?://\S*", url.strip()):
+        raise SettingsError("STOCK_PLATFORM_SOURCE_URL: not a SQLAlchemy URL (dialect[+driver]://...)")
+    if (table is None) == (query is None):
+        raise SettingsError("STOCK_PLATFORM_SOURCE='sql' needs one of STOCK_PLATFORM_SOURCE_TABLE (a table of daily "
+                            "bars) or STOCK_PLATFORM_SOURCE_QUERY (a SELECT with :start and :end), not "
+                            f"{'both' if table else 'neither'}")
+    if table is not None and not _SOURCE_TABLE_RE.fullmatch(table):
+        raise SettingsError(f"STOCK_PLATFORM_SOURCE_TABLE={table!r}: expected a table name or schema.table (letters, "
+                            "digits, _)")
+    if query is not None:
+        missing = [p for p in (":start", ":end") if not re.search(rf"{p}\b", query)]
+        if missing or not re.match(r"(?is)\s*(with|select)\b", query):
+            raise SettingsError(f"STOCK_PLATFORM_SOURCE_QUERY={query[:80]!r}: expected a SELECT (or WITH ... SELECT) "
+                                "that takes the range as the parameters :start and :end"
+                                + (f" (no {', '.join(missing)})" if missing else ""))
+    return normalize_sql_url(url.strip()), table, query
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -111,6 +137,10 @@ class Settings:
     openlineage_file: str | None = None  # or a file of events, one JSON per line
     api_max_rows: int = DEFAULT_API_MAX_ROWS  # the API holds the served tables in memory up to this many rows
     api_token_hashes: tuple[str, ...] = ()  # bearer tokens the API accepts, as hashes (serving/auth.py); none: open
+    # the `sql` source: a SQLAlchemy URL (a secret: it may hold a password), and a table or a query with :start/:end
+    source_url: str | None = None
+    source_table: str | None = None
+    source_query: str | None = None
     # the weekly retrain's search budget per family (TuningConfig's defaults: the schedule's runs and the Launchpad's)
     tuning_trials: int = DEFAULT_TUNING_TRIALS
     tuning_seconds: float = DEFAULT_TUNING_SECONDS
@@ -173,6 +203,12 @@ def load_settings(env: Mapping[str, str] | None = None, *, now: dt.datetime | No
             raise SettingsError(f"STOCK_PLATFORM_FILES_DIR={str(files_dir)!r}: not a directory")
     if source == "files" and files_dir is None:
         raise SettingsError("STOCK_PLATFORM_FILES_DIR is required when STOCK_PLATFORM_SOURCE='files'")
+
+    source_url = env.get("STOCK_PLATFORM_SOURCE_URL") or None
+    source_table = (env.get("STOCK_PLATFORM_SOURCE_TABLE") or "").strip() or None
+    source_query = (env.get("STOCK_PLATFORM_SOURCE_QUERY") or "").strip() or None
+    if source == "sql":
+        source_url, source_table, source_query = validate_sql_source(source_url, source_table, source_query)
 
     lake_uri = validate_storage_uri(env.get("STOCK_PLATFORM_LAKE_URI") or str(home / "lake"), where="STOCK_PLATFORM_LAKE_URI")
     landing_uri = validate_storage_uri(
@@ -251,6 +287,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, now: dt.datetime | No
         openlineage_file=openlineage_file,
         api_max_rows=int(max_rows_raw),
         api_token_hashes=token_hashes,
+        source_url=source_url,
+        source_table=source_table,
+        source_query=source_query,
         tuning_trials=int(trials_raw),
         tuning_seconds=tuning_seconds,
         secrets_from_env=frozenset(v for v in SECRET_VARIABLES if env.get(v)),

@@ -5,7 +5,7 @@
     stock-platform report [--start YYYY-MM-DD] [--end YYYY-MM-DD] [--plot FILE.png]
     stock-platform models [--demote FAMILY/VERSION] [--promote FAMILY/VERSION]
     stock-platform sql "SELECT ..." [--csv]
-    stock-platform replay --start D --end D [--tickers] [--source demo|files] [--format jsonl] [--speed N]
+    stock-platform replay --start D --end D [--tickers] [--source demo|files|sql] [--format jsonl] [--speed N]
     stock-platform serve [--host H] [--port P]      # the API, and the dashboard at /dashboard
     stock-platform token                            # a bearer token for the API, and its hash
 
@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
     replay.add_argument("--end", required=True, help="last day, YYYY-MM-DD")
     replay.add_argument("--tickers", help="comma-separated tickers (default: the universe)")
-    replay.add_argument("--source", choices=("demo", "files"), default="demo", help="where the bars come from")
+    replay.add_argument("--source", choices=("demo", "files", "sql"), default="demo",
+                        help="where the bars come from (sql: STOCK_PLATFORM_SOURCE_URL and _TABLE or _QUERY)")
     replay.add_argument("--files-dir", help="per-ticker CSV/Parquet files for --source files")
     replay.add_argument("--landing", help="landing zone (default STOCK_PLATFORM_LANDING_URI): a directory or s3://")
     replay.add_argument("--format", choices=("jsonl", "csv", "parquet"), default="jsonl")

@@ -77,13 +77,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    """Stream historical bars (demo or files source) into the landing zone as quote events, a file per day."""
+    """Stream historical bars (demo, files or sql source) into the landing zone as quote events, a file per day."""
     import polars as pl
 
     from stock_platform.lib.events import bars_to_events, encode
     from stock_platform.resources import PriceSourceResource
     from stock_platform.resources.landing import LandingResource
-    from stock_platform.settings import validate_storage_uri
+    from stock_platform.settings import validate_sql_source, validate_storage_uri
 
     settings = settings_from(args)
     tickers = tickers_option(args.tickers) or list(settings.tickers)
@@ -91,7 +91,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     uri = validate_storage_uri(args.landing, where="--landing") if args.landing else settings.landing_uri
     if args.speed < 0:
         raise SettingsError(f"--speed {args.speed}: must be >= 0")
-    source = PriceSourceResource(source=args.source, files_dir=args.files_dir)
+    sql = {}
+    if args.source == "sql":  # the table or query of STOCK_PLATFORM_SOURCE_URL / _TABLE / _QUERY
+        url, table, query = validate_sql_source(settings.source_url, settings.source_table, settings.source_query)
+        sql = {"url": url, "table": table, "query": query}
+    source = PriceSourceResource(source=args.source, files_dir=args.files_dir, **sql)
     landing = LandingResource(uri=uri, aws_endpoint_url=settings.aws_endpoint_url)
     bars = source.fetch(tickers, start, end).prices
     days = bars["date"].unique().sort().to_list()

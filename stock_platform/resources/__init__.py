@@ -28,10 +28,13 @@ class UniverseResource(dg.ConfigurableResource):
 
 
 class PriceSourceResource(dg.ConfigurableResource):
-    """Where daily bars come from. `source`: demo | yfinance | files (adapters in `sources.py`)."""
+    """Where daily bars come from. `source`: demo | yfinance | files | sql (adapters in `sources.py`)."""
 
     source: str = "demo"
     files_dir: str | None = None
+    url: str | None = None  # sql: a SQLAlchemy URL (from STOCK_PLATFORM_SOURCE_URL: Dagster shows the name only)
+    table: str | None = None  # sql: a table of daily bars
+    query: str | None = None  # sql: or a SELECT taking :start and :end
     seed: int = 7
     retries: int = 4  # the adapter's own retries of one request (yfinance), after 1, 2, 4, 8 s x jitter
     retry_backoff_seconds: float = 1.0
@@ -50,7 +53,8 @@ class PriceSourceResource(dg.ConfigurableResource):
         from stock_platform.resources import sources
 
         return sources.fetch(self.source, list(tickers), start, end, files_dir=self.files_dir, seed=self.seed,
-                             retries=self.retries, backoff=self.retry_backoff_seconds)
+                             retries=self.retries, backoff=self.retry_backoff_seconds, url=self.url,
+                             table=self.table, query=self.query)
 
 
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
@@ -69,7 +73,9 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
 
     return {
         "source": PriceSourceResource(
-            source=settings.source, files_dir=str(settings.files_dir) if settings.files_dir else None
+            source=settings.source, files_dir=str(settings.files_dir) if settings.files_dir else None,
+            url=secret("STOCK_PLATFORM_SOURCE_URL", settings.source_url) if settings.source_url else None,
+            table=settings.source_table, query=settings.source_query,
         ),
         "lake": LakeResource.of(settings),
         "landing": LandingResource(uri=settings.landing_uri, aws_endpoint_url=settings.aws_endpoint_url),

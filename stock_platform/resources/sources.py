@@ -1,4 +1,5 @@
-"""Price source adapters: `demo` (offline synthetic market), `yfinance`, `files`.
+"""Price source adapters: `demo` (offline synthetic market), `yfinance`, `files`, `sql` (a table or query in any
+SQLAlchemy database).
 
 Every source returns `FetchResult`: rows conformed to the prices schema, plus rows that could not be
 read (with a reason) and notes such as tickers with no data. Validation against the pandera contract
@@ -286,10 +287,95 @@ def fetch_yfinance(tickers: list[str], start: dt.date, end: dt.date, *, retries:
     return FetchResult(good.filter(in_range), bad.filter(in_range | pl.col("date").is_null()), missing)
 
 
+# ---------------------------------------------------------------------------------------------- sql
+def _sql_column(name: str, values: list) -> pl.Series:
+    """One result column as polars takes it: numbers as floats (Decimal included), dates and timestamps as they
+    are, and a column of mixed types (SQLite keeps 'n/a' in a REAL column) as text, for `conform` to judge."""
+    from decimal import Decimal
+
+    kinds = {type(v) for v in values if v is not None}
+    if kinds and kinds <= {int, float, Decimal}:
+        return pl.Series(name, [None if v is None else float(v) for v in values], dtype=pl.Float64)
+    if len(kinds) <= 1:
+        try:
+            return pl.Series(name, values, strict=True)
+        except (TypeError, ValueError, pl.exceptions.PolarsError):
+            pass
+    return pl.Series(name, [None if v is None else str(v) for v in values], dtype=pl.Utf8)
+
+
+def fetch_sql(url: str, tickers: list[str], start: dt.date, end: dt.date, *, table: str | None = None,
+              query: str | None = None, now: dt.datetime | None = None) -> FetchResult:
+    """Bars for [start, end] from a SQL database: `table` (columns named like the files source's, any case) read with
+    the range and the tickers in the WHERE clause, or `query`, a SELECT given the range as :start and :end (its rows
+    then limited to the tickers). No message names the URL whole (it may hold a password): the database is named by
+    its URL with the password masked."""
+    import sqlalchemy as sa
+    from sqlalchemy.exc import DBAPIError, NoSuchTableError, SQLAlchemyError
+
+    engine = sa.create_engine(url)
+    where = f"sql source {engine.url.render_as_string(hide_password=True)}"
+    try:
+        with engine.connect() as conn:
+            if table is not None:
+                schema, _, name = table.rpartition(".")
+                try:
+                    found = sa.Table(name, sa.MetaData(), schema=schema or None, autoload_with=conn)
+                except NoSuchTableError:
+                    raise SourceError(f"{where}: no table {table!r}") from None
+                by_name = {}
+                for column in found.columns:
+                    target = _COLUMN_ALIASES.get(column.name.strip().lower())
+                    if target in by_name:
+                        raise SourceError(f"{where}: table {table}: more than one column maps to {target!r}")
+                    by_name[target] = column
+                if "date" not in by_name or "ticker" not in by_name:
+                    raise SourceError(f"{where}: table {table} needs a date and a ticker (or symbol) column (has: "
+                                      f"{', '.join(c.name for c in found.columns)})")
+                day, ticker = by_name["date"], by_name["ticker"]
+                if isinstance(day.type, sa.Date) and not isinstance(day.type, sa.DateTime):
+                    in_range = day.between(start, end)
+                else:  # timestamps (read as New York dates below) or ISO text: a day more on each side
+                    low, high = start - dt.timedelta(days=1), end + dt.timedelta(days=2)
+                    if isinstance(day.type, sa.String):
+                        low, high = low.isoformat(), high.isoformat()
+                    in_range = sa.and_(day >= low, day < high)
+                result = conn.execute(sa.select(found).where(in_range, ticker.in_(tickers)))
+            else:
+                result = conn.execute(sa.text(query), {"start": start, "end": end})
+            names, rows = list(result.keys()), result.fetchall()
+    except SourceError:
+        raise
+    except DBAPIError as exc:  # the driver's words (a refused connection is an outage: the step is retried)
+        reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
+        raise SourceError(f"{where}: {type(exc.orig).__name__}: {reason}",
+                          transient=exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError)) from None
+    except SQLAlchemyError as exc:
+        raise SourceError(f"{where}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    finally:
+        engine.dispose()
+    raw = _rename_columns(pl.DataFrame([_sql_column(n, [row[i] for row in rows]) for i, n in enumerate(names)]),
+                          where)
+    if "ticker" not in raw.columns:
+        raise SourceError(f"{where}: the query returns no ticker (or symbol) column (has: {', '.join(names)})")
+    raw = raw.filter(pl.col("ticker").cast(pl.Utf8).str.strip_chars().is_in(tickers))
+    got = set(raw["ticker"].cast(pl.Utf8).str.strip_chars().unique()) if raw.height else set()
+    good, bad = _conform_all([(raw, "sql", where, now or dt.datetime.now(dt.UTC))])
+    in_range = pl.col("date").is_between(start, end)
+    return FetchResult(good.filter(in_range), bad.filter(in_range | pl.col("date").is_null()),
+                       [t for t in tickers if t not in got])
+
+
 def fetch(source: str, tickers: list[str], start: dt.date, end: dt.date, *, files_dir: str | None = None,
-          seed: int = 7, retries: int = 4, backoff: float = 1.0) -> FetchResult:
+          seed: int = 7, retries: int = 4, backoff: float = 1.0, url: str | None = None, table: str | None = None,
+          query: str | None = None) -> FetchResult:
     """Daily bars for `tickers` in [start, end] from `source`."""
     tickers = [validate_ticker(t) for t in tickers]
+    if source == "sql":
+        if not url or (table is None) == (query is None):
+            raise SourceError("sql source: needs a URL and one of a table or a query (STOCK_PLATFORM_SOURCE_URL, "
+                              "STOCK_PLATFORM_SOURCE_TABLE / STOCK_PLATFORM_SOURCE_QUERY)")
+        return fetch_sql(url, tickers, start, end, table=table, query=query)
     if source == "demo":
         return fetch_demo(tickers, start, end, seed)
     if source == "files":
