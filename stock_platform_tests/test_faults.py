@@ -36,7 +36,7 @@ def orphans(lake, table: str) -> set[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("zone", ["local", "s3"])
+@pytest.mark.parametrize("zone", ["s3"])  # (a local lake's atomic commits: test_snapshots' killed writer)
 def test_a_dagster_run_killed_mid_backfill_leaves_readable_tables_and_a_rerun_converges(tmp_path, zone, request):
     """`dagster asset materialize` of a two-year range (four date chunks per table, one commit each) is killed
     with SIGKILL after its first snapshot chunk committed: every table still loads at its last commit, holds
