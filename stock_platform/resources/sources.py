@@ -77,6 +77,13 @@ def _conform_all(frames: list[tuple[pl.DataFrame, str, str, dt.datetime | None]]
     return pl.concat(goods), pl.concat(bads)
 
 
+def _in_range(good: pl.DataFrame, bad: pl.DataFrame, start: dt.date, end: dt.date,
+              missing: list[str]) -> FetchResult:
+    """The rows of [start, end]; rejects whose date could not be read stay (they may belong to the range)."""
+    in_range = pl.col("date").is_between(start, end)
+    return FetchResult(good.filter(in_range), bad.filter(in_range | pl.col("date").is_null()), missing)
+
+
 # --------------------------------------------------------------------------------------------- demo
 def fetch_demo(tickers: list[str], start: dt.date, end: dt.date, seed: int) -> FetchResult:
     from stock_platform.lib.demo_market import generate
@@ -129,9 +136,7 @@ def fetch_files(files_dir: Path, tickers: list[str], start: dt.date, end: dt.dat
     if not frames:
         raise SourceError(f"files source: no CSV or Parquet file for any of {', '.join(tickers)} in {files_dir}")
     good, bad = _conform_all(frames)
-    in_range = pl.col("date").is_between(start, end)
-    # Rows whose date could not be read stay in the rejects: they may belong to this range.
-    return FetchResult(good.filter(in_range), bad.filter(in_range | pl.col("date").is_null()), missing)
+    return _in_range(good, bad, start, end, missing)
 
 
 def files_last_common_date(files_dir: Path, tickers: list[str]) -> dt.date:
@@ -283,8 +288,7 @@ def fetch_yfinance(tickers: list[str], start: dt.date, end: dt.date, *, retries:
     if "splits" in raw.columns:
         raw = unadjust_splits(raw.with_columns(pl.col("splits").fill_null(0.0).fill_nan(0.0)))
     good, bad = _conform_all([(raw, "yfinance", "yfinance", ingested_at)])
-    in_range = pl.col("date").is_between(start, end)
-    return FetchResult(good.filter(in_range), bad.filter(in_range | pl.col("date").is_null()), missing)
+    return _in_range(good, bad, start, end, missing)
 
 
 # ---------------------------------------------------------------------------------------------- sql
@@ -358,12 +362,11 @@ def fetch_sql(url: str, tickers: list[str], start: dt.date, end: dt.date, *, tab
                           where)
     if "ticker" not in raw.columns:
         raise SourceError(f"{where}: the query returns no ticker (or symbol) column (has: {', '.join(names)})")
-    raw = raw.filter(pl.col("ticker").cast(pl.Utf8).str.strip_chars().is_in(tickers))
-    got = set(raw["ticker"].cast(pl.Utf8).str.strip_chars().unique()) if raw.height else set()
+    symbol = raw["ticker"].cast(pl.Utf8).str.strip_chars()
+    raw = raw.filter(symbol.is_in(tickers))
+    got = set(symbol.filter(symbol.is_in(tickers)))
     good, bad = _conform_all([(raw, "sql", where, now or dt.datetime.now(dt.UTC))])
-    in_range = pl.col("date").is_between(start, end)
-    return FetchResult(good.filter(in_range), bad.filter(in_range | pl.col("date").is_null()),
-                       [t for t in tickers if t not in got])
+    return _in_range(good, bad, start, end, [t for t in tickers if t not in got])
 
 
 def fetch(source: str, tickers: list[str], start: dt.date, end: dt.date, *, files_dir: str | None = None,
