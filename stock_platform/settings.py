@@ -21,13 +21,13 @@ _TICKER_RE = re.compile(TICKER_PATTERN)
 _IDENTIFIER_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[A-Za-z0-9_.\-/]*)?$")
 
-SOURCES = ("demo", "yfinance", "files", "sql")
+SOURCES = ("demo", "yfinance", "alphavantage", "files", "sql")
 DEFAULT_API_MAX_ROWS = 10_000_000  # served rows the API holds in memory, ~3.8 GB (see serving/read_model.py)
 DEFAULT_TICKERS = ("AAPL", "MSFT", "AMZN", "GOOGL", "META", "NVDA", "JPM", "XOM", "JNJ", "PG")
 DEFAULT_START = dt.date(2015, 1, 2)
 DEFAULT_TUNING_TRIALS, DEFAULT_TUNING_SECONDS = 16, 90.0  # per model family and week (about two minutes on 2 cores)
 SECRET_VARIABLES = ("STOCK_PLATFORM_WAREHOUSE_URL", "MLFLOW_TRACKING_URI", "STOCK_PLATFORM_ALERT_WEBHOOK",
-                    "STOCK_PLATFORM_SOURCE_URL")
+                    "STOCK_PLATFORM_SOURCE_URL", "ALPHAVANTAGE_API_KEY")
 # A table of the `sql` source: a name, or schema.name (letters, digits, _; quoted by SQLAlchemy, never pasted)
 _SOURCE_TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
 
@@ -116,6 +116,33 @@ def validate_sql_source(url: str | None, table: str | None, query: str | None) -
     return normalize_sql_url(url.strip()), table, query
 
 
+def validate_alphavantage(api_key: str | None, function: str, per_minute: str, url: str | None
+                          ) -> tuple[str, str, float, str | None]:
+    """The `alphavantage` source's settings: the key (never echoed), the function, the calls a minute the key may
+    make (the free tier's 5 by default) and, optionally, another endpoint (a proxy) in STOCK_PLATFORM_SOURCE_URL."""
+    from stock_platform.resources.sources import ALPHAVANTAGE_FUNCTIONS
+
+    if not api_key:
+        raise SettingsError("ALPHAVANTAGE_API_KEY is required when STOCK_PLATFORM_SOURCE='alphavantage' (a free key: "
+                            "https://www.alphavantage.co/support/#api-key)")
+    if not re.fullmatch(r"[A-Za-z0-9]{4,64}", api_key.strip()):
+        raise SettingsError("ALPHAVANTAGE_API_KEY: not an Alpha Vantage key (letters and digits)")
+    function = function.strip().upper()
+    if function not in ALPHAVANTAGE_FUNCTIONS:
+        raise SettingsError(f"STOCK_PLATFORM_ALPHAVANTAGE_FUNCTION={function!r}: expected one of "
+                            f"{', '.join(ALPHAVANTAGE_FUNCTIONS)}")
+    try:
+        rate = float(per_minute)
+    except ValueError:
+        rate = float("nan")
+    if not 0 < rate <= 1200:
+        raise SettingsError(f"STOCK_PLATFORM_ALPHAVANTAGE_CALLS_PER_MINUTE={per_minute!r}: expected calls a minute "
+                            "between 0 and 1200 (the free tier: 5)")
+    if url is not None and not re.fullmatch(r"https?://[^\s?#]+", url.strip()):
+        raise SettingsError("STOCK_PLATFORM_SOURCE_URL: the alphavantage source takes an http(s):// endpoint there")
+    return api_key.strip(), function, rate, url.strip() if url else None
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -141,6 +168,10 @@ class Settings:
     source_url: str | None = None
     source_table: str | None = None
     source_query: str | None = None
+    # the `alphavantage` source: the key (a secret), TIME_SERIES_DAILY(_ADJUSTED), the key's calls a minute
+    alphavantage_api_key: str | None = None
+    alphavantage_function: str = "TIME_SERIES_DAILY_ADJUSTED"
+    alphavantage_calls_per_minute: float = 5.0
     # the weekly retrain's search budget per family (TuningConfig's defaults: the schedule's runs and the Launchpad's)
     tuning_trials: int = DEFAULT_TUNING_TRIALS
     tuning_seconds: float = DEFAULT_TUNING_SECONDS
@@ -209,6 +240,11 @@ def load_settings(env: Mapping[str, str] | None = None, *, now: dt.datetime | No
     source_query = (env.get("STOCK_PLATFORM_SOURCE_QUERY") or "").strip() or None
     if source == "sql":
         source_url, source_table, source_query = validate_sql_source(source_url, source_table, source_query)
+    av_key, av_function, av_rate = None, "TIME_SERIES_DAILY_ADJUSTED", 5.0
+    if source == "alphavantage":
+        av_key, av_function, av_rate, source_url = validate_alphavantage(
+            env.get("ALPHAVANTAGE_API_KEY"), env.get("STOCK_PLATFORM_ALPHAVANTAGE_FUNCTION", av_function),
+            env.get("STOCK_PLATFORM_ALPHAVANTAGE_CALLS_PER_MINUTE", "5"), source_url)
 
     lake_uri = validate_storage_uri(env.get("STOCK_PLATFORM_LAKE_URI") or str(home / "lake"), where="STOCK_PLATFORM_LAKE_URI")
     landing_uri = validate_storage_uri(
@@ -290,6 +326,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, now: dt.datetime | No
         source_url=source_url,
         source_table=source_table,
         source_query=source_query,
+        alphavantage_api_key=av_key,
+        alphavantage_function=av_function,
+        alphavantage_calls_per_minute=av_rate,
         tuning_trials=int(trials_raw),
         tuning_seconds=tuning_seconds,
         secrets_from_env=frozenset(v for v in SECRET_VARIABLES if env.get(v)),

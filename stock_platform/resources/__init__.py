@@ -28,15 +28,19 @@ class UniverseResource(dg.ConfigurableResource):
 
 
 class PriceSourceResource(dg.ConfigurableResource):
-    """Where daily bars come from. `source`: demo | yfinance | files | sql (adapters in `sources.py`)."""
+    """Where daily bars come from. `source`: demo | yfinance | alphavantage | files | sql (adapters in `sources.py`)."""
 
     source: str = "demo"
     files_dir: str | None = None
-    url: str | None = None  # sql: a SQLAlchemy URL (from STOCK_PLATFORM_SOURCE_URL: Dagster shows the name only)
+    url: str | None = None  # sql: a SQLAlchemy URL (from STOCK_PLATFORM_SOURCE_URL: Dagster shows the name only);
+    # alphavantage: another endpoint than AV's own (a proxy)
     table: str | None = None  # sql: a table of daily bars
     query: str | None = None  # sql: or a SELECT taking :start and :end
+    api_key: str | None = None  # alphavantage: from ALPHAVANTAGE_API_KEY (an EnvVar: Dagster shows the name only)
+    function: str = "TIME_SERIES_DAILY_ADJUSTED"  # alphavantage: or TIME_SERIES_DAILY (the free tier's)
+    calls_per_minute: float = 5.0  # alphavantage: the key's rate (the free tier's 5)
     seed: int = 7
-    retries: int = 4  # the adapter's own retries of one request (yfinance), after 1, 2, 4, 8 s x jitter
+    retries: int = 4  # the adapter's own retries of one request (yfinance, alphavantage), after 1, 2, 4, 8 s x jitter
     retry_backoff_seconds: float = 1.0
     # An outage that outlasts them: the `prices` step asks Dagster to run it again, after 60, 120, 240 s x jitter.
     step_retries: int = 3
@@ -54,7 +58,8 @@ class PriceSourceResource(dg.ConfigurableResource):
 
         return sources.fetch(self.source, list(tickers), start, end, files_dir=self.files_dir, seed=self.seed,
                              retries=self.retries, backoff=self.retry_backoff_seconds, url=self.url,
-                             table=self.table, query=self.query)
+                             table=self.table, query=self.query, api_key=self.api_key, function=self.function,
+                             calls_per_minute=self.calls_per_minute)
 
 
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
@@ -76,6 +81,9 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             source=settings.source, files_dir=str(settings.files_dir) if settings.files_dir else None,
             url=secret("STOCK_PLATFORM_SOURCE_URL", settings.source_url) if settings.source_url else None,
             table=settings.source_table, query=settings.source_query,
+            api_key=secret("ALPHAVANTAGE_API_KEY", settings.alphavantage_api_key)
+            if settings.alphavantage_api_key else None,
+            function=settings.alphavantage_function, calls_per_minute=settings.alphavantage_calls_per_minute,
         ),
         "lake": LakeResource.of(settings),
         "landing": LandingResource(uri=settings.landing_uri, aws_endpoint_url=settings.aws_endpoint_url),

@@ -1,5 +1,5 @@
-"""Price source adapters: `demo` (offline synthetic market), `yfinance`, `files`, `sql` (a table or query in any
-SQLAlchemy database).
+"""Price source adapters: `demo` (offline synthetic market), `yfinance`, `alphavantage` (its REST API), `files`,
+`sql` (a table or query in any SQLAlchemy database).
 
 Every source returns `FetchResult`: rows conformed to the prices schema, plus rows that could not be
 read (with a reason) and notes such as tickers with no data. Validation against the pandera contract
@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -209,19 +210,25 @@ def backoff_seconds(base: float, attempt: int) -> float:
     return base * 2**attempt * (1 + random.random() / 2)
 
 
-def _with_retries(call, *, what: str, retries: int, backoff: float):
-    """`call()`, retrying outages `retries` times after backoff * 2^attempt seconds (x 1-1.5 jitter)."""
+def with_retries(call, *, what: str, retries: int, backoff: float, sleep=time.sleep):
+    """`call()`, retrying outages `retries` times after backoff * 2^attempt seconds (x 1-1.5 jitter). An outage is a
+    `SourceError` marked transient or an HTTP client's network error; anything else fails at once. `what` names the
+    source and the request in the message of the last failure."""
     for attempt in range(retries + 1):
         try:
             return call()
-        except Exception as exc:  # noqa: BLE001 - yfinance and its HTTP clients raise many types
-            transient = _is_transient(exc)
+        except Exception as exc:  # noqa: BLE001 - sources and their HTTP clients raise many types
+            transient = exc.transient if isinstance(exc, SourceError) else _is_transient(exc)
+            if isinstance(exc, SourceError) and not transient:
+                raise
             if not transient or attempt == retries:
-                raise SourceError(f"yfinance: {what} failed after {attempt + 1} attempt(s): {type(exc).__name__}: "
-                                  f"{str(exc)[:300]}", transient=transient) from exc
+                detail = str(exc) if isinstance(exc, SourceError) else f"{type(exc).__name__}: {str(exc)[:300]}"
+                raise SourceError(f"{what} failed after {attempt + 1} attempt(s): {detail}",
+                                  transient=transient) from exc
             delay = backoff_seconds(backoff, attempt)
-            log.warning("yfinance: %s: %s; retrying in %.2f s", what, type(exc).__name__, delay)
-            time.sleep(delay)
+            log.warning("%s: %s; retrying in %.2f s", what, str(exc)[:200] if isinstance(exc, SourceError)
+                        else type(exc).__name__, delay)
+            sleep(delay)
     raise AssertionError("unreachable")
 
 
@@ -257,8 +264,9 @@ def fetch_yfinance(tickers: list[str], start: dt.date, end: dt.date, *, retries:
         return yf.download(symbols, start=start.isoformat(), end=end_exclusive, auto_adjust=False, actions=True,
                            progress=False, threads=False, group_by="column")
 
-    raw = yfinance_to_polars(_with_retries(lambda: download(tickers), what=f"download {','.join(tickers)}",
-                                           retries=retries, backoff=backoff), tickers)
+    answer = with_retries(lambda: download(tickers), what=f"yfinance: download {','.join(tickers)}", retries=retries,
+                          backoff=backoff)
+    raw = yfinance_to_polars(answer, tickers)
     got = set(raw["ticker"].unique()) if "ticker" in raw.columns else set()
     frames = [raw] if got else []
     missing = []
@@ -267,10 +275,10 @@ def fetch_yfinance(tickers: list[str], start: dt.date, end: dt.date, *, retries:
         # and a logged error): ask for it alone, where an outage raises and is retried.
         try:
             with _exceptions_raised():
-                hist = _with_retries(
+                hist = with_retries(
                     lambda t=ticker: yf.Ticker(t).history(start=start.isoformat(), end=end_exclusive,
                                                           auto_adjust=False, actions=True),
-                    what=f"history {ticker}", retries=retries, backoff=backoff)
+                    what=f"yfinance: history {ticker}", retries=retries, backoff=backoff)
         except SourceError as exc:
             if type(exc.__cause__).__name__ not in _YF_NO_DATA:
                 raise
@@ -288,6 +296,175 @@ def fetch_yfinance(tickers: list[str], start: dt.date, end: dt.date, *, retries:
     if "splits" in raw.columns:
         raw = unadjust_splits(raw.with_columns(pl.col("splits").fill_null(0.0).fill_nan(0.0)))
     good, bad = _conform_all([(raw, "yfinance", "yfinance", ingested_at)])
+    return _in_range(good, bad, start, end, missing)
+
+
+# ------------------------------------------------------------------------------------- alphavantage
+ALPHAVANTAGE_URL = "https://www.alphavantage.co/query"
+# TIME_SERIES_DAILY_ADJUSTED (a premium function since 2023) adds the adjusted close, the dividend and the split
+# coefficient to TIME_SERIES_DAILY's as-traded bars; without them a split looks like a crash to the features.
+ALPHAVANTAGE_FUNCTIONS = ("TIME_SERIES_DAILY_ADJUSTED", "TIME_SERIES_DAILY")
+# a day's fields ("1. open", ..., "8. split coefficient") without their numbers -> the prices columns
+_AV_FIELDS = {"open": "open", "high": "high", "low": "low", "close": "close", "adjusted close": "adj_close",
+              "volume": "volume", "dividend amount": "dividends", "split coefficient": "splits"}
+_AV_COMPACT_SESSIONS = 100  # outputsize=compact answers the latest 100 sessions; full: 20+ years (premium)
+
+
+class AlphaVantageThrottle:
+    """Spaces calls evenly, `per_minute` a minute: the free tier allows 5 a minute and refuses bursts (more than one
+    a second). One per key in a process (`throttle_for`): a run's requests share it; runs in other processes do
+    not (a "Note" answer is then retried)."""
+
+    def __init__(self, per_minute: float, *, clock=time.monotonic, sleep=time.sleep):
+        self.interval = 60.0 / per_minute
+        self._clock, self._sleep = clock, sleep
+        self._next: float | None = None
+        self._lock = threading.Lock()
+
+    def wait(self) -> float:
+        """Sleep until the next call may go; return the seconds slept."""
+        with self._lock:
+            now = self._clock()
+            delay = 0.0 if self._next is None else max(0.0, self._next - now)
+            if delay:
+                self._sleep(delay)
+            self._next = now + delay + self.interval
+            return delay
+
+
+_throttles: dict[tuple[str, float], AlphaVantageThrottle] = {}
+
+
+def throttle_for(api_key: str, per_minute: float) -> AlphaVantageThrottle:
+    import hashlib
+
+    key = (hashlib.sha256(api_key.encode()).hexdigest(), per_minute)
+    return _throttles.setdefault(key, AlphaVantageThrottle(per_minute))
+
+
+def _redact(text: str, api_key: str) -> str:
+    """AV quotes the key in some answers ("We have detected your API key as ..."): never pass it on."""
+    return text.replace(api_key, "***") if api_key else text
+
+
+def alphavantage_refusal(answer: dict, function: str) -> SourceError | None:
+    """The error an answer without a time series stands for, judged by AV's words (it answers HTTP 200 with a
+    "Note", "Information" or "Error Message" body): a throttle is an outage (transient: retried), the daily quota, a
+    premium-only function and a bad key are not. None: an unknown symbol (the answer's "Error Message" for a valid
+    call), which is a missing ticker, not an error."""
+    if "Error Message" in answer:
+        text = str(answer["Error Message"])
+        if "apikey" in text.replace(" ", "").lower():
+            return SourceError(f"alphavantage: the API key is invalid or missing (ALPHAVANTAGE_API_KEY): {text}")
+        return None
+    text = str(answer.get("Note") or answer.get("Information") or "")
+    lower = text.lower()
+    if not text:
+        return SourceError(f"alphavantage: {function}: an answer without a time series (keys: "
+                           f"{', '.join(list(answer)[:5]) or 'none'})", transient=True)
+    if "sparingly" in lower or "per second" in lower or "burst" in lower:  # these also name the plans and the quota
+        return SourceError(f"alphavantage: throttled: {text}", transient=True)
+    if "outputsize" in lower and "premium" in lower:
+        return SourceError(f"alphavantage: a range reaching back more than the latest {_AV_COMPACT_SESSIONS} sessions "
+                           f"(outputsize=full) needs a premium key: {text}")
+    if "this is a premium endpoint" in lower or "premium feature" in lower:
+        return SourceError(f"alphavantage: {function} is not on this API key's plan (STOCK_PLATFORM_ALPHAVANTAGE_"
+                           f"FUNCTION=TIME_SERIES_DAILY is the free one): {text}")
+    if "demo" in lower and "api key" in lower:
+        return SourceError(f"alphavantage: the demo API key serves demo symbols only (ALPHAVANTAGE_API_KEY): {text}")
+    if "per minute" in lower:
+        return SourceError(f"alphavantage: throttled: {text}", transient=True)
+    if "per day" in lower or "daily" in lower:
+        return SourceError(f"alphavantage: the API key's daily quota is used up: retry after midnight US/Eastern "
+                           f"or use a premium key: {text}")
+    return SourceError(f"alphavantage: {text}", transient=True)
+
+
+def alphavantage_to_polars(answer: dict, ticker: str) -> pl.DataFrame:
+    """One symbol's answer as raw string columns named like the prices schema's; a split coefficient of 1 (no
+    split) becomes the schema's 0."""
+    series = next((v for k, v in answer.items() if k.startswith("Time Series")), None)
+    if not isinstance(series, dict):
+        raise SourceError(f"alphavantage: {ticker}: no time series in the answer")
+    rows = [{"date": day, **{_AV_FIELDS.get(name.partition(". ")[2], name): value for name, value in fields.items()}}
+            for day, fields in series.items() if isinstance(fields, dict)]
+    frame = pl.DataFrame(rows, schema={c: pl.Utf8 for c in ("date", *dict.fromkeys(
+        c for r in rows for c in r if c != "date"))}) if rows else pl.DataFrame(schema={"date": pl.Utf8})
+    if "splits" in frame.columns:
+        frame = frame.with_columns(splits=pl.when(pl.col("splits").cast(pl.Float64, strict=False) == 1.0)
+                                   .then(pl.lit("0")).otherwise(pl.col("splits")))
+    return frame.with_columns(ticker=pl.lit(ticker))
+
+
+def _alphavantage_get(url: str, params: dict[str, str], api_key: str, timeout: float) -> dict:
+    """One GET of AV's query endpoint as JSON; failures as SourceErrors with the key redacted (and no exception
+    chain: urllib's errors carry the URL, key included)."""
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    request = urllib.request.Request(f"{url}?{urllib.parse.urlencode(params | {'apikey': api_key})}",
+                                     headers={"User-Agent": "stock-platform"})
+    what = f"alphavantage: {params['function']} {params['symbol']}"
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - http(s) URL, validated
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        transient = exc.code == 429 or exc.code >= 500
+        raise SourceError(f"{what}: HTTP {exc.code} {exc.reason}", transient=transient) from None
+    except (urllib.error.URLError, OSError) as exc:  # refused, reset, DNS, timeout
+        reason = getattr(exc, "reason", None) or exc
+        raise SourceError(_redact(f"{what}: {type(exc).__name__}: {reason}", api_key), transient=True) from None
+    try:
+        answer = json.loads(body)
+    except ValueError:  # an HTML error page from a proxy or an outage
+        raise SourceError(f"{what}: not JSON ({body[:80]!r})", transient=True) from None
+    if not isinstance(answer, dict):
+        raise SourceError(f"{what}: unexpected answer ({type(answer).__name__})", transient=True)
+    return answer
+
+
+def fetch_alphavantage(tickers: list[str], start: dt.date, end: dt.date, *, api_key: str,
+                       function: str = ALPHAVANTAGE_FUNCTIONS[0], url: str = ALPHAVANTAGE_URL,
+                       calls_per_minute: float = 5, retries: int = 4, backoff: float = 1.0, timeout: float = 30.0,
+                       now: dt.datetime | None = None, throttle: AlphaVantageThrottle | None = None) -> FetchResult:
+    """Bars for [start, end], one request per ticker (AV has no batch daily call) within the key's rate: the latest
+    100 sessions (outputsize=compact) when the range lies in them, else the full history. The bars are as traded;
+    TIME_SERIES_DAILY_ADJUSTED's split coefficient and dividend become the schema's splits and dividends. A throttle
+    answer or an outage is retried after backoff (at least the throttle's interval) * 2^attempt."""
+    from stock_platform.lib.calendar import exchange_date, trading_days
+
+    if not api_key:
+        raise SourceError("alphavantage source: ALPHAVANTAGE_API_KEY is not set")
+    now = now or dt.datetime.now(dt.UTC)
+    throttle = throttle or throttle_for(api_key, calls_per_minute)
+    recent = len(trading_days(start, exchange_date(now))) <= _AV_COMPACT_SESSIONS
+    frames, missing = [], []
+    for ticker in tickers:
+        params = {"function": function, "symbol": ticker, "outputsize": "compact" if recent else "full",
+                  "datatype": "json"}
+
+        def call(params=params) -> dict | None:
+            throttle.wait()
+            answer = _alphavantage_get(url, params, api_key, timeout)
+            if any(k.startswith("Time Series") for k in answer):
+                return answer
+            refusal = alphavantage_refusal(answer, function)
+            if refusal is not None:
+                raise SourceError(_redact(str(refusal), api_key), transient=refusal.transient)
+            return None
+
+        answer = with_retries(call, what=f"alphavantage: {function} {ticker}", retries=retries,
+                              backoff=max(backoff, throttle.interval))
+        if answer is None:
+            log.warning("alphavantage: no such symbol: %s", ticker)
+            missing.append(ticker)
+        else:
+            frames.append((alphavantage_to_polars(answer, ticker), "alphavantage", f"alphavantage {function}", now))
+    if not frames:
+        raise SourceError(f"alphavantage returned no data for {', '.join(tickers)} (unknown symbols)")
+    good, bad = _conform_all(frames)
     return _in_range(good, bad, start, end, missing)
 
 
@@ -371,7 +548,8 @@ def fetch_sql(url: str, tickers: list[str], start: dt.date, end: dt.date, *, tab
 
 def fetch(source: str, tickers: list[str], start: dt.date, end: dt.date, *, files_dir: str | None = None,
           seed: int = 7, retries: int = 4, backoff: float = 1.0, url: str | None = None, table: str | None = None,
-          query: str | None = None) -> FetchResult:
+          query: str | None = None, api_key: str | None = None, function: str | None = None,
+          calls_per_minute: float = 5) -> FetchResult:
     """Daily bars for `tickers` in [start, end] from `source`."""
     tickers = [validate_ticker(t) for t in tickers]
     if source == "sql":
@@ -387,4 +565,8 @@ def fetch(source: str, tickers: list[str], start: dt.date, end: dt.date, *, file
         return fetch_files(Path(files_dir), tickers, start, end)
     if source == "yfinance":
         return fetch_yfinance(tickers, start, end, retries=retries, backoff=backoff)
+    if source == "alphavantage":
+        return fetch_alphavantage(tickers, start, end, api_key=api_key or "", function=function or
+                                  ALPHAVANTAGE_FUNCTIONS[0], url=url or ALPHAVANTAGE_URL,
+                                  calls_per_minute=calls_per_minute, retries=retries, backoff=backoff)
     raise SourceError(f"unknown source {source!r} (choose from {', '.join(SOURCES)})")
