@@ -28,26 +28,26 @@ def demo(home, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_demo_runs_in_a_real_instance_and_a_second_run_changes_nothing(tmp_path):
-    args = ("--tickers", "AAPL,MSFT", "--years", "0.1", "--end", "2025-06-30")
-    first = demo(tmp_path, *args)
+def test_backfill_runs_in_the_homes_instance_reruns_change_nothing_and_status_tells(tmp_path):
+    """`backfill` on a fresh home: one single-run backfill with its progress shown; a rerun runs nothing; a session
+    whose blocking check failed later, or a grown universe, runs again; `--force` rewrites the same tables; `status`
+    tells what is there; `demo` over a range inside it is up to date."""
+    args = ("--tickers", "AAPL,MSFT", "--start", "2025-05-01", "--end", "2025-06-30")
+    first = cli(tmp_path, "backfill", *args)
     assert first.returncode == 0, first.stderr
-    assert "partition(s) in one run" in first.stdout
-    assert "tuned_model: skipped: --years 0.1 is too short" in first.stdout
-    row = next(line for line in first.stdout.splitlines() if line.startswith("prices"))
-    assert "1/1 passed" in row
     lake = pl.read_delta(str(tmp_path / "lake" / "prices"))
-    assert set(lake["ticker"]) == {"AAPL", "MSFT"}
     n_days = lake["date"].n_unique()
-    assert lake.height == 2 * n_days and f"{n_days}/{n_days}" in row
+    assert set(lake["ticker"]) == {"AAPL", "MSFT"} and lake.height == 2 * n_days == 2 * 41
+    assert f"{n_days} of {n_days} session(s) (2025-05-01 .. 2025-06-30) in one run" in first.stdout
+    for line in ("prices: started", "prices: done in", "check prices/prices_schema: passed", "features: done in",
+                 "check predictions/predictions_complete_and_plausible: passed", "prediction_evaluation: done in"):
+        assert line in first.stdout, line
+    predictions = pl.read_delta(str(tmp_path / "lake" / "predictions")).drop("predicted_at", strict=False)
 
-    second = demo(tmp_path, *args)
+    second = cli(tmp_path, "backfill", *args)
     assert second.returncode == 0, second.stderr
-    assert "up to date" in second.stdout
+    assert f"up to date: {n_days} session(s), nothing to run" in second.stdout and "started" not in second.stdout
     assert pl.read_delta(str(tmp_path / "lake" / "prices")).equals(lake)
-
-    snap_row = next(line for line in first.stdout.splitlines() if line.startswith("price_snapshots"))
-    assert f"{n_days}/{n_days}" in snap_row
 
     # the snapshot command reads the same lake: latest rows, history, and a clear error for a bad version
     snap = cli(tmp_path, "snapshot", "--tickers", "MSFT", "--rows", "3")
@@ -57,22 +57,61 @@ def test_demo_runs_in_a_real_instance_and_a_second_run_changes_nothing(tmp_path)
     bad = cli(tmp_path, "snapshot", "--as-of", "999")
     assert bad.returncode == 1 and "has no version 999 (latest is 1" in bad.stderr
 
-    # the runs are in the instance under STOCK_PLATFORM_HOME, where `dagster dev` finds them
+    # the run is in the instance under STOCK_PLATFORM_HOME, where `dagster dev` finds it, tagged as a backfill of
+    # the range; a session whose blocking check failed in a later run is not "up to date": it runs again
+    days = sorted(lake["date"].unique())
     with dg.DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
-        runs = instance.get_runs()
-        assert len(runs) == 1 and runs[0].tags["stock_platform/launched_by"] == "demo"
-        assert len(instance.get_materialized_partitions(dg.AssetKey("prices"))) == n_days
-
-        # a partition whose blocking check failed in a later run is not "up to date": the demo runs it again
-        days = sorted(lake["date"].unique())
+        [run] = instance.get_runs()
+        assert run.tags["stock_platform/launched_by"] == "cli" and run.status == dg.DagsterRunStatus.SUCCESS
+        assert (run.tags["dagster/asset_partition_range_start"], run.tags["dagster/asset_partition_range_end"]) == (
+            "2025-05-01", "2025-06-30")
+        assert len(instance.get_materialized_partitions(dg.AssetKey("prediction_evaluation"))) == n_days
         fail_the_features_check(LakeResource(uri=str(tmp_path / "lake")), instance, days[-2], days[0], days[-1])
-        assert check_status(instance, FEATURES_CHECK, [d.isoformat() for d in days]).failed == [days[-2].isoformat()]
-    third = demo(tmp_path, *args)
+    third = cli(tmp_path, "backfill", *args)
     assert third.returncode == 0, third.stderr
-    assert "up to date" not in third.stdout.splitlines()[3] and "partition(s) in one run" in third.stdout
+    assert f"1 of {n_days} session(s) ({days[-2]} .. {days[-2]}) in one run" in third.stdout
     with dg.DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
         assert check_status(instance, FEATURES_CHECK, [d.isoformat() for d in days]).failed == []
     assert pl.read_delta(str(tmp_path / "lake" / "features"))["stoch_k_14"].drop_nulls().max() <= 100
+
+    status = cli(tmp_path, "status")
+    assert status.returncode == 0, status.stderr
+    assert "universe on 2025-06-30: 2 ticker(s) (AAPL, MSFT)" in status.stdout
+    assert f"| prices | {n_days} | 2025-05-01 | 2025-06-30 | 0 |" in status.stdout
+    assert "| tuned_model | 0 | - | - | - | - |" in status.stdout
+    for check in ("prices | prices_schema", "features | features_schema",  # the latest: the one session's rerun
+                  "predictions | predictions_complete_and_plausible"):
+        assert f"| {check} | passed | {days[-2]} .. {days[-2]} |" in status.stdout, check
+    assert "champion: none: the naive random walk serves" in status.stdout
+
+    # the demo over a range inside the backfilled one: its data stage is up to date, too short to train
+    demo_out = demo(tmp_path, "--tickers", "AAPL,MSFT", "--years", "0.1", "--end", "2025-06-30")
+    assert demo_out.returncode == 0, demo_out.stderr
+    assert "[1/3] daily assets: prices, price_snapshots, features (+ blocking checks) ... up to date" in demo_out.stdout
+    assert "tuned_model: skipped: --years 0.1 is too short" in demo_out.stdout
+
+    # a grown universe runs the whole range again; --force rewrites the same rows
+    grown = cli(tmp_path, "backfill", "--tickers", "AAPL,MSFT,XOM", "--start", "2025-05-01", "--end", "2025-06-30",
+                "--assets", "data")
+    assert grown.returncode == 0 and f"{n_days} of {n_days} session(s)" in grown.stdout, grown.stderr
+    assert set(pl.read_delta(str(tmp_path / "lake" / "prices"))["ticker"]) == {"AAPL", "MSFT", "XOM"}
+    forced = cli(tmp_path, "backfill", *args, "--assets", "forecasts", "--force")
+    assert forced.returncode == 0 and f"{n_days} of {n_days} session(s)" in forced.stdout, forced.stderr
+    again = pl.read_delta(str(tmp_path / "lake" / "predictions")).drop("predicted_at", strict=False)
+    assert again.filter(pl.col("ticker") != "XOM").sort("ticker", "date").equals(predictions.sort("ticker", "date"))
+
+
+def test_commands_refuse_bad_ranges_and_weeks_and_an_empty_home(tmp_path):
+    bad = cli(tmp_path, "backfill", "--start", "2025-06-30", "--end", "2025-06-01")
+    assert bad.returncode == 2 and "--start 2025-06-30 is after the end 2025-06-01" in bad.stderr
+    bad = cli(tmp_path, "backfill", "--start", "2025-06-31")
+    assert bad.returncode == 2 and "--start '2025-06-31': not a date" in bad.stderr
+    bad = cli(tmp_path, "train", "--week", "2025-04-08")
+    assert bad.returncode == 2 and "--week 2025-04-08: a model week starts on a Monday (that week's: 2025-04-07)" \
+        in bad.stderr
+    empty = cli(tmp_path / "nothing", "status")
+    assert empty.returncode == 1 and "nothing has run in this home yet" in empty.stderr
+    assert not (tmp_path / "nothing").exists()
 
 
 def test_demo_trains_a_model_and_shows_it_beside_the_naive_baseline(demo_run, tmp_path):
@@ -122,6 +161,24 @@ def test_demo_trains_a_model_and_shows_it_beside_the_naive_baseline(demo_run, tm
     assert cli(home, "models", "--demote", "lightgbm/9").stderr.strip() == (
         "error: model stock_platform_lgbm has no registered version 9")
     assert "name a version as FAMILY/VERSION" in cli(home, "models", "--demote", "1").stderr
+
+    # `train` on the demo's home: its week is trained (a rerun starts no run); the next week trains in one run
+    # (every family on Ray Tune, the gate), and `status` shows both weeks and the checks of the gate
+    rerun = cli(home, "train", "--week", "2025-03-31", "--trials", "2")
+    assert rerun.returncode == 0 and "up to date: week 2025-03-31 is trained" in rerun.stdout, rerun.stderr
+    trained = cli(home, "train", "--week", "2025-04-07", "--trials", "2")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    for line in ("lightgbm_model: done in", "ridge_model: done in", "ar_model: done in", "tuned_model: done in",
+                 "check tuned_model/no_leakage: passed", "model families, week 2025-04-07",
+                 "forecasts from 2025-04-14 on use the champion: stock-platform backfill --assets forecasts"):
+        assert line in trained.stdout, line
+    status = cli(home, "status")
+    assert status.returncode == 0, status.stderr
+    assert "| tuned_model | 2 | 2025-03-31 | 2025-04-07 | 0 | - |" in status.stdout
+    assert "| tuned_model | no_leakage | passed | 2025-04-07 |" in status.stdout
+    assert "champion: " in status.stdout and "6 registered version(s)" in status.stdout
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        assert len(instance.get_runs(dg.RunsFilter(job_name="weekly_retrain"))) == 2
 
 
 def test_the_demo_leaves_no_secret_of_its_environment_anywhere(demo_run):

@@ -92,7 +92,7 @@ def test_files_source_filters_the_range_and_reports_missing_tickers(tmp_path):
 def test_a_demo_on_files_ends_where_every_file_does_unless_told(tmp_path):
     """History a user brought ends where it ends: the demo's default range ends on the last day every ticker's
     file covers (never after the last session before New York's today), an explicit --end wins."""
-    from stock_platform.cli.demo import default_end
+    from stock_platform.cli.pipeline import default_end
     from stock_platform.settings import load_settings
 
     _yahoo_csv(tmp_path / "AAPL.csv", dates=JAN)
@@ -105,11 +105,12 @@ def test_a_demo_on_files_ends_where_every_file_does_unless_told(tmp_path):
     assert end == dt.date(2024, 1, 4) and "the last day every ticker's file covers" in why
     # files reaching New York's today: the usual end (the last session before today)
     settings = load_settings(env | {"STOCK_PLATFORM_TICKERS": "AAPL"}, now=noon)
-    assert default_end(settings, now=dt.datetime(2024, 1, 5, 15, tzinfo=dt.UTC)) == (None, "")
+    assert default_end(settings, now=dt.datetime(2024, 1, 5, 15, tzinfo=dt.UTC)) == (dt.date(2024, 1, 4), "")
     # nothing readable: the error names the directory
     with pytest.raises(SettingsError, match=f"no readable rows for XOM in {tmp_path}"):
         default_end(load_settings(env | {"STOCK_PLATFORM_TICKERS": "XOM"}, now=noon), now=noon)
-    assert default_end(load_settings({"STOCK_PLATFORM_HOME": str(tmp_path)}, now=noon), now=noon) == (None, "")
+    assert default_end(load_settings({"STOCK_PLATFORM_HOME": str(tmp_path)}, now=noon), now=noon) == (
+        dt.date(2026, 12, 1), "")
 
 
 def test_files_source_without_any_file_names_the_directory(tmp_path):

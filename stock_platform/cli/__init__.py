@@ -1,5 +1,8 @@
 """The `stock-platform` command.
 
+    stock-platform backfill [--start D] [--end D] [--assets data|forecasts|all] [--tickers] [--source] [--force]
+    stock-platform train [--week YYYY-MM-DD] [--trials N] [--force]
+    stock-platform status                           # what is materialized, the checks, freshness, the champion
     stock-platform demo [--tickers AAPL,MSFT] [--years 3] [--trials 8] [--source demo] [--home DIR]
     stock-platform snapshot [--tickers AAPL] [--as-of VERSION|TIMESTAMP] [--history] [--changes-since V]
     stock-platform report [--start YYYY-MM-DD] [--end YYYY-MM-DD] [--plot FILE.png]
@@ -10,8 +13,8 @@
     stock-platform token                            # a bearer token for the API, and its hash
 
 Every command takes `--home` (STOCK_PLATFORM_HOME) and builds its settings from the environment with its
-options over them (`common.settings_from`); the demo's stages live in `demo.py`, the operator's commands in
-`operate.py`. A bad option or setting exits with status 2, a command that could not do its work with 1.
+options over them (`common.settings_from`); the pipeline's commands live in `pipeline.py`, the demo (their
+composition) in `demo.py`, the operator's commands in `operate.py`. A bad option or setting exits with status 2, a command that could not do its work with 1.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from stock_platform.settings import SOURCES, SettingsError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from stock_platform.cli import demo, operate
+    from stock_platform.cli import demo, operate, pipeline
 
     parser = argparse.ArgumentParser(prog="stock-platform", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -33,6 +36,27 @@ def build_parser() -> argparse.ArgumentParser:
         child = sub.add_parser(name, help=help, parents=[SHARED])
         child.set_defaults(func=func)
         return child
+
+    fill = command("backfill", pipeline.cmd_backfill, "materialize the daily assets for a range of sessions as one "
+                   "single-run backfill in the home's Dagster instance, with progress; up-to-date sessions are skipped")
+    fill.add_argument("--start", help="first day, YYYY-MM-DD (default: STOCK_PLATFORM_START)")
+    fill.add_argument("--end", help="last day, YYYY-MM-DD (default: the last session before New York's today)")
+    fill.add_argument("--assets", choices=tuple(pipeline.ASSET_SETS), default="all",
+                      help="data: prices, price_snapshots, features; forecasts: predictions, prediction_evaluation; "
+                      "all (default)")
+    fill.add_argument("--tickers", help="comma-separated tickers (default: STOCK_PLATFORM_TICKERS)")
+    fill.add_argument("--source", choices=SOURCES, help="price source (default: STOCK_PLATFORM_SOURCE or demo)")
+    fill.add_argument("--files-dir", help="directory of per-ticker CSV/Parquet files for --source files")
+    fill.add_argument("--force", action="store_true", help="run every session of the range again")
+
+    fit = command("train", pipeline.cmd_train, "tune every model family on Ray Tune and run the gate for a model week, "
+                  "in the home's Dagster instance")
+    fit.add_argument("--week", help="the week's Monday, YYYY-MM-DD (default: the last finished week)")
+    fit.add_argument("--trials", type=int, help="trials per family (default: STOCK_PLATFORM_TUNING_TRIALS)")
+    fit.add_argument("--force", action="store_true", help="train the week again")
+
+    command("status", pipeline.cmd_status, "what is materialized, the latest check results, how far behind the "
+            "daily assets are, and the champion")
 
     run = command("demo", demo.cmd_demo, "materialize every asset on the offline demo market and print a summary")
     run.add_argument("--tickers", help="comma-separated tickers (default: STOCK_PLATFORM_TICKERS or 10 large caps)")
@@ -110,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     # single-run backfill policies and partitioned checks are deliberate choices (see the README)
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    # the partition-aware freshness checks have no FreshnessPolicy equivalent yet (see alerts.py)
+    warnings.filterwarnings("ignore", category=dg.SupersessionWarning)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
