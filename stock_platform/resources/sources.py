@@ -210,7 +210,7 @@ def backoff_seconds(base: float, attempt: int) -> float:
     return base * 2**attempt * (1 + random.random() / 2)
 
 
-def with_retries(call, *, what: str, retries: int, backoff: float, sleep=time.sleep):
+def with_retries(call, *, what: str, retries: int, backoff: float):
     """`call()`, retrying outages `retries` times after backoff * 2^attempt seconds (x 1-1.5 jitter). An outage is a
     `SourceError` marked transient or an HTTP client's network error; anything else fails at once. `what` names the
     source and the request in the message of the last failure."""
@@ -228,7 +228,7 @@ def with_retries(call, *, what: str, retries: int, backoff: float, sleep=time.sl
             delay = backoff_seconds(backoff, attempt)
             log.warning("%s: %s; retrying in %.2f s", what, str(exc)[:200] if isinstance(exc, SourceError)
                         else type(exc).__name__, delay)
-            sleep(delay)
+            time.sleep(delay)
     raise AssertionError("unreachable")
 
 
