@@ -54,12 +54,14 @@ import datetime as dt, sys
 import dagster as dg
 from stock_platform.definitions import defs
 from stock_platform_tests.helpers import register_promoted_model
-first, last, train_end = sys.argv[1:4]
+first, last, train_end = sys.argv[1:4]  # train_end "": no model (the naive random walk forecasts)
 with dg.DagsterInstance.get() as instance:
     defs.resolve_job_def("daily_assets").execute_in_process(
         instance=instance, raise_on_error=True,
         asset_selection=[dg.AssetKey(a) for a in ("prices", "price_snapshots", "features")],
         tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last})
+if not train_end:
+    sys.exit(0)
 params = {"num_leaves": 7, "learning_rate": 0.1, "min_data_in_leaf": 20, "feature_fraction": 0.8,
           "bagging_fraction": 0.8, "lambda_l1": 0.1, "lambda_l2": 1.0, "n_estimators": 30}
 register_promoted_model(defs.resources["lake"], defs.resources["tracking"], dt.date.fromisoformat(train_end), params)
@@ -67,8 +69,8 @@ register_promoted_model(defs.resources["lake"], defs.resources["tracking"], dt.d
 
 
 def prepare(home: Path, env: dict[str, str], *, queued: bool = True, warm_launcher: bool = True,
-            monitor_seconds: int | None = None) -> None:
-    """History (prices -> features) as one in-process run, and a promoted model trained up to TRAIN_END.
+            monitor_seconds: int | None = None, model: bool = True) -> None:
+    """History (prices -> features) as one in-process run, and (`model`) a promoted model trained up to TRAIN_END.
 
     `queued=False`: the sensor daemon launches runs itself (no queue: no dequeue wait, no concurrency limits).
     `warm_launcher=False`: Dagster's DefaultRunLauncher (the code server spawns each run's process) instead of
@@ -79,7 +81,7 @@ def prepare(home: Path, env: dict[str, str], *, queued: bool = True, warm_launch
     (home / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n" + (QUEUE_YAML if queued else "")
                                                    + launcher)
     done = subprocess.run([sys.executable, "-W", "ignore", "-c", PREPARE, HISTORY[0].isoformat(),
-                           HISTORY[1].isoformat(), TRAIN_END.isoformat()], env=env, capture_output=True, text=True,
+                           HISTORY[1].isoformat(), TRAIN_END.isoformat() if model else ""], env=env, capture_output=True, text=True,
                           timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"preparing the live stack failed:\n{done.stderr[-3000:]}")

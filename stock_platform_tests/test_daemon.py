@@ -31,9 +31,10 @@ def submitted(ledger_path) -> pl.DataFrame | None:
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
-    """A stack home with history and a promoted model, built once; each test works on a copy of it."""
+    """A stack home with history (no model: the naive random walk forecasts), built once; each test works on a copy
+    of it."""
     template = tmp_path_factory.mktemp("prepared")
-    prepare(template, stack_env(template), monitor_seconds=1)  # a dead worker is found within a second
+    prepare(template, stack_env(template), monitor_seconds=1, model=False)  # a dead worker is found within a second
     return template
 
 

@@ -72,7 +72,7 @@ def test_the_production_stack_backfills_retrains_takes_a_landed_file_and_forecas
         "PROXY_USER": "stock", "PROXY_PASSWORD": secrets["proxy"],
         "STOCK_PLATFORM_API_TOKENS": f"{client[1]},{dashboard[1]}", "STOCK_PLATFORM_DASHBOARD_TOKEN": dashboard[0],
         "STOCK_PLATFORM_TICKERS": ",".join(TICKERS), "STOCK_PLATFORM_START": FIRST.isoformat(),
-        "STOCK_PLATFORM_TUNING_TRIALS": "2", "STOCK_PLATFORM_TUNING_SECONDS": "120"}
+        "STOCK_PLATFORM_TUNING_TRIALS": "1", "STOCK_PLATFORM_TUNING_SECONDS": "120"}
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     buckets = [target.removeprefix("local/") for target in compose_services()["minio-buckets"]["entrypoint"][3:]]
     for bucket in buckets:  # compose's one-shot `minio-buckets`
@@ -119,7 +119,7 @@ def test_the_production_stack_backfills_retrains_takes_a_landed_file_and_forecas
                          ("features", "features_schema"): (True, "SUCCEEDED")}
         phase("backfill")
 
-        # the weekly retrain: the schedule's Monday tick, with the deployment's search budget (2 trials a family)
+        # the weekly retrain: the schedule's Monday tick, with the deployment's search budget (1 trial a family)
         [retrain] = schedule_tick(deployment, "weekly_retrain_schedule", new_york(LANDED, 6))
         assert retrain["runKey"] == f"weekly_retrain:{WEEK}" and retrain["jobName"] == "weekly_retrain"
         run = wait_for_run(deployment, launch_run_request(deployment, retrain, "weekly_retrain_schedule"), timeout=420)

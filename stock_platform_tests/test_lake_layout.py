@@ -100,7 +100,9 @@ def test_maintenance_compacts_the_daily_files_and_keeps_time_travel_and_the_chan
     assert any_lake.maintain(SNAPSHOT_TABLE).files_after == 2
 
 
-@pytest.mark.parametrize("table", [SNAPSHOT_TABLE, PREDICTIONS_TABLE])
+# each store and each kind of write once (two runs, not four: the suite has 8 minutes; predictions on S3 is left out)
+@pytest.mark.parametrize(("any_lake", "table"), [("s3", SNAPSHOT_TABLE), ("local", PREDICTIONS_TABLE)],
+                         indirect=["any_lake"])
 def test_maintenance_beside_a_writer_committing_all_the_time_both_land(any_lake, table, writer_process):
     """The daily run's two kinds of write (snapshot MERGE, predictions replace) commit in a loop in another process
     while maintenance compacts, checkpoints and vacuums the same table: every commit of both lands."""

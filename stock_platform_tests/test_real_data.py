@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
-import re
 import subprocess
 import sys
 
@@ -157,36 +156,44 @@ def test_the_features_contract_holds_on_every_real_row():
 
 
 @pytest.mark.slow
-def test_demo_on_real_files_runs_every_stage_and_a_rerun_changes_nothing(tmp_path):
-    """A new user's first run: the shipped files through the files source, the last YEARS years (the rally after the
-    2008 crash), four tickers."""
+def test_the_commands_on_real_files_run_every_stage_on_a_fresh_home_and_reruns_change_nothing(tmp_path):
+    """A new user's first runs with their own history: the shipped files through the files source, the last YEARS
+    years (the rally after the 2008 crash), four tickers, on a fresh home: `backfill` of the data, `train` of the week
+    OUT_OF_SAMPLE weeks before the end, `backfill` of the forecasts after it, `status`; each rerun runs nothing."""
     files = write_files(tmp_path / "files")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STOCK_PLATFORM_", "DAGSTER_", "MLFLOW_"))}
-    args = [sys.executable, "-m", "stock_platform.cli", "demo", "--source", "files", "--files-dir", str(files),
-            "--tickers", ",".join(REAL_TICKERS), "--years", str(YEARS), "--trials", "2",
-            "--home", str(tmp_path / "home")]
-    first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    out = first.stdout
-    # no --end: the range ends where the files do (GOOG's last day), not at today's empty partitions
-    assert f".. {COMMON_END} (the last day every ticker's file covers; --end to change), source=files" in out
-    assert "[3/3] predictions" in out
-    assert "STOCK_PLATFORM_START=" in out  # the range starts before 2015: the start followed it
-    summary = {line.split()[0]: line.split() for line in out.splitlines()
-               if line.split() and line.split()[0] in ("prices", "features", "tuned_model", "predictions")}
-    assert summary["prices"][3:5] == ["1/1", "passed"] and summary["features"][3:5] == ["1/1", "passed"]
-    assert summary["tuned_model"][4:6] == ["1/1", "passed"]  # no_leakage
-    assert "predictions" in summary  # the forecast stage ran, whatever the gate decided
-    assert "FAILED" not in out
+    env |= {"STOCK_PLATFORM_SOURCE": "files", "STOCK_PLATFORM_FILES_DIR": str(files),
+            "STOCK_PLATFORM_TICKERS": ",".join(REAL_TICKERS)}
 
-    second = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "[1/3] daily assets: prices, price_snapshots, features (+ blocking checks) ... up to date" in second.stdout
-    assert "tuned_model" in second.stdout and "skipped: up to date" in second.stdout
+    def cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-W", "ignore", "-m", "stock_platform.cli", *args, "--home",
+                               str(tmp_path / "home")], env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "FAILED" not in done.stdout
+        return done.stdout
+
+    start, end = demo_range(YEARS, COMMON_END)
+    cutoff = end - dt.timedelta(weeks=12)  # the last week finished by then (Monday .. Sunday) is trained
+    week = (cutoff - dt.timedelta(days=(cutoff.weekday() + 1) % 7 + 6)).isoformat()
+    first_day = dt.date.fromisoformat(week) + dt.timedelta(days=7)
+    data = cli("backfill", "--assets", "data", "--start", start.isoformat())
+    # no --end: the range ends where the files do (GOOG's last day), not at today's empty partitions
+    assert f"{start} .. {COMMON_END} (the last day every ticker's file covers; --end to change), source=files" in data
+    assert "STOCK_PLATFORM_START=" in data  # the range starts before 2015: the partitions' start followed it
+    assert "check prices/prices_schema: passed" in data and "check features/features_schema: passed" in data
+    trained = cli("train", "--week", week, "--trials", "2")
+    assert "check tuned_model/no_leakage: passed" in trained and f"model families, week {week}" in trained
+    forecasts = cli("backfill", "--assets", "forecasts", "--start", first_day.isoformat())
+    assert "check predictions/predictions_complete_and_plausible: passed" in forecasts
+    status = cli("status")
+    assert f"| tuned_model | 1 | {week} | {week} | 0 | - |" in status and "| prices | prices_schema | passed |" in status
+
+    assert "up to date" in cli("backfill", "--assets", "data", "--start", start.isoformat())
+    assert f"up to date: week {week} is trained" in cli("train", "--week", week, "--trials", "2")
+    assert "up to date" in cli("backfill", "--assets", "forecasts", "--start", first_day.isoformat())
 
     from stock_platform.resources.lake import LakeResource
 
-    start, end = demo_range(YEARS, COMMON_END)
     lake = LakeResource(uri=str(tmp_path / "home" / "lake"))
     stored = lake.read("prices", start, end)
     quarantined = (lake.read("prices_quarantine", start, end, date_column="partition_date")
@@ -198,22 +205,19 @@ def test_demo_on_real_files_runs_every_stage_and_a_rerun_changes_nothing(tmp_pat
     assert set(stored["ticker"].unique()) == set(REAL_TICKERS)
 
     # a forecast for every ticker and day of the out-of-sample window, by a model or by the naive walk
-    first_day = dt.date.fromisoformat(re.search(r"\[3/3\] predictions, prediction_evaluation: (\S+) \.\.", out)[1])
     closes = lake.snapshot("price_snapshots", start=first_day, end=end).select("ticker", "date")
     forecast = lake.read("predictions", first_day, end)
     assert closes.height > 4 * 50 and closes.join(forecast, on=["ticker", "date"], how="anti").is_empty()
     assert forecast["model_name"].null_count() == 0
     # the report: every family beside the naive walk on the held-out window, with Diebold-Mariano p-values
-    report = subprocess.run([*args[:3], "report", "--home", str(tmp_path / "home")], env=env, capture_output=True,
-                            text=True, timeout=300)
-    assert report.returncode == 0, report.stderr
-    rows = {line.split("|")[1].strip(): line.split("|") for line in report.stdout.splitlines()
+    report = cli("report")
+    rows = {line.split("|")[1].strip(): line.split("|") for line in report.splitlines()
             if line.startswith("| stock_platform_") or line.startswith("| naive_random_walk")}
     assert {name.split(" v")[0] for name in rows} == {"stock_platform_lgbm", "stock_platform_ridge",
                                                        "stock_platform_ar", "naive_random_walk"}
-    header = next(line for line in report.stdout.splitlines() if line.startswith("| model | role |")).split("|")
+    header = next(line for line in report.splitlines() if line.startswith("| model | role |")).split("|")
     p_value = header.index(" dm_p_value ")
     for name, cells in rows.items():
         if name != "naive_random_walk":
             assert 0 <= float(cells[p_value]) <= 1, cells
-    print(out[out.index("model families"):])
+    print(trained[trained.index("model families"):])
