@@ -39,16 +39,16 @@ BURST = ("Thank you for using Alpha Vantage! Please consider spreading out your 
          "request per second). You may subscribe to any of the premium plans at https://www.alphavantage.co/premium/ "
          "to lift the free key rate limit (25 requests per day), raise the per-second burst limit, and instantly "
          "unlock all premium endpoints")
-DAILY_QUOTA = ("Thank you for using Alpha Vantage! Our standard API rate limit is 25 requests per day. Please subscribe "
-               "to any of the premium plans at https://www.alphavantage.co/premium/ to instantly remove all daily rate "
+DAILY_QUOTA = ("Thank you for using Alpha Vantage! Our standard API rate limit is 25 requests per day. Please "
+               "subscribe to any of the premium plans at https://www.alphavantage.co/premium/ to instantly remove all daily rate "
                "limits.")
 DAILY_QUOTA_WITH_KEY = (f"We have detected your API key as {KEY} and our standard API rate limit is 25 requests per "
                         "day. Please subscribe to any of the premium plans at https://www.alphavantage.co/premium/ to "
                         "instantly remove all daily rate limits.")
 PREMIUM = ("Thank you for using Alpha Vantage! This is a premium endpoint. You may subscribe to any of the premium "
            "plans at https://www.alphavantage.co/premium/ to instantly unlock all premium endpoints")
-FULL_IS_PREMIUM = ("Thank you for using Alpha Vantage! The **outputsize=full** parameter value is a premium feature for "
-                   "the TIME_SERIES_DAILY endpoint. You may subscribe to any of the premium plans at "
+FULL_IS_PREMIUM = ("Thank you for using Alpha Vantage! The **outputsize=full** parameter value is a premium feature "
+                   "for the TIME_SERIES_DAILY endpoint. You may subscribe to any of the premium plans at "
                    "https://www.alphavantage.co/premium/ to instantly unlock all premium features")
 DEMO_KEY = ("The **demo** API key is for demo purposes only. Please claim your free API key at "
             "(https://www.alphavantage.co/support/#api-key) to explore our full API offerings. It takes fewer than 20 "

@@ -14,7 +14,8 @@
 
 Every command takes `--home` (STOCK_PLATFORM_HOME) and builds its settings from the environment with its
 options over them (`common.settings_from`); the pipeline's commands live in `pipeline.py`, the demo (their
-composition) in `demo.py`, the operator's commands in `operate.py`. A bad option or setting exits with status 2, a command that could not do its work with 1.
+composition) in `demo.py`, the operator's commands in `operate.py`. A bad option or setting exits with status 2, a
+command that could not do its work with 1.
 """
 
 from __future__ import annotations

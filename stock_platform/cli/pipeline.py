@@ -96,15 +96,19 @@ def execute(instance, defs, job: str, *, assets=None, tags: dict[str, str] | Non
                   if k.asset_key in keys and k.name != FRESHNESS_CHECK}
         definition = definition.get_subset(asset_selection=keys, asset_check_selection=checks)
     run_id = str(uuid.uuid4())
-    run = lambda: definition.execute_in_process(  # noqa: E731
-        instance=instance, run_config=QUIET_LOGS | (run_config or {}), raise_on_error=False, run_id=run_id,
-        tags={"stock_platform/launched_by": launched_by, **(tags or {})}, **kwargs)
-    if progress:
-        with Progress(instance, run_id) as shown:
-            shown.check_steps = {f"{k.asset_key.path[-1]}_{k.name}" for k in defs.resolve_asset_graph().asset_check_keys}
-            result = run()
-    else:
+
+    def run():
+        return definition.execute_in_process(
+            instance=instance, run_config=QUIET_LOGS | (run_config or {}), raise_on_error=False, run_id=run_id,
+            tags={"stock_platform/launched_by": launched_by, **(tags or {})}, **kwargs)
+
+    if not progress:
         result = run()
+    else:
+        with Progress(instance, run_id) as shown:
+            graph = defs.resolve_asset_graph()
+            shown.check_steps = {f"{k.asset_key.path[-1]}_{k.name}" for k in graph.asset_check_keys}
+            result = run()
     if not result.success:
         raise RuntimeError(step_errors(result))
     return result
@@ -144,8 +148,9 @@ def stale_partitions(instance, defs, keys: list[str], assets, tickers) -> list[s
     lake = defs.resources["lake"]
     if "prices" in assets:
         start, end = dt.date.fromisoformat(keys[0]), dt.date.fromisoformat(keys[-1])
-        stored = set(lake.read(PRICES_TABLE, start, end, columns=["ticker"])["ticker"].unique()) \
-            if lake.exists(PRICES_TABLE) else set()
+        stored = set()
+        if lake.exists(PRICES_TABLE):
+            stored = set(lake.read(PRICES_TABLE, start, end, columns=["ticker"])["ticker"].unique())
         if not set(tickers) <= stored:
             return list(keys)
     return [k for k in keys if k in stale]
