@@ -58,8 +58,10 @@ UNKNOWN_SYMBOL = ("Invalid API call. Please retry or visit the documentation (ht
 NO_KEY = ("the parameter apikey is invalid or missing. Please claim your free API key on "
           "(https://www.alphavantage.co/support/#api-key). It should take less than 20 seconds.")
 
-# AAPL as traded around its 4:1 split (2020-08-31): O, H, L, C, volume, dividend, split coefficient
+# AAPL as traded around its 4:1 split (2020-08-31) and its $0.82 dividend (ex 2020-08-07): O, H, L, C, volume,
+# dividend, split coefficient
 AAPL_SPLIT = {
+    "2020-08-07": (452.82, 454.70, 441.17, 444.45, 49511403, 0.82, 1.0),
     "2020-08-26": (504.7165, 507.97, 500.33, 506.09, 40755567, 0.0, 1.0),
     "2020-08-27": (508.57, 509.94, 495.33, 500.04, 38888096, 0.0, 1.0),
     "2020-08-28": (504.05, 505.77, 498.31, 499.23, 46907479, 0.0, 1.0),
@@ -69,13 +71,15 @@ AAPL_SPLIT = {
 
 
 def adjusted_answer(symbol: str, days: dict[str, tuple], *, size: str = "Full size") -> dict:
-    """A TIME_SERIES_DAILY_ADJUSTED answer as AV writes it: newest day first, every value a string."""
-    series = {}
+    """A TIME_SERIES_DAILY_ADJUSTED answer as AV writes it: newest day first, every value a string; the adjusted
+    close divides each close by the later splits (the dividends' part of AV's adjustment is left out)."""
+    series, later_splits = {}, 1.0
     for day in sorted(days, reverse=True):
         o, h, low, c, v, div, coef = days[day]
         series[day] = {"1. open": f"{o:.4f}", "2. high": f"{h:.4f}", "3. low": f"{low:.4f}", "4. close": f"{c:.4f}",
-                       "5. adjusted close": f"{c:.4f}", "6. volume": str(int(v)), "7. dividend amount": f"{div:.4f}",
-                       "8. split coefficient": f"{coef:.1f}"}
+                       "5. adjusted close": f"{c / later_splits:.4f}", "6. volume": str(int(v)),
+                       "7. dividend amount": f"{div:.4f}", "8. split coefficient": f"{coef:.1f}"}
+        later_splits *= coef
     return {"Meta Data": {"1. Information": "Daily Time Series with Splits and Dividend Events", "2. Symbol": symbol,
                           "3. Last Refreshed": max(days), "4. Output Size": size, "5. Time Zone": "US/Eastern"},
             "Time Series (Daily)": series}
@@ -143,12 +147,15 @@ def fetch(av: AlphaVantageServer, tickers, start: str, end: str, **kwargs):
 
 def test_a_split_day_keeps_its_as_traded_bars_and_becomes_the_schemas_split(av):
     av.answers["AAPL"] = [adjusted_answer("AAPL", AAPL_SPLIT, size="Compact")]
-    result = fetch(av, ["AAPL"], "2020-08-27", "2020-09-01")
-    rows = result.prices.sort("date")
+    result = fetch(av, ["AAPL"], "2020-08-07", "2020-09-01")
+    rows = result.prices.sort("date").filter(pl.col("date") >= dt.date(2020, 8, 27))
     assert rows["date"].cast(pl.Utf8).to_list() == ["2020-08-27", "2020-08-28", "2020-08-31", "2020-09-01"]
     assert rows["close"].to_list() == [500.04, 499.23, 129.04, 134.18]  # as traded: the split day's drop is real
+    assert rows["adj_close"].to_list() == [125.01, 124.8075, 129.04, 134.18]  # AV's adjusted close, as it sends it
     assert rows["splits"].to_list() == [0.0, 0.0, 4.0, 0.0]  # coefficient 1 (no split) is the schema's 0
     assert rows["volume"].to_list() == [38888096, 46907479, 225702700, 151948100]
+    dividend = result.prices.filter(pl.col("dividends") > 0)
+    assert dividend.select("date", "dividends").rows() == [(dt.date(2020, 8, 7), 0.82)]  # the ex-date's cash
     assert set(rows["source"]) == {"alphavantage"} and result.rejects.is_empty()
     # the range lies in the latest 100 sessions at `now`: the compact answer, asked with the key as AV wants it
     [(_, params)] = av.requests
@@ -223,8 +230,8 @@ def test_a_run_of_requests_keeps_the_rate_on_the_wire(av):
 @pytest.mark.parametrize("refusal", [{"Note": NOTE_PER_MINUTE}, {"Information": BURST}, 503, 429])
 def test_a_throttle_or_an_outage_is_retried_after_backoff(av, refusal):
     av.answers["AAPL"] = [refusal, refusal, adjusted_answer("AAPL", AAPL_SPLIT)]
-    result = fetch(av, ["AAPL"], "2020-08-26", "2020-09-01", retries=2)
-    assert result.prices.height == 5 and len(av.requests) == 3
+    result = fetch(av, ["AAPL"], "2020-08-07", "2020-09-01", retries=2)
+    assert result.prices.height == 6 and len(av.requests) == 3
 
 
 @pytest.mark.parametrize(("refusal", "words"), [
@@ -282,8 +289,8 @@ def test_a_daily_only_answer_has_no_corporate_actions(av):
                                          "4. close": f["4. close"], "5. volume": f["6. volume"]}
                                      for d, f in answer["Time Series (Daily)"].items()}
     av.answers["AAPL"] = [answer]
-    rows = fetch(av, ["AAPL"], "2020-08-26", "2020-09-01", function="TIME_SERIES_DAILY").prices.sort("date")
-    assert rows["volume"].to_list()[-1] == 151948100 and rows["splits"].to_list() == [0.0] * 5
+    rows = fetch(av, ["AAPL"], "2020-08-07", "2020-09-01", function="TIME_SERIES_DAILY").prices.sort("date")
+    assert rows["volume"].to_list()[-1] == 151948100 and rows["splits"].to_list() == [0.0] * 6
     assert rows["adj_close"].to_list() == rows["close"].to_list()
     assert {p["function"] for _, p in av.requests} == {"TIME_SERIES_DAILY"}
 
