@@ -274,21 +274,23 @@ def model_asset_names() -> tuple[str, ...]:
 
 def train(instance, defs, week: str, trials: int | None = None, *, force: bool = False, progress: bool = False,
           launched_by: str = "cli"):
-    """Materialize every model family's asset and `tuned_model` (the gate) for `week` (`trials` per family: the
-    settings' budget by default); (None, 0.0) when the gate already is and its leakage check did not fail."""
+    """Materialize every model family's asset and `tuned_model` (the gate) for `week` (`trials` per family, within
+    the settings' seconds: STOCK_PLATFORM_TUNING_TRIALS / _SECONDS by default); (None, 0.0) when the gate already is
+    and its leakage check did not fail."""
     import dagster as dg
 
     from stock_platform.gates import LEAKAGE_CHECK, check_status
     from stock_platform.lib.families import FAMILIES
 
+    if trials is not None and trials < 1:
+        raise SettingsError(f"--trials {trials}: at least one trial per family")
     done = all(week in instance.get_materialized_partitions(dg.AssetKey(key)) for key in model_asset_names())
     if not force and done and not check_status(instance, LEAKAGE_CHECK, [week]).failed:
         return None, 0.0
     started = time.perf_counter()
     config = {}
     if trials is not None:
-        config = {"ops": {f"{family}_model": {"config": {"trials": trials, "time_budget_seconds": 60.0}}
-                          for family in FAMILIES}}
+        config = {"ops": {f"{family}_model": {"config": {"trials": trials}} for family in FAMILIES}}
     result = execute(instance, defs, "weekly_retrain", partition_key=week, run_config=config, progress=progress,
                      launched_by=launched_by)
     return result, time.perf_counter() - started
