@@ -109,6 +109,8 @@ def test_commands_refuse_bad_ranges_and_weeks_and_an_empty_home(tmp_path):
     bad = cli(tmp_path, "train", "--week", "2025-04-08")
     assert bad.returncode == 2 and "--week 2025-04-08: a model week starts on a Monday (that week's: 2025-04-07)" \
         in bad.stderr
+    bad = cli(tmp_path, "train", "--week", "2025-04-07", "--trials", "0")
+    assert bad.returncode == 2 and "--trials 0: at least one trial per family" in bad.stderr
     empty = cli(tmp_path / "nothing", "status")
     assert empty.returncode == 1 and "nothing has run in this home yet" in empty.stderr
     assert not (tmp_path / "nothing").exists()
