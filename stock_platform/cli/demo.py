@@ -1,8 +1,9 @@
 """`stock-platform demo`: every asset for a universe on the offline demo market (or the configured source),
 materialized inside a real Dagster instance under STOCK_PLATFORM_HOME (runs, materializations and checks show in
 `dagster dev` afterwards), then a summary. The composition of `backfill` (the data), `train` (a week some weeks
-before the end) and `backfill --assets forecasts` (the weeks after it, out of sample): see `pipeline.py`. Partitions
-already materialized for the same universe are not run again.
+before the end) and `backfill --assets forecasts --force` (the weeks after it, out of sample, always run again: the
+champion may have changed since): see `pipeline.py`. The data and the trained week are not run again when up to
+date.
 """
 
 from __future__ import annotations
@@ -152,20 +153,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 seconds, (f"promoted {md['promoted']}" if md["promoted"] else "none promoted")
                 + ("" if result else ", skipped: up to date")))
 
-            # a new model (or a changed universe) makes every forecast after its week stale
+            # always run again: the champion may have changed since (a new week, `models --promote/--demote`)
             first = dt.date.fromisoformat(week) + dt.timedelta(days=7)
             print(f"[3/3] predictions, prediction_evaluation: {first} .. {end} ...", end=" ", flush=True)
             forecasts = pipeline.backfill(instance, defs, first, end, tickers, assets=pipeline.FORECAST_ASSETS,
-                                          force=args.force or result is not None or bool(data.todo),
-                                          launched_by="demo")
-            print(f"{len(forecasts.todo)} partition(s) in one run, {forecasts.seconds:.1f} s" if forecasts.todo
-                  else "up to date")
+                                          force=True, launched_by="demo")
+            print(f"{len(forecasts.todo)} partition(s) in one run, {forecasts.seconds:.1f} s")
             for asset in pipeline.FORECAST_ASSETS:
                 done = instance.get_materialized_partitions(dg.AssetKey(asset))
                 reports.append(StageReport(
                     asset, _rows(lake, asset, first, end), f"{sum(k in done for k in forecasts.keys)}/"
                     f"{len(forecasts.keys)}", _check_summary(instance, asset, forecasts.result),
-                    _step_seconds(forecasts.result, asset) or 0.0, "" if forecasts.todo else "skipped: up to date"))
+                    _step_seconds(forecasts.result, asset) or 0.0))
     except RuntimeError as exc:  # a stage's run failed: its progress line ends with FAILED
         print("FAILED")
         raise CommandError(str(exc)) from None
