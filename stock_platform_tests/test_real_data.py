@@ -29,7 +29,7 @@ WILDER = window_length(1 / 14)
 # (our column, how far it may be from TA-Lib's, the unit): "rel" relative, "points" absolute on 0-100,
 # "of price" absolute divided by the close, "abs" absolute
 TOLERANCE = {"rel": 1e-4, "points": 0.01, "of price": 1e-4, "abs": 1e-9}
-YEARS = 3  # of the demo on the shipped files, up to COMMON_END (the rally of 2010-2013)
+YEARS = 2.5  # of the commands on the shipped files, up to COMMON_END (the rally of 2010-2013)
 
 
 def talib_reference(bars) -> dict[str, tuple[np.ndarray, str]]:

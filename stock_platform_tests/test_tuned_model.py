@@ -28,7 +28,7 @@ from stock_platform_tests.helpers import (build_lake, fail_the_features_check, f
                                          materialization_metadata, model_resources, registry_booster)
 
 pytestmark = pytest.mark.slow
-SMALL = {"ops": {f"{family}_model": {"config": {"trials": 4, "time_budget_seconds": 120}} for family in FAMILIES}}
+SMALL = {"ops": {f"{family}_model": {"config": {"trials": 2, "time_budget_seconds": 120}} for family in FAMILIES}}
 
 
 def ray_sessions() -> int:
@@ -59,14 +59,14 @@ def test_two_weeks_tune_every_family_and_the_gate_promotes_at_most_one(tmp_path,
         assert [(c.check_name, c.passed) for c in result.get_asset_check_evaluations()] == [(LEAKAGE_CHECK, True)]
         for family in FAMILIES:
             fmd = materialization_metadata(result, f"{family}_model")
-            assert fmd["family"] == family and fmd["trials_complete"].endswith("of 4")
+            assert fmd["family"] == family and fmd["trials_complete"].endswith("of 2")
             assert "naive random walk" in fmd["cv_scores"] and "| input | weight |" in fmd["importance"]
             assert fmd["dagster/row_count"] == md["dagster/row_count"]  # every family, the same rows
             # one MLflow run per family and week, with a nested run per trial
             run = tracking.client().get_run(fmd["mlflow_run_id"])
             nested = tracking.client().search_runs([run.info.experiment_id],
                                                    f"tags.mlflow.parentRunId = '{run.info.run_id}'")
-            assert len(nested) == 4 and set(FAMILIES[family].space) <= set(nested[0].data.params)
+            assert len(nested) == 2 and set(FAMILIES[family].space) <= set(nested[0].data.params)
         assert md["dagster/row_count"] > 20_000 and md["mlflow_run_id"]
         for family in FAMILIES:  # the decision table: every family beside the naive walk, with Diebold-Mariano
             assert f"{tracking.model_name(FAMILIES[family])} v" in md["decision"]
