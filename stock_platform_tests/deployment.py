@@ -423,10 +423,16 @@ def launch_backfill(deployment: Deployment, assets: list[str], partitions: list[
     return data["backfillId"]
 
 
-def wait_for_backfill(deployment: Deployment, backfill_id: str, timeout: float = 300) -> dict:
+def wait_for_backfill(deployment: Deployment, backfill_id: str, timeout: float = 300, *,
+                      first_run: bool = False) -> dict:
+    """The backfill once it ended, or (`first_run`) once its first run finished: the daemon marks a backfill done
+    on its next pass after the runs, up to 30 s later (its fixed interval)."""
     def finished():
         deployment._alive()
         found = deployment.graphql(BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+        if first_run:
+            done = [r for r in found["runs"] if r["status"] in ("SUCCESS", "FAILURE", "CANCELED")]
+            return found if done or found["status"] not in ("REQUESTED", "CANCELING") else None
         return found if found["status"] not in ("REQUESTED", "CANCELING") else None
 
     return wait_for(finished, timeout=timeout, every=1.0)[0]
