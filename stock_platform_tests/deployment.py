@@ -136,7 +136,7 @@ class Deployment:
         self.env = (env or {}) | {"DAGSTER_HOME": str(self.dagster_home)}
         self.proxied = None
         if production:
-            self.services = ("mlflow", *PROCESSES, "api", "proxy")
+            self.services = ("mlflow", "api", "proxy", *PROCESSES)  # those that need no code server first
             self.proxied = (production.dotenv["PROXY_USER"], production.dotenv["PROXY_PASSWORD"])
             self.url = self.entry + prefix
             db, mlflow_db = production.database, production.mlflow_database
