@@ -63,7 +63,9 @@ def _step_seconds(result, asset: str) -> float | None:
 def _check_summary(instance, asset: str, result) -> str:
     import dagster as dg
 
-    check_keys = instance_check_keys(asset)
+    from stock_platform.definitions import defs
+
+    check_keys = pipeline.run_checks(defs, [asset])
     if not check_keys:
         return "-"
     if result is not None:
@@ -75,15 +77,6 @@ def _check_summary(instance, asset: str, result) -> str:
         return "-"
     ok = all(r.event.asset_check_evaluation.passed for r in records)
     return "passed (earlier run)" if ok else "FAILED (earlier run)"
-
-
-def instance_check_keys(asset: str):
-    """The asset's checks that its runs evaluate (not the freshness check: the freshness sensor's)."""
-    from stock_platform.alerts import FRESHNESS_CHECK
-    from stock_platform.definitions import defs
-
-    return [k for k in defs.resolve_asset_graph().asset_check_keys
-            if k.asset_key.to_user_string() == asset and k.name != FRESHNESS_CHECK]
 
 
 def print_summary(reports: list[StageReport], total: float) -> None:

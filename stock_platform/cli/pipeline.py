@@ -87,14 +87,10 @@ def execute(instance, defs, job: str, *, assets=None, tags: dict[str, str] | Non
     RuntimeError with its step errors."""
     import dagster as dg
 
-    from stock_platform.alerts import FRESHNESS_CHECK
-
     definition = defs.resolve_job_def(job)
     if assets is not None:
-        keys = {dg.AssetKey(a) for a in assets}
-        checks = {k for k in defs.resolve_asset_graph().asset_check_keys
-                  if k.asset_key in keys and k.name != FRESHNESS_CHECK}
-        definition = definition.get_subset(asset_selection=keys, asset_check_selection=checks)
+        definition = definition.get_subset(asset_selection={dg.AssetKey(a) for a in assets},
+                                           asset_check_selection=set(run_checks(defs, assets)))
     run_id = str(uuid.uuid4())
 
     def run():
@@ -112,6 +108,14 @@ def execute(instance, defs, job: str, *, assets=None, tags: dict[str, str] | Non
     if not result.success:
         raise RuntimeError(step_errors(result))
     return result
+
+
+def run_checks(defs, assets) -> list:
+    """The checks of `assets` that their runs evaluate: all but the freshness checks (the freshness sensor's)."""
+    from stock_platform.alerts import FRESHNESS_CHECK
+
+    return [k for k in defs.resolve_asset_graph().asset_check_keys
+            if k.asset_key.to_user_string() in assets and k.name != FRESHNESS_CHECK]
 
 
 def range_tags(first: str, last: str) -> dict[str, str]:
