@@ -90,13 +90,13 @@ def test_backfill_runs_in_the_homes_instance_reruns_change_nothing_and_status_te
     assert "[1/3] daily assets: prices, price_snapshots, features (+ blocking checks) ... up to date" in demo_out.stdout
     assert "tuned_model: skipped: --years 0.1 is too short" in demo_out.stdout
 
-    # a grown universe runs the whole range again; --force rewrites the same rows
-    grown = cli(tmp_path, "backfill", "--tickers", "AAPL,MSFT,XOM", "--start", "2025-05-01", "--end", "2025-06-30",
-                "--assets", "data")
+    # a grown universe runs the whole range again, and rewrites the same rows; --force runs an up-to-date session
+    grown = cli(tmp_path, "backfill", "--tickers", "AAPL,MSFT,XOM", "--start", "2025-05-01", "--end", "2025-06-30")
     assert grown.returncode == 0 and f"{n_days} of {n_days} session(s)" in grown.stdout, grown.stderr
+    forced = cli(tmp_path, "backfill", "--tickers", "AAPL,MSFT,XOM", "--start", "2025-06-30", "--end", "2025-06-30",
+                 "--assets", "data", "--force")
+    assert forced.returncode == 0 and "1 of 1 session(s) (2025-06-30 .. 2025-06-30)" in forced.stdout, forced.stderr
     assert set(pl.read_delta(str(tmp_path / "lake" / "prices"))["ticker"]) == {"AAPL", "MSFT", "XOM"}
-    forced = cli(tmp_path, "backfill", *args, "--assets", "forecasts", "--force")
-    assert forced.returncode == 0 and f"{n_days} of {n_days} session(s)" in forced.stdout, forced.stderr
     again = pl.read_delta(str(tmp_path / "lake" / "predictions")).drop("predicted_at", strict=False)
     assert again.filter(pl.col("ticker") != "XOM").sort("ticker", "date").equals(predictions.sort("ticker", "date"))
 

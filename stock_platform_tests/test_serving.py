@@ -416,7 +416,7 @@ def test_an_empty_or_unreachable_lake_is_answered_with_a_reason(tmp_path, monkey
     assert closed.value.code == 1013 and closed.value.reason.startswith("the lake at s3://lake/down cannot be read")
 
 
-LOAD_SECONDS = 20
+LOAD_SECONDS = 12
 
 
 def test_reads_during_concurrent_commits_never_fail_and_never_tear(tmp_path):
