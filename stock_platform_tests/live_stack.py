@@ -70,7 +70,8 @@ register_promoted_model(defs.resources["lake"], defs.resources["tracking"], dt.d
 
 def prepare(home: Path, env: dict[str, str], *, queued: bool = True, warm_launcher: bool = True,
             monitor_seconds: int | None = None, model: bool = True) -> None:
-    """History (prices -> features) as one in-process run, and (`model`) a promoted model trained up to TRAIN_END.
+    """History (prices -> features) as one in-process run, and (`model`) a promoted model trained up to TRAIN_END
+    (without: the last two months of history only).
 
     `queued=False`: the sensor daemon launches runs itself (no queue: no dequeue wait, no concurrency limits).
     `warm_launcher=False`: Dagster's DefaultRunLauncher (the code server spawns each run's process) instead of
@@ -80,8 +81,10 @@ def prepare(home: Path, env: dict[str, str], *, queued: bool = True, warm_launch
     launcher = WARM_LAUNCHER_YAML + monitoring_yaml(monitor_seconds) if warm_launcher else ""
     (home / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n" + (QUEUE_YAML if queued else "")
                                                    + launcher)
-    done = subprocess.run([sys.executable, "-W", "ignore", "-c", PREPARE, HISTORY[0].isoformat(),
-                           HISTORY[1].isoformat(), TRAIN_END.isoformat() if model else ""], env=env, capture_output=True, text=True,
+    # without a model, two months of history (the naive random walk needs no warm features)
+    first = HISTORY[0] if model else HISTORY[1] - dt.timedelta(days=60)
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", PREPARE, first.isoformat(), HISTORY[1].isoformat(),
+                           TRAIN_END.isoformat() if model else ""], env=env, capture_output=True, text=True,
                           timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"preparing the live stack failed:\n{done.stderr[-3000:]}")
