@@ -22,6 +22,8 @@ _IDENTIFIER_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[A-Za-z0-9_.\-/]*)?$")
 
 SOURCES = ("demo", "yfinance", "alphavantage", "files", "sql")
+# the alphavantage source's functions: with the adjusted close, dividends and splits (premium), or as-traded bars only
+ALPHAVANTAGE_FUNCTIONS = ("TIME_SERIES_DAILY_ADJUSTED", "TIME_SERIES_DAILY")
 DEFAULT_API_MAX_ROWS = 10_000_000  # served rows the API holds in memory, ~3.8 GB (see serving/read_model.py)
 DEFAULT_TICKERS = ("AAPL", "MSFT", "AMZN", "GOOGL", "META", "NVDA", "JPM", "XOM", "JNJ", "PG")
 DEFAULT_START = dt.date(2015, 1, 2)
@@ -120,8 +122,6 @@ def validate_alphavantage(api_key: str | None, function: str, per_minute: str, u
                           ) -> tuple[str, str, float, str | None]:
     """The `alphavantage` source's settings: the key (never echoed), the function, the calls a minute the key may
     make (the free tier's 5 by default) and, optionally, another endpoint (a proxy) in STOCK_PLATFORM_SOURCE_URL."""
-    from stock_platform.resources.sources import ALPHAVANTAGE_FUNCTIONS
-
     if not api_key:
         raise SettingsError("ALPHAVANTAGE_API_KEY is required when STOCK_PLATFORM_SOURCE='alphavantage' (a free key: "
                             "https://www.alphavantage.co/support/#api-key)")

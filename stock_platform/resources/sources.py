@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from stock_platform.lib.calendar import EXCHANGE_TIMEZONE
-from stock_platform.settings import SOURCES, validate_ticker
+from stock_platform.settings import ALPHAVANTAGE_FUNCTIONS, SOURCES, validate_ticker
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -301,9 +301,9 @@ def fetch_yfinance(tickers: list[str], start: dt.date, end: dt.date, *, retries:
 
 # ------------------------------------------------------------------------------------- alphavantage
 ALPHAVANTAGE_URL = "https://www.alphavantage.co/query"
-# TIME_SERIES_DAILY_ADJUSTED (a premium function since 2023) adds the adjusted close, the dividend and the split
-# coefficient to TIME_SERIES_DAILY's as-traded bars; without them a split looks like a crash to the features.
-ALPHAVANTAGE_FUNCTIONS = ("TIME_SERIES_DAILY_ADJUSTED", "TIME_SERIES_DAILY")
+# ALPHAVANTAGE_FUNCTIONS (settings): TIME_SERIES_DAILY_ADJUSTED (a premium function since 2023) adds the adjusted
+# close, the dividend and the split coefficient to TIME_SERIES_DAILY's as-traded bars; without them a split looks
+# like a crash to the features.
 # a day's fields ("1. open", ..., "8. split coefficient") without their numbers -> the prices columns
 _AV_FIELDS = {"open": "open", "high": "high", "low": "low", "close": "close", "adjusted close": "adj_close",
               "volume": "volume", "dividend amount": "dividends", "split coefficient": "splits"}
