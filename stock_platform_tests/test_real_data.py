@@ -22,6 +22,7 @@ import polars as pl
 import pytest
 
 from stock_platform.cli.demo import demo_range
+from stock_platform.cli.pipeline import model_week
 from stock_platform.lib.indicators import MODEL_FEATURES, PRICE_LEVEL, WARM_ROWS, compute_features, window_length
 from stock_platform_tests.real_data import COMMON_END, REAL_TICKERS, as_prices, ohlcv, write_files
 
@@ -173,8 +174,7 @@ def test_the_commands_on_real_files_run_every_stage_on_a_fresh_home_and_reruns_c
         return done.stdout
 
     start, end = demo_range(YEARS, COMMON_END)
-    cutoff = end - dt.timedelta(weeks=12)  # the last week finished by then (Monday .. Sunday) is trained
-    week = (cutoff - dt.timedelta(days=(cutoff.weekday() + 1) % 7 + 6)).isoformat()
+    week = model_week(end - dt.timedelta(weeks=12))  # the last week finished by then is trained
     first_day = dt.date.fromisoformat(week) + dt.timedelta(days=7)
     data = cli("backfill", "--assets", "data", "--start", start.isoformat())
     # no --end: the range ends where the files do (GOOG's last day), not at today's empty partitions

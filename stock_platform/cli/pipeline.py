@@ -261,13 +261,10 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ train
 def model_week(end: dt.date) -> str:
-    """The last finished model week that ends on or before `end`."""
-    from stock_platform.partitions import model_weeks
-
-    keys = [k for k in model_weeks.get_partition_keys() if dt.date.fromisoformat(k) + dt.timedelta(days=6) <= end]
-    if not keys:
-        raise SettingsError(f"no finished model week up to {end}")
-    return keys[-1]
+    """The Monday of the last model week (Monday .. Sunday, `model_weeks`' weeks) finished on or before `end`. Plain
+    calendar arithmetic: commands call it before their settings fix the partitions' start."""
+    sunday = end - dt.timedelta(days=(end.weekday() + 1) % 7)
+    return (sunday - dt.timedelta(days=6)).isoformat()
 
 
 def model_asset_names() -> tuple[str, ...]:
